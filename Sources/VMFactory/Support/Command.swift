@@ -1,0 +1,108 @@
+import Foundation
+
+/// A process to run, as a value: built by the steps, unit-tested as argv, run by a `ProcessRunner`.
+public struct Command: Sendable, Hashable, CustomStringConvertible {
+    public var executable: String
+    public var arguments: [String]
+    /// The complete environment of the child. Nothing is inherited by accident.
+    public var environment: [String: String]
+    public var workingDirectory: String?
+
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = Command.baseEnvironment(), workingDirectory: String? = nil) {
+        self.executable = executable
+        self.arguments = arguments
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+    }
+
+    public var argv: [String] { [executable] + arguments }
+
+    public var description: String {
+        argv.map(Command.shellQuoted).joined(separator: " ")
+    }
+
+    /// The few host variables a child legitimately needs; variables such as ARCH,
+    /// CROSS_COMPILE or KCONFIG_CONFIG in the user's shell must not leak into a build.
+    public static func baseEnvironment(from host: [String: String] = ProcessInfo.processInfo.environment) -> [String: String] {
+        var environment: [String: String] = [
+            "PATH": host["PATH"] ?? "/usr/local/bin:/usr/bin:/bin",
+            "LC_ALL": "C",
+            "LANG": "C",
+        ]
+        for name in ["HOME", "TMPDIR", "USER", "LOGNAME"] {
+            if let value = host[name] { environment[name] = value }
+        }
+        return environment
+    }
+
+    public static func shellQuoted(_ word: String) -> String {
+        let safe = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%")
+        if !word.isEmpty, word.allSatisfy({ safe.contains($0) }) { return word }
+        return "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+}
+
+/// How a finished child ended.
+public struct CommandResult: Sendable {
+    public enum Termination: Sendable, Equatable {
+        case exited(Int32)
+        case signaled(Int32)
+    }
+
+    public var termination: Termination
+    /// Captured stdout and stderr, interleaved, when the output was not sent to a log file.
+    public var output: String
+
+    public init(termination: Termination, output: String) {
+        self.termination = termination
+        self.output = output
+    }
+
+    public var succeeded: Bool { termination == .exited(0) }
+
+    public var statusDescription: String {
+        switch termination {
+        case .exited(let code): return "exit status \(code)"
+        case .signaled(let signal): return "killed by signal \(signal)"
+        }
+    }
+}
+
+/// Where a child's stdout and stderr go.
+public enum CommandOutput: Sendable {
+    /// Kept in memory and returned in `CommandResult.output`.
+    case capture
+    /// Appended to a log file; the result's output is empty.
+    case logFile(String)
+}
+
+/// The seam between deciding what to run and running it.
+public protocol ProcessRunner: Sendable {
+    func run(_ command: Command, output: CommandOutput) async throws -> CommandResult
+}
+
+extension ProcessRunner {
+    /// Runs `command` and turns a failure into a `VMFactoryError` carrying argv, status,
+    /// the tail of the output and where the whole log is.
+    @discardableResult
+    public func runChecked(_ command: Command, output: CommandOutput = .capture, what: String) async throws -> CommandResult {
+        let result = try await run(command, output: output)
+        guard result.succeeded else {
+            var details = ["command: \(command)"]
+            var hint: String? = nil
+            let text: String
+            switch output {
+            case .capture:
+                text = result.output
+            case .logFile(let path):
+                text = (try? FileStore.readText(path)) ?? ""
+                hint = "the full log is \(FileStore.displayPath(path))"
+            }
+            let tail = text.split(separator: "\n", omittingEmptySubsequences: false).suffix(40)
+            if !tail.isEmpty { details.append("last lines of output:") }
+            details += tail.map { "| " + $0 }
+            throw VMFactoryError(.processFailed, "\(what) failed (\(result.statusDescription))", hint: hint, details: details)
+        }
+        return result
+    }
+}

@@ -1,0 +1,41 @@
+import ArgumentParser
+import VMFactory
+
+struct Config: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Resolve each target's kernel config from the base and the fragments, and verify every requested symbol.",
+        discussion: "Writes outputs/<recipe>/<target>/config. Fails, naming the symbol, the fragment line and the unmet dependencies, when a requested value did not land."
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
+    var recipe: String
+
+    @Option(help: "x86_64, s390x or all.")
+    var target: TargetSelection = .all
+
+    func run() async throws {
+        let recipe = self.recipe
+        let selection = self.target
+        try await global.run { factory in
+            let loaded = try factory.recipes.load(recipe)
+            let targets = try selection.resolve(in: loaded)
+            let results = try await factory.configure(loaded, targets: targets)
+            var lines: [String] = []
+            for result in results {
+                if result.passed {
+                    lines.append("\(result.target): \(result.checked) requested settings verified; config: \(FileStore.displayPath(result.config))")
+                } else {
+                    lines.append("\(result.target): \(result.misses.count) of \(result.checked) requested settings did not land (config: \(FileStore.displayPath(result.config))):")
+                    lines += result.missLines.map { "  " + $0 }
+                }
+            }
+            let failed = results.contains { !$0.passed }
+            if failed {
+                factory.console.warning("the resolved config does not match the fragments; fix the fragments or the dependencies named above")
+            }
+            return Output(text: lines.joined(separator: "\n"), value: results, failed: failed)
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import ArgumentParser
+import Foundation
+import VMFactory
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// `--target x86_64|s390x|all`.
+enum TargetSelection: String, ExpressibleByArgument, CaseIterable {
+    case x86_64, s390x, all
+
+    func resolve(in recipe: Recipe) throws -> [Target] {
+        switch self {
+        case .all: return recipe.targets.map(\.target)
+        case .x86_64, .s390x:
+            let target = Target(rawValue: rawValue)!
+            guard recipe.target(target) != nil else {
+                throw VMFactoryError(.invalidArgument, "recipe \(recipe.name) has no target \(target)", hint: "its targets: \(recipe.targets.map(\.target.rawValue).joined(separator: ", "))")
+            }
+            return [target]
+        }
+    }
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "Cache for sources, source trees and build directories (default: $XDG_CACHE_HOME/vmfactory or ~/.cache/vmfactory).")
+    var cacheDir: String?
+
+    @Option(help: "Folder that receives outputs/<recipe>/<target>/ (default: outputs/ of the vmfactory checkout).")
+    var outputDir: String?
+
+    @Option(name: .customLong("source-dir"), help: "Folder searched for source files by sha256 (repeatable; also $VMFACTORY_SOURCE_PATH, colon-separated).")
+    var sourceDirs: [String] = []
+
+    @Flag(help: "Never ask apt or the network for sources.")
+    var offline = false
+
+    @Flag(name: .shortAndLong, help: "Print more detail.")
+    var verbose = false
+
+    @Flag(name: .shortAndLong, help: "Print only warnings and errors.")
+    var quiet = false
+
+    @Option(help: "Output on stdout: text, or json for scripts (progress always goes to stderr).")
+    var format: OutputFormat = .text
+
+    func validate() throws {
+        if verbose && quiet { throw ValidationError("--verbose and --quiet cannot be used together") }
+        for dir in sourceDirs where dir.isEmpty { throw ValidationError("--source-dir needs a folder") }
+    }
+
+    var console: Console {
+        Console(verbosity: quiet ? .quiet : verbose ? .verbose : .normal)
+    }
+
+    func makeFactory(console: Console) throws -> Factory {
+        let workspace = Workspace(library: try Library.locate(), cacheDirectory: cacheDir, outputDirectory: outputDir, sourceDirs: sourceDirs, offline: offline)
+        return Factory(workspace: workspace, console: console)
+    }
+
+    /// Runs a command's work with signal handling and uniform error reporting.
+    /// `body` returns what to print on success; a thrown `VMFactoryError` is printed as text or JSON.
+    func run(_ body: @escaping @Sendable (Factory) async throws -> Output) async throws {
+        let console = self.console
+        let format = self.format
+        do {
+            let factory = try makeFactory(console: console)
+            let output = try await Interrupts.cancellingOnSignals { try await body(factory) }
+            console.endProgress()
+            switch format {
+            case .text: if !output.text.isEmpty { print(output.text) }
+            case .json: print(output.json)
+            }
+            if output.failed { throw ExitCode(1) }
+        } catch let error as VMFactoryError {
+            console.endProgress()
+            report(error)
+            throw ExitCode(error.code == .interrupted ? 130 : 1)
+        }
+    }
+
+    func report(_ error: VMFactoryError) {
+        switch format {
+        case .text:
+            FileHandle.standardError.write(Data(("error: " + error.description + "\n").utf8))
+        case .json:
+            let payload = ErrorPayload(error: .init(code: error.code.rawValue, message: error.message, hint: error.hint, details: error.details))
+            print(JSON.encode(payload))
+        }
+    }
+}
+
+/// What a command prints: text for people, JSON for scripts, and whether it counts as failed.
+struct Output: Sendable {
+    var text: String
+    var json: String
+    var failed = false
+
+    init<T: Encodable>(text: String, value: T, failed: Bool = false) {
+        self.text = text
+        self.json = JSON.encode(value)
+        self.failed = failed
+    }
+}
+
+struct ErrorPayload: Encodable {
+    struct Body: Encodable {
+        var code: String
+        var message: String
+        var hint: String?
+        var details: [String]
+    }
+    var error: Body
+}
+
+enum JSON {
+    static func encode<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(value) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
