@@ -45,8 +45,9 @@ let package = Package(
             name: "VMFactoryTests",
             dependencies: [
                 "VMFactory",
+                // Built so that tests can run the real command line.
+                "vmfactory",
                 .product(name: "Yams", package: "Yams"),
-                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
     ],

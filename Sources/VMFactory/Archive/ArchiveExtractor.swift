@@ -108,14 +108,6 @@ public enum ArchiveExtractor {
         if inside.isEmpty { return nil }
         let relative = inside.joined(separator: "/")
 
-        let type = archive_entry_filetype(entry)
-        switch EntryType(rawValue: UInt32(type)) {
-        case .regular, .directory, .symlink:
-            break
-        default:
-            throw hostile("device nodes, fifos and sockets have no place in a source tree")
-        }
-
         if let link = archive_entry_hardlink(entry).map({ String(cString: $0) }) {
             guard var target = normalizedComponents(link, resolvingDotDot: false) else { throw hostile("hard link to '\(link)' outside the destination") }
             if strip {
@@ -124,6 +116,16 @@ public enum ArchiveExtractor {
             }
             guard !target.isEmpty else { throw hostile("hard link to a folder") }
             archive_entry_set_hardlink(entry, target.joined(separator: "/"))
+            // A hard link entry may carry no file type of its own.
+            return relative
+        }
+
+        let type = archive_entry_filetype(entry)
+        switch EntryType(rawValue: UInt32(type)) {
+        case .regular, .directory, .symlink:
+            break
+        default:
+            throw hostile("device nodes, fifos and sockets have no place in a source tree")
         }
 
         if EntryType(rawValue: UInt32(type)) == .symlink {

@@ -59,7 +59,6 @@ public struct RecipeLoader: Sendable {
             throw Self.syntaxError(error, file: display)
         }
         let locator = NodeLocator(file: display, root: node)
-        try locator.rejectDuplicateKeys()
 
         let document: RecipeDocument
         do {
@@ -96,6 +95,12 @@ public struct RecipeLoader: Sendable {
             var message = "\(file):\(mark.line):\(mark.column): YAML syntax error: \(problem)"
             if let context { message += " (\(context.text) at line \(context.mark.line), column \(context.mark.column))" }
             return VMFactoryError(.invalidRecipe, message, hint: hint)
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            let names = duplicates.map { "'\($0)'" }.joined(separator: ", ")
+            return VMFactoryError(
+                .invalidRecipe, "\(file):\(context.mark.line):\(context.mark.column): key \(names) appears more than once in this mapping",
+                hint: "a key may appear once per mapping; merge the two entries"
+            )
         default:
             return VMFactoryError(.invalidRecipe, "\(file): YAML error: \(error)", hint: hint)
         }
@@ -157,29 +162,6 @@ struct NodeLocator {
         }
     }
 
-    /// YAML allows a key twice and keeps one; in a recipe that is always a mistake.
-    func rejectDuplicateKeys() throws {
-        func visit(_ node: Node, path: [String]) throws {
-            if let mapping = node.mapping {
-                var seen: [String: Node] = [:]
-                for (key, value) in mapping {
-                    let name = key.string ?? "?"
-                    if let first = seen[name] {
-                        throw VMFactoryError(
-                            .invalidRecipe,
-                            "\(position(key)): duplicate key '\(name)' (first at \(position(first)))"
-                        )
-                    }
-                    seen[name] = key
-                    try visit(value, path: path + [name])
-                }
-            } else if let sequence = node.sequence {
-                for element in sequence { try visit(element, path: path) }
-            }
-        }
-        try visit(root, path: [])
-    }
-
     static func describe(_ path: [any CodingKey]) -> String {
         var text = ""
         for component in path {
@@ -197,7 +179,8 @@ struct NodeLocator {
         case is String.Type: return "a string"
         case is Int.Type: return "an integer"
         case is Bool.Type: return "true or false"
-        case is [String].Type: return "a list of strings"
+        case is [String].Type, is Node.Sequence.Type: return "a list"
+        case is Node.Scalar.Type: return "a single value"
         default: return "a mapping"
         }
     }

@@ -12,14 +12,15 @@ public enum DebPackage {
             guard outer.currentPath.hasPrefix("data.tar") else { continue }
             let inner = try ArchiveReader(entryOf: outer)
             var similar: [String] = []
-            let wantedBase = URL(fileURLWithPath: wanted).lastPathComponent
+            let (wantedFolder, wantedBase) = split(wanted)
             while try inner.nextEntry() != nil {
                 let name = normalized(inner.currentPath)
                 if name == wanted {
                     try inner.readData(body)
                     return
                 }
-                if URL(fileURLWithPath: name).lastPathComponent == wantedBase || name.hasPrefix(URL(fileURLWithPath: wanted).deletingLastPathComponent().path.dropFirst() + "/") {
+                let (folder, base) = split(name)
+                if !name.hasSuffix("/"), base == wantedBase || folder == wantedFolder {
                     similar.append(name)
                 }
             }
@@ -29,6 +30,12 @@ public enum DebPackage {
             )
         }
         throw VMFactoryError(.archiveFailed, "\(debPath) is not a Debian package: it has no data.tar member")
+    }
+
+    /// ("usr/src", "linux.tar.xz") for "usr/src/linux.tar.xz".
+    static func split(_ path: String) -> (folder: String, name: String) {
+        guard let slash = path.lastIndex(of: "/") else { return ("", path) }
+        return (String(path[..<slash]), String(path[path.index(after: slash)...]))
     }
 
     static func normalized(_ path: String) -> String {
