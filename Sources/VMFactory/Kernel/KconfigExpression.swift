@@ -133,7 +133,7 @@ struct KconfigExpressionParser {
                 i = j + 1
             } else if c == "$", i + 1 < characters.count, characters[i + 1] == "(" {
                 var depth = 0
-                var j = i
+                var j = i + 1
                 repeat {
                     if characters[j] == "(" { depth += 1 }
                     if characters[j] == ")" { depth -= 1 }
