@@ -153,17 +153,25 @@ struct SourceTreeTests {
         process.executableURL = URL(fileURLWithPath: TestSupport.executable)
         process.arguments = ["prepare", "--recipe", "minimal", "--cache-dir", cache, "--offline"]
         process.environment = Command.baseEnvironment().merging(["VMFACTORY_HOME": TestSupport.repositoryRoot]) { $1 }
-        let stderr = Pipe()
-        process.standardError = stderr
+        process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        // Wait until extraction has started and written a good part of the tree, then kill hard.
-        let reader = stderr.fileHandleForReading
-        var seen = ""
-        while !seen.contains("extracting"), process.isRunning {
-            seen += String(decoding: reader.availableData, as: UTF8.self)
+        // Kill hard as soon as extraction has visibly started. The wait is a plain blocking
+        // poll on this thread, not a Task.sleep: on a busy two-core machine the test pool's
+        // threads may all be taken by other tests, and a sleeping task could wake up only
+        // after the whole extraction had finished.
+        let started = Date()
+        var extracting = false
+        while process.isRunning, Date().timeIntervalSince(started) < 300 {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: cache + "/trees")) ?? []
+            if let partial = names.first(where: { $0.hasPrefix(".partial-") }),
+               ((try? FileManager.default.contentsOfDirectory(atPath: cache + "/trees/" + partial + "/linux"))?.count ?? 0) >= 3 {
+                extracting = true
+                break
+            }
+            usleep(20_000)
         }
-        try await Task.sleep(for: .seconds(4))
+        #expect(extracting, "extraction was never seen under \(cache)/trees")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         #expect(process.terminationReason == .uncaughtSignal)
