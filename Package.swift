@@ -22,10 +22,18 @@ let package = Package(
             pkgConfig: "libarchive",
             providers: [.apt(["libarchive-dev"])]
         ),
+        // LZ4 block compression for the legacy lz4 format, the only lz4 format the kernel
+        // unpacks in an initramfs (libarchive writes only the newer frame format).
+        .systemLibrary(
+            name: "CLZ4",
+            pkgConfig: "liblz4",
+            providers: [.apt(["liblz4-dev"])]
+        ),
         .target(
             name: "VMFactory",
             dependencies: [
                 "CArchive",
+                "CLZ4",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Subprocess", package: "swift-subprocess"),

@@ -101,3 +101,195 @@ public struct Factory: Sendable {
         return results
     }
 }
+
+extension Factory {
+    /// The plan of one target's build, with the toolchain asked for its versions.
+    public func plan(_ recipe: Recipe, target: Target, options: BuildOptions) async throws -> KernelBuildPlan {
+        guard let targetRecipe = recipe.target(target) else {
+            throw VMFactoryError(.invalidArgument, "recipe \(recipe.name) has no target \(target)", hint: "its targets: \(recipe.targets.map(\.target.rawValue).joined(separator: ", "))")
+        }
+        let toolchain = try await Toolchain.identify(target: target, runner: runner)
+        return KernelBuildPlan(
+            recipe: recipe, target: targetRecipe,
+            treeKey: SourceTreeStore.key(source: recipe.source.sha256, series: recipe.patchSeries),
+            toolchain: toolchain, sourceDateEpoch: try KernelBuildPlan.sourceDateEpoch(recipe: recipe),
+            jobs: max(1, options.jobs), ccache: options.useCcache ? Doctor.findExecutable("ccache") : nil,
+            buildDirectory: workspace.buildDirectory(recipe: recipe.name, target: target),
+            outputDirectory: workspace.outputDirectory(recipe: recipe.name, target: target)
+        )
+    }
+
+    /// Builds each target in turn: kernel, init and initrd. A part whose published artifacts
+    /// already match every input is verified and kept; the others are made again, and the
+    /// whole set is published at once.
+    public func build(_ recipe: Recipe, targets: [Target], options: BuildOptions = BuildOptions()) async throws -> [BuildResult] {
+        var results: [BuildResult] = []
+        var prepared: (FetchedSource, SourceTree)? = nil
+        for target in targets {
+            results.append(try await buildTarget(recipe, target: target, options: options, kernel: true, prepared: &prepared))
+        }
+        return results
+    }
+
+    /// Makes only the init and the initrd of each target (`vmfactory initrd`). The kernel
+    /// artifacts of an earlier build stay in the set as they are.
+    public func buildInitrd(_ recipe: Recipe, targets: [Target]) async throws -> [BuildResult] {
+        var results: [BuildResult] = []
+        var prepared: (FetchedSource, SourceTree)? = nil
+        for target in targets {
+            results.append(try await buildTarget(recipe, target: target, options: BuildOptions(), kernel: false, prepared: &prepared))
+        }
+        return results
+    }
+
+    private func buildTarget(_ recipe: Recipe, target: Target, options: BuildOptions, kernel wantKernel: Bool, prepared: inout (FetchedSource, SourceTree)?) async throws -> BuildResult {
+        let start = ContinuousClock.now
+        let label = "\(recipe.name)/\(target)"
+        let plan = try await plan(recipe, target: target, options: options)
+        let initrdBuilder = InitrdBuilder(library: workspace.library, runner: runner, console: console)
+        let initrdPlan = try await initrdBuilder.plan(recipe, target: target)
+        let lock = try await FileLock.acquire(plan.buildDirectory + ".lock") {
+            console.info("waiting: another vmfactory is building \(label) in \(FileStore.displayPath(plan.buildDirectory))")
+        }
+        defer { lock.release() }
+
+        // What the output folder holds now, part by part, when it still hashes as recorded.
+        let output = plan.outputDirectory
+        let current = FileStore.isRegularFile(output + "/" + BuildManifest.fileName)
+            ? (try? BuildManifest.load(output + "/" + BuildManifest.fileName)).flatMap { $0.schema == BuildManifest.currentSchema ? $0 : nil }
+            : nil
+        func intact(_ part: BuildManifest.Part, matches: Bool) -> Bool {
+            guard let current, matches else { return false }
+            let problems = current.verify(in: output, part: part)
+            if !problems.isEmpty {
+                console.warning("\(FileStore.displayPath(output)) changed since it was built (\(problems.joined(separator: "; "))); building the \(part) again")
+            }
+            return problems.isEmpty
+        }
+        let kernelIntact = intact(.kernel, matches: current?.kernel?.keys.inputs == plan.inputKey)
+        let initrdIntact = intact(.initrd, matches: current?.initrd?.key == initrdPlan.key)
+        if let current, initrdIntact, kernelIntact || (!wantKernel && current.kernel != nil && current.verify(in: output, part: .kernel).isEmpty) {
+            console.info("build \(label): up to date (\(current.artifacts.count) artifacts verified by sha256)")
+            return BuildResult(target: target, upToDate: true, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: current)
+        }
+
+        let work = KernelBuilder.workDirectory(plan)
+        try FileStore.createDirectory(work)
+        var kernelPart: BuildManifest.KernelPart? = nil
+        var artifacts: [BuildManifest.Artifact] = []
+        var files: [(name: String, path: String)] = []
+        var logs: [String] = []
+        var resolvedConfig: String
+        if let current, let part = current.kernel, kernelIntact || (!wantKernel && current.verify(in: output, part: .kernel).isEmpty) {
+            // Keep the kernel as built; its files are copied into the new set.
+            kernelPart = part
+            for artifact in current.artifacts(of: .kernel) {
+                artifacts.append(artifact)
+                files.append((artifact.name, output + "/" + artifact.name))
+            }
+            for log in current.logs where FileStore.isRegularFile(output + "/" + log) {
+                files.append((log, output + "/" + log))
+                logs.append(log)
+            }
+            resolvedConfig = output + "/config"
+        } else if wantKernel {
+            if prepared == nil { prepared = try await prepare(recipe) }
+            let (source, tree) = prepared!
+            let builder = KernelBuilder(runner: runner, console: console, cacheDirectory: workspace.cacheDirectory)
+            let built = try await builder.build(plan, tree: tree, source: source)
+            kernelPart = built.part
+            artifacts += built.outcome.artifacts
+            files += built.outcome.files
+            logs += ["build.log", "config.log"]
+            resolvedConfig = built.resolvedConfig
+        } else {
+            // No kernel to go with: resolve the config, which says what the kernel can unpack.
+            if prepared == nil { prepared = try await prepare(recipe) }
+            let verification = try await KernelConfigurator(runner: runner, console: console).configure(
+                recipe: recipe, target: plan.target, tree: prepared!.1, buildDirectory: plan.buildDirectory,
+                outputConfig: work + "/config", logFile: work + "/config.log"
+            )
+            guard verification.passed else {
+                throw VMFactoryError(.configNotVerified, "\(target): \(verification.misses.count) of \(verification.checked) requested settings did not land", details: verification.missLines)
+            }
+            resolvedConfig = work + "/config"
+        }
+
+        var initrdPart: BuildManifest.InitrdPart
+        if initrdIntact, let current, let part = current.initrd {
+            initrdPart = part
+            for artifact in current.artifacts(of: .initrd) {
+                artifacts.append(artifact)
+                files.append((artifact.name, output + "/" + artifact.name))
+            }
+        } else {
+            let made = try await initrdBuilder.build(initrdPlan, resolvedConfig: resolvedConfig, workDirectory: work)
+            initrdPart = made.part
+            artifacts += made.outcome.artifacts
+            files += made.outcome.files
+        }
+
+        let manifest = BuildManifest(
+            schema: BuildManifest.currentSchema,
+            recipe: .init(name: recipe.name, sha256: recipe.digest),
+            target: target, sourceDateEpoch: plan.sourceDateEpoch,
+            kernel: kernelPart, initrd: initrdPart, artifacts: artifacts, logs: logs
+        )
+        OutputPublisher.removeLeftovers(of: output, console: console)
+        try OutputPublisher.publish(files: files, manifest: manifest, to: output)
+        return BuildResult(target: target, upToDate: false, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: manifest)
+    }
+
+    /// What `clean` removed.
+    public struct CleanReport: Sendable, Codable {
+        public var removed: [String]
+        public var bytes: Int64
+    }
+
+    /// Removes the build directories of `recipe`, or with `all` everything in the cache:
+    /// build directories, source trees, ccache and the downloaded sources. Directories in
+    /// use by a running build are left alone with a warning.
+    public func clean(recipe: String?, all: Bool) async throws -> CleanReport {
+        let cache = workspace.cacheDirectory
+        var candidates: [String] = []
+        let builds = cache + "/builds"
+        if all {
+            candidates = ((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).sorted().map { cache + "/" + $0 }
+        } else if let recipe {
+            candidates = [builds + "/" + recipe]
+        } else {
+            candidates = [builds]
+        }
+        var report = CleanReport(removed: [], bytes: 0)
+        for path in candidates where FileStore.exists(path) {
+            let locks = Self.lockFiles(under: path)
+            var held: [FileLock] = []
+            var busy: String? = nil
+            for lockPath in locks {
+                guard let lock = FileLock.tryAcquire(lockPath) else { busy = lockPath; break }
+                held.append(lock)
+            }
+            defer { held.forEach { $0.release() } }
+            if let busy {
+                console.warning("\(FileStore.displayPath(path)) is in use by another vmfactory (\(URL(fileURLWithPath: busy).lastPathComponent)); left alone")
+                continue
+            }
+            report.bytes += FileStore.diskUsage(path)
+            try FileStore.removeTree(path)
+            report.removed.append(path)
+        }
+        return report
+    }
+
+    static func lockFiles(under path: String) -> [String] {
+        guard FileStore.isDirectory(path) else { return [] }
+        guard let enumerator = FileManager.default.enumerator(atPath: path) else { return [] }
+        var result: [String] = []
+        while let entry = enumerator.nextObject() as? String {
+            if entry.hasSuffix(".lock") { result.append(path + "/" + entry) }
+            // Lock files sit at the top of builds/<recipe>/ and trees/; never inside a tree.
+            if entry.split(separator: "/").count >= 2 { enumerator.skipDescendants() }
+        }
+        return result
+    }
+}

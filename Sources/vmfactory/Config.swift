@@ -9,18 +9,12 @@ struct Config: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
-    var recipe: String
-
-    @Option(help: "x86_64, s390x or all.")
-    var target: TargetSelection = .all
+    @OptionGroup var selection: RecipeTargets
 
     func run() async throws {
-        let recipe = self.recipe
-        let selection = self.target
+        let selection = self.selection
         try await global.run { factory in
-            let loaded = try factory.recipes.load(recipe)
-            let targets = try selection.resolve(in: loaded)
+            let (loaded, targets) = try selection.load(factory)
             let results = try await factory.configure(loaded, targets: targets)
             var lines: [String] = []
             for result in results {

@@ -23,6 +23,21 @@ enum TargetSelection: String, ExpressibleByArgument, CaseIterable {
     }
 }
 
+/// `--recipe` and `--target`, for the commands that work per target.
+struct RecipeTargets: ParsableArguments {
+    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
+    var recipe: String
+
+    @Option(help: "x86_64, s390x or all.")
+    var target: TargetSelection = .all
+
+    /// The recipe, loaded and checked, and the targets selected in it.
+    func load(_ factory: Factory) throws -> (Recipe, [Target]) {
+        let loaded = try factory.recipes.load(recipe)
+        return (loaded, try target.resolve(in: loaded))
+    }
+}
+
 struct GlobalOptions: ParsableArguments {
     @Option(help: "Cache for sources, source trees and build directories (default: $XDG_CACHE_HOME/vmfactory or ~/.cache/vmfactory).")
     var cacheDir: String?

@@ -42,27 +42,8 @@ struct ConfigIntegrationTests {
     @Test("VIRTIO_FS asked for with FUSE turned off fails, naming the symbol, the fragment line and FUSE_FS")
     func unmetDependency() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        try TestSupport.write("""
-            # virtio-fs, but someone turned FUSE off
-            # CONFIG_FUSE_FS is not set
-            CONFIG_VIRTIO_FS=y
-            """, to: dir + "/recipes/configs/common/nofuse.conf")
         let name = "nofuse-\(UUID().uuidString.prefix(6))"
-        try TestSupport.write("""
-            description: virtio-fs without FUSE
-            kernel:
-              version: 6.1.192
-              source:
-                sha256: \(TestSupport.pinnedSHA256)
-              config:
-                base: tinyconfig
-                fragment-dirs: [configs]
-                fragments: [base, nofuse]
-              patches:
-                series: linux-6.1-microvm
-            targets:
-              x86_64:
-            """, to: dir + "/recipes/\(name).yaml")
+        try TestSupport.writeNoFuseRecipe(named: name, in: dir)
 
         var arguments = ["config", "--recipe", dir + "/recipes/\(name).yaml", "--target", "x86_64", "--offline", "--format", "json",
                          "--cache-dir", TestSupport.sharedCache, "--output-dir", dir + "/outputs"]

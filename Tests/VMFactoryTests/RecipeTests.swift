@@ -163,7 +163,79 @@ struct RecipeTests {
             expected: ["recipe.yaml:11:10: ", "targets: must name at least one target"]
         ),
         BadRecipe(name: "empty file", yaml: "# nothing here\n", expected: ["recipe.yaml: the recipe is empty"]),
+        BadRecipe(
+            name: "unknown initrd compression",
+            yaml: good + "\ninitrd:\n  compression: bzip2\n",
+            expected: ["recipe.yaml:15:16: ", "initrd.compression: unknown compression 'bzip2' (known: none, gzip, zstd, lz4)"]
+        ),
+        BadRecipe(
+            name: "initrd file with a relative destination",
+            yaml: good + "\ninitrd:\n  files:\n    - {source: recipe.yaml, destination: bin/app}\n",
+            expected: ["recipe.yaml:16:42: ", "initrd.files[0].destination: 'bin/app' must be an absolute path"]
+        ),
+        BadRecipe(
+            name: "initrd file over /init",
+            yaml: good + "\ninitrd:\n  files:\n    - {source: recipe.yaml, destination: /init}\n",
+            expected: ["initrd.files[0].destination: /init is made by vmfactory"]
+        ),
+        BadRecipe(
+            name: "initrd file that does not exist",
+            yaml: good + "\ninitrd:\n  files:\n    - {source: missing.bin, destination: /bin/app}\n",
+            expected: ["recipe.yaml:16:16: ", "initrd.files[0].source: no such file:", "missing.bin"]
+        ),
+        BadRecipe(
+            name: "initrd file mode that is not octal",
+            yaml: good + "\ninitrd:\n  files:\n    - {source: recipe.yaml, destination: /bin/app, mode: \"0789\"}\n",
+            expected: ["initrd.files[0].mode: '0789' is not an octal file mode"]
+        ),
+        BadRecipe(
+            name: "initrd environment name",
+            yaml: good + "\ninitrd:\n  env:\n    1BAD: x\n",
+            expected: ["recipe.yaml:16:5: ", "initrd.env.1BAD: '1BAD' is not an environment variable name"]
+        ),
+        BadRecipe(
+            name: "negative source-date-epoch",
+            yaml: "source-date-epoch: -5\n" + good,
+            expected: ["recipe.yaml:1:20: ", "source-date-epoch: must be seconds since 1970-01-01 UTC"]
+        ),
     ]
+
+    @Test("the initrd section decodes with its files relative to the recipe, and has defaults")
+    func initrdSection() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        try TestSupport.write("#!/bin/sh\n", to: dir + "/recipes/files/app")
+        try TestSupport.write(Self.good + """
+
+            source-date-epoch: 1700000000
+            initrd:
+              compression: zstd
+              hostname: sandbox-1
+              entrypoint: [/bin/app, --serve, "two words"]
+              env:
+                GREETING: hello world
+                MODE: "1"
+              files:
+                - source: files/app
+                  destination: /bin/app
+                  mode: "0755"
+                - {source: files/app, destination: /opt/tools/app-copy, mode: 600}
+            """, to: dir + "/recipes/mine.yaml")
+        let recipe = try loader.load(dir + "/recipes/mine.yaml")
+        #expect(recipe.sourceDateEpoch == 1_700_000_000)
+        #expect(recipe.initrd.compression == .zstd)
+        #expect(recipe.initrd.hostname == "sandbox-1")
+        #expect(recipe.initrd.entrypoint == ["/bin/app", "--serve", "two words"])
+        #expect(recipe.initrd.environment.map { "\($0.0)=\($0.1)" } == ["GREETING=hello world", "MODE=1"])
+        #expect(recipe.initrd.files == [
+            InitrdSpec.File(source: dir + "/recipes/files/app", destination: "/bin/app", mode: 0o755),
+            InitrdSpec.File(source: dir + "/recipes/files/app", destination: "/opt/tools/app-copy", mode: 0o600),
+        ])
+
+        let defaults = try loader.load("minimal").initrd
+        #expect(defaults.compression == .none)
+        #expect(defaults.entrypoint.isEmpty)
+        #expect(defaults.hostname == "vmfactory")
+    }
 
     @Test("bad recipes fail with the file, line, column and what is wrong", arguments: badRecipes)
     func badRecipe(_ bad: BadRecipe) throws {

@@ -137,3 +137,46 @@ public final class ArchiveReader {
         }
     }
 }
+
+/// One entry of an archive as listed by `ArchiveReader.list`.
+public struct ArchiveListing: Sendable, Hashable {
+    public var path: String
+    /// The full `st_mode`: file type and permission bits.
+    public var mode: UInt32
+    public var uid: Int64
+    public var gid: Int64
+    public var mtime: Int64
+    public var size: Int64
+    public var deviceMajor: UInt32
+    public var deviceMinor: UInt32
+    public var symlink: String?
+    /// sha256 of the entry's data (of nothing, for entries without data).
+    public var sha256: SHA256Digest
+
+    public var isDirectory: Bool { mode & 0o170000 == 0o040000 }
+    public var isRegularFile: Bool { mode & 0o170000 == 0o100000 }
+    public var isCharacterDevice: Bool { mode & 0o170000 == 0o020000 }
+    public var permissions: UInt32 { mode & 0o7777 }
+}
+
+extension ArchiveReader {
+    /// Every entry of the archive at `path`, in archive order, with a digest of its data.
+    public static func list(_ path: String) throws -> [ArchiveListing] {
+        let reader = try ArchiveReader(path: path)
+        var result: [ArchiveListing] = []
+        while let entry = try reader.nextEntry() {
+            var hasher = StreamingHasher()
+            try reader.readData { hasher.update($0) }
+            result.append(ArchiveListing(
+                path: reader.currentPath,
+                mode: UInt32(archive_entry_mode(entry)),
+                uid: archive_entry_uid(entry), gid: archive_entry_gid(entry),
+                mtime: Int64(archive_entry_mtime(entry)), size: archive_entry_size(entry),
+                deviceMajor: UInt32(archive_entry_rdevmajor(entry)), deviceMinor: UInt32(archive_entry_rdevminor(entry)),
+                symlink: archive_entry_symlink(entry).map { String(cString: $0) },
+                sha256: hasher.finalize()
+            ))
+        }
+        return result
+    }
+}

@@ -1,4 +1,5 @@
 import CArchive
+import CLZ4
 import Foundation
 
 /// Writes tar or newc cpio archives with exactly the metadata given: no owner, time or
@@ -45,8 +46,15 @@ public final class ArchiveWriter {
     public static func write(_ entries: [Entry], to path: String, format: Format, compression: Compression = .none) throws {
         try FileStore.createDirectory(URL(fileURLWithPath: path).deletingLastPathComponent().path)
         let temporary = FileStore.temporaryName(for: path)
+        let plain = FileStore.temporaryName(for: path + ".plain")
+        defer { unlink(plain) }
         do {
-            try writeEntries(entries, to: temporary, format: format, compression: compression)
+            if compression == .lz4 {
+                try writeEntries(entries, to: plain, format: format, compression: .none)
+                try LZ4Legacy.compress(plain, to: temporary)
+            } else {
+                try writeEntries(entries, to: temporary, format: format, compression: compression)
+            }
             try FileStore.rename(temporary, to: path)
         } catch {
             unlink(temporary)
@@ -71,9 +79,8 @@ public final class ArchiveWriter {
         case .xz: try archiveCheck(archive_write_add_filter_xz(handle), handle, "xz")
         case .zstd: try archiveCheck(archive_write_add_filter_zstd(handle), handle, "zstd")
         case .lz4:
-            try archiveCheck(archive_write_add_filter_lz4(handle), handle, "lz4")
-            // The kernel only unpacks the legacy lz4 frame format in an initramfs.
-            try archiveCheck(archive_write_set_filter_option(handle, "lz4", "lz4-legacy", "1"), handle, "lz4 legacy format")
+            // Written by LZ4Legacy from the uncompressed archive.
+            break
         }
         if format == .cpioNewc || compression == .none {
             // cpio and bare archives need no block padding beyond the format's own.
@@ -93,6 +100,8 @@ public final class ArchiveWriter {
             // cpio identifies hard links by inode; number entries so that none collide.
             archive_entry_set_ino64(entry, inode)
             inode += 1
+            // cpio records a size for every entry; only regular files have data.
+            archive_entry_set_size(entry, 0)
             var payload: Data? = nil
             switch item.kind {
             case .file(let data):
@@ -120,5 +129,46 @@ public final class ArchiveWriter {
             }
         }
         try archiveCheck(archive_write_close(handle), handle, "cannot finish \(path)")
+    }
+}
+
+/// The legacy lz4 format (`lz4 -l`), the only lz4 format the kernel unpacks in an initramfs:
+/// a magic number, then blocks of at most 8 MiB of input, each a little-endian length and an
+/// LZ4 block. libarchive writes only the newer frame format.
+enum LZ4Legacy {
+    static let magic: UInt32 = 0x184C_2102
+    static let blockSize = 8 << 20
+
+    static func compress(_ input: String, to output: String) throws {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: input))
+        } catch {
+            throw VMFactoryError(.io, "cannot read \(input)", cause: error as NSError)
+        }
+        var result = Data()
+        func append(_ value: UInt32) {
+            withUnsafeBytes(of: value.littleEndian) { result.append(contentsOf: $0) }
+        }
+        append(magic)
+        let bound = Int(LZ4_compressBound(Int32(blockSize)))
+        var block = [UInt8](repeating: 0, count: bound)
+        var offset = 0
+        while offset < data.count {
+            let count = min(blockSize, data.count - offset)
+            let written = data.withUnsafeBytes { raw -> Int32 in
+                let source = raw.baseAddress!.advanced(by: offset).assumingMemoryBound(to: CChar.self)
+                return block.withUnsafeMutableBytes {
+                    LZ4_compress_HC(source, $0.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(count), Int32(bound), LZ4HC_CLEVEL_MAX)
+                }
+            }
+            guard written > 0 else { throw VMFactoryError(.archiveFailed, "lz4 could not compress \(input)") }
+            append(UInt32(written))
+            result.append(contentsOf: block[0..<Int(written)])
+            offset += count
+        }
+        guard FileManager.default.createFile(atPath: output, contents: result) else {
+            throw VMFactoryError.io("cannot write", path: output)
+        }
     }
 }

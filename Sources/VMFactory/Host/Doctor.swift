@@ -43,6 +43,7 @@ public enum Doctor {
             Requirement(name: "libelf", purpose: "objtool and resolve_btfids", package: "libelf-dev", probe: .header("/usr/include/libelf.h")),
             Requirement(name: "libssl", purpose: "kernel certificate tools", package: "libssl-dev", probe: .header("/usr/include/openssl/ssl.h")),
             Requirement(name: "libarchive", purpose: "extraction and initrd writing", package: "libarchive-dev", probe: .header("/usr/include/archive.h")),
+            Requirement(name: "liblz4", purpose: "lz4-compressed initrds", package: "liblz4-dev", probe: .header("/usr/include/lz4hc.h")),
             Requirement(name: "cpio", purpose: "inspecting initrds", package: "cpio", probe: .executable("cpio")),
             Requirement(name: "qemu-img", purpose: "disk images", package: "qemu-utils", probe: .executable("qemu-img")),
         ]

@@ -12,6 +12,10 @@ public struct Recipe: Sendable {
     public var baseConfig: BaseConfig
     public var patchSeries: PatchSeries?
     public var targets: [TargetRecipe]
+    /// The recipe's own `source-date-epoch`; `$SOURCE_DATE_EPOCH` applies when it is absent.
+    public var sourceDateEpoch: Int?
+    /// What goes into each target's initrd.
+    public var initrd: InitrdSpec = InitrdSpec()
 
     public func target(_ target: Target) -> TargetRecipe? {
         targets.first { $0.target == target }
@@ -75,5 +79,65 @@ public enum BaseConfig: Sendable, Hashable, CustomStringConvertible {
         case .defconfig: return "defconfig"
         case .file(let path): return "file:\(path)"
         }
+    }
+}
+
+/// The recipe's `initrd:` section: how the init behaves and what else the initrd holds.
+public struct InitrdSpec: Sendable, Hashable {
+    public enum Compression: String, Sendable, Codable, CaseIterable {
+        case none, gzip, zstd, lz4
+
+        /// The file name's ending.
+        public var suffix: String {
+            switch self {
+            case .none: return ""
+            case .gzip: return ".gz"
+            case .zstd: return ".zst"
+            case .lz4: return ".lz4"
+            }
+        }
+
+        /// The decompressor the kernel needs to unpack it.
+        public var kernelSymbol: String? {
+            switch self {
+            case .none: return nil
+            case .gzip: return "RD_GZIP"
+            case .zstd: return "RD_ZSTD"
+            case .lz4: return "RD_LZ4"
+            }
+        }
+    }
+
+    /// A file copied from the build host into the initrd.
+    public struct File: Sendable, Hashable {
+        public var source: String
+        public var destination: String
+        public var mode: UInt32
+    }
+
+    public var compression: Compression = .none
+    public var hostname: String = "vmfactory"
+    /// What init runs when the kernel command line names nothing after `--`.
+    public var entrypoint: [String] = []
+    public var environment: [(String, String)] = []
+    public var files: [File] = []
+
+    public init() {}
+
+    public static func == (lhs: InitrdSpec, rhs: InitrdSpec) -> Bool {
+        lhs.compression == rhs.compression && lhs.hostname == rhs.hostname && lhs.entrypoint == rhs.entrypoint
+            && lhs.environment.map(\.0) == rhs.environment.map(\.0) && lhs.environment.map(\.1) == rhs.environment.map(\.1)
+            && lhs.files == rhs.files
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(compression)
+        hasher.combine(hostname)
+        hasher.combine(entrypoint)
+        for (key, value) in environment {
+            hasher.combine(key)
+            hasher.combine(value)
+        }
+        hasher.combine(files)
     }
 }

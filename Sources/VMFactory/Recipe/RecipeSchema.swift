@@ -8,9 +8,13 @@ struct RecipeDocument: Decodable {
     var description: String
     var kernel: KernelDocument
     var targets: OrderedTargets
+    /// Seconds since 1970 that stand for "when" in every reproducible output.
+    var sourceDateEpoch: Int?
+    var initrd: InitrdDocument?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case description, kernel, targets
+        case description, kernel, targets, initrd
+        case sourceDateEpoch = "source-date-epoch"
     }
 
     init(from decoder: any Decoder) throws {
@@ -19,6 +23,65 @@ struct RecipeDocument: Decodable {
         description = try container.decode(String.self, forKey: .description)
         kernel = try container.decode(KernelDocument.self, forKey: .kernel)
         targets = try container.decode(OrderedTargets.self, forKey: .targets)
+        sourceDateEpoch = try container.decodeIfPresent(Int.self, forKey: .sourceDateEpoch)
+        initrd = try container.decodeIfPresent(InitrdDocument.self, forKey: .initrd)
+    }
+}
+
+struct InitrdDocument: Decodable {
+    var compression: String?
+    var hostname: String?
+    var entrypoint: [String]?
+    var env: OrderedStrings?
+    var files: [InitrdFileDocument]
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case compression, hostname, entrypoint, env, files
+    }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        compression = try container.decodeIfPresent(String.self, forKey: .compression)
+        hostname = try container.decodeIfPresent(String.self, forKey: .hostname)
+        entrypoint = try container.decodeIfPresent([String].self, forKey: .entrypoint)
+        env = try container.decodeIfPresent(OrderedStrings.self, forKey: .env)
+        files = try container.decodeIfPresent([InitrdFileDocument].self, forKey: .files) ?? []
+    }
+}
+
+struct InitrdFileDocument: Decodable {
+    var source: String
+    var destination: String
+    /// Octal digits, as a string ("0755") or a number written in octal digits (755).
+    var mode: String?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case source, destination, mode
+    }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        source = try container.decode(String.self, forKey: .source)
+        destination = try container.decode(String.self, forKey: .destination)
+        if let number = try? container.decodeIfPresent(Int.self, forKey: .mode) {
+            mode = String(number)
+        } else {
+            mode = try container.decodeIfPresent(String.self, forKey: .mode)
+        }
+    }
+}
+
+/// A mapping of strings to strings, in the order written.
+struct OrderedStrings: Decodable {
+    var entries: [(key: String, value: String)]
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: AnyCodingKey.self)
+        entries = try container.allKeys.map { key in
+            (key.stringValue, try container.decode(String.self, forKey: key))
+        }
     }
 }
 

@@ -23,6 +23,9 @@ struct RecipeValidator {
         if document.description.contains("\n") {
             throw locator.error(at: at("description"), "must be a single line")
         }
+        if let epoch = document.sourceDateEpoch, epoch < 0 || epoch > 253_402_300_799 {
+            throw locator.error(at: at("source-date-epoch"), "must be seconds since 1970-01-01 UTC, between 0 and 253402300799", hint: "for example the output of `date -u +%s`")
+        }
         if document.kernel.version.isEmpty {
             throw locator.error(at: at("kernel", "version"), "must not be empty")
         }
@@ -70,11 +73,81 @@ struct RecipeValidator {
             series = try validatePatches(patches)
         }
 
-        return Recipe(
+        var recipe = Recipe(
             name: name, path: recipePath, digest: digest, description: document.description,
             kernelVersion: document.kernel.version, source: source, baseConfig: base,
-            patchSeries: series, targets: recipes
+            patchSeries: series, targets: recipes, sourceDateEpoch: document.sourceDateEpoch
         )
+        if let initrd = document.initrd {
+            recipe.initrd = try validateInitrd(initrd)
+        }
+        return recipe
+    }
+
+    /// Paths the initrd always has; a recipe's file may not take their place.
+    static let reservedInitrdPaths: Set<String> = ["/init", "/dev/console", "/dev/null", InitrdLayout.configPath]
+
+    private func validateInitrd(_ document: InitrdDocument) throws -> InitrdSpec {
+        var spec = InitrdSpec()
+        if let compression = document.compression {
+            guard let value = InitrdSpec.Compression(rawValue: compression) else {
+                throw locator.error(at: at("initrd", "compression"), "unknown compression '\(compression)' (known: \(InitrdSpec.Compression.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            spec.compression = value
+        }
+        if let hostname = document.hostname {
+            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+            guard !hostname.isEmpty, hostname.count <= 64, hostname.allSatisfy({ allowed.contains($0) }), !hostname.hasPrefix("-") else {
+                throw locator.error(at: at("initrd", "hostname"), "'\(hostname)' is not a host name (letters, digits, '-' and '.', at most 64)")
+            }
+            spec.hostname = hostname
+        }
+        if let entrypoint = document.entrypoint {
+            guard let first = entrypoint.first, !first.isEmpty else {
+                throw locator.error(at: at("initrd", "entrypoint"), "needs at least the program to run, as a list: [/bin/app, --flag]")
+            }
+            for (index, word) in entrypoint.enumerated() where word.contains("\n") || word.contains("\0") {
+                throw locator.error(at: at("initrd", "entrypoint", index), "must not contain a line break or NUL")
+            }
+            spec.entrypoint = entrypoint
+        }
+        for (key, value) in document.env?.entries ?? [] {
+            let nameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+            guard !key.isEmpty, key.allSatisfy({ nameCharacters.contains($0) }), !(key.first?.isNumber ?? true) else {
+                throw locator.error(at: at("initrd", "env", key), "'\(key)' is not an environment variable name", key: true)
+            }
+            guard !value.contains("\n"), !value.contains("\0") else {
+                throw locator.error(at: at("initrd", "env", key), "must not contain a line break or NUL")
+            }
+            spec.environment.append((key, value))
+        }
+        var destinations = Set<String>()
+        for (index, file) in document.files.enumerated() {
+            let source = FileStore.absolute(file.source, relativeTo: recipeDirectory)
+            guard FileStore.isRegularFile(source) else {
+                throw locator.error(at: at("initrd", "files", index, "source"), "no such file: \(source)")
+            }
+            let destination = file.destination
+            let parts = destination.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+            guard destination.hasPrefix("/"), destination.count > 1, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+                throw locator.error(at: at("initrd", "files", index, "destination"), "'\(destination)' must be an absolute path without '.', '..' or empty parts")
+            }
+            guard !Self.reservedInitrdPaths.contains(destination) else {
+                throw locator.error(at: at("initrd", "files", index, "destination"), "\(destination) is made by vmfactory; choose another path")
+            }
+            guard destinations.insert(destination).inserted else {
+                throw locator.error(at: at("initrd", "files", index, "destination"), "\(destination) is listed twice")
+            }
+            var mode: UInt32 = 0o644
+            if let text = file.mode {
+                guard let value = UInt32(text, radix: 8), value <= 0o7777 else {
+                    throw locator.error(at: at("initrd", "files", index, "mode"), "'\(text)' is not an octal file mode such as \"0755\"")
+                }
+                mode = value
+            }
+            spec.files.append(InitrdSpec.File(source: source, destination: destination, mode: mode))
+        }
+        return spec
     }
 
     private func validateTargets(_ targets: OrderedTargets) throws -> [(Target, TargetDocument)] {

@@ -142,6 +142,19 @@ public enum FileStore {
         }
     }
 
+    /// Bytes used by the regular files below `path`.
+    public static func diskUsage(_ path: String) -> Int64 {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return 0 }
+        if (st.st_mode & S_IFMT) == S_IFREG { return Int64(st.st_size) }
+        guard (st.st_mode & S_IFMT) == S_IFDIR, let enumerator = FileManager.default.enumerator(atPath: path) else { return 0 }
+        var total: Int64 = 0
+        while let entry = enumerator.nextObject() as? String {
+            if lstat(path + "/" + entry, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG { total += Int64(st.st_size) }
+        }
+        return total
+    }
+
     /// Relative form of `path` when it lies under the current directory, for messages.
     public static func displayPath(_ path: String) -> String {
         let cwd = FileManager.default.currentDirectoryPath
@@ -184,6 +197,17 @@ public final class FileLock: @unchecked Sendable {
                 close(fd)
                 throw VMFactoryError(.interrupted, "interrupted while waiting for \(path)")
             }
+        }
+        return FileLock(fd: fd, path: path)
+    }
+
+    /// Takes the lock only if nobody holds it.
+    public static func tryAcquire(_ path: String) -> FileLock? {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            return nil
         }
         return FileLock(fd: fd, path: path)
     }

@@ -116,3 +116,60 @@ extension Trait where Self == ConditionTrait {
         .enabled(if: Doctor.findExecutable(name) != nil, "needs \(name) on PATH; `vmfactory doctor` says which package has it")
     }
 }
+
+extension TestSupport {
+    /// Compiles `Tests/fixtures/NAME.c` for `target` as a small static program.
+    static func compileFixture(_ name: String, for target: Target, into directory: String) async throws -> String {
+        let source = repositoryRoot + "/Tests/fixtures/\(name).c"
+        let output = directory + "/\(name)-\(target)"
+        try FileStore.createDirectory(directory)
+        try await SubprocessRunner().runChecked(
+            Command(target.compiler(), ["-static", "-Os", "-s", "-Wall", "-Werror", "-o", output, source]),
+            what: "compiling the fixture \(name) for \(target)"
+        )
+        return output
+    }
+
+    /// A recipe file beside the real library (so it finds fragments and patches), with the
+    /// minimal recipe's kernel and `initrd` as given.
+    static func recipe(named name: String, initrd: String, in directory: String) throws -> String {
+        let minimal = try FileStore.readText(repositoryRoot + "/recipes/minimal.yaml")
+        var lines = minimal.components(separatedBy: "\n")
+        // Drop the minimal recipe's own initrd section.
+        if let start = lines.firstIndex(of: "initrd:") {
+            var end = start + 1
+            while end < lines.count, lines[end].hasPrefix("  ") || lines[end].isEmpty { end += 1 }
+            lines.removeSubrange(start..<end)
+        }
+        let path = directory + "/\(name).yaml"
+        try write(lines.joined(separator: "\n") + "\ninitrd:\n" + initrd + "\n", to: path)
+        return path
+    }
+}
+
+extension TestSupport {
+    /// `DIR/recipes/NAME.yaml`: the pinned kernel for x86_64 with a fragment of its own that asks
+    /// for virtio-fs while turning FUSE off, so its configuration cannot verify.
+    static func writeNoFuseRecipe(named name: String, in directory: String) throws {
+        try write("""
+            # virtio-fs, but someone turned FUSE off
+            # CONFIG_FUSE_FS is not set
+            CONFIG_VIRTIO_FS=y
+            """, to: directory + "/recipes/configs/common/nofuse.conf")
+        try write("""
+            description: virtio-fs without FUSE
+            kernel:
+              version: 6.1.192
+              source:
+                sha256: \(pinnedSHA256)
+              config:
+                base: tinyconfig
+                fragment-dirs: [configs]
+                fragments: [base, nofuse]
+              patches:
+                series: linux-6.1-microvm
+            targets:
+              x86_64:
+            """, to: directory + "/recipes/\(name).yaml")
+    }
+}

@@ -1,0 +1,5 @@
+#ifndef VMFACTORY_CLZ4_SHIM_H
+#define VMFACTORY_CLZ4_SHIM_H
+#include <lz4.h>
+#include <lz4hc.h>
+#endif

@@ -1,0 +1,177 @@
+import Foundation
+
+/// Everything one target's kernel build depends on, resolved before anything runs: the make
+/// invocation, the reproducibility settings, the artifacts to collect and the keys.
+public struct KernelBuildPlan: Sendable {
+    /// A file the build leaves in the build directory that is published.
+    public struct ArtifactSpec: Sendable, Hashable {
+        public var name: String
+        /// Relative to the build directory.
+        public var buildPath: String
+        public var kind: KernelImage.Kind?
+    }
+
+    public var recipe: Recipe
+    public var target: TargetRecipe
+    public var treeKey: SHA256Digest
+    public var toolchain: Toolchain
+    /// `KBUILD_BUILD_TIMESTAMP` is this instant.
+    public var sourceDateEpoch: Int
+    public var jobs: Int
+    /// The ccache executable, when builds go through it. It is left out of the keys: a cache
+    /// hit gives the same bytes as a compile.
+    public var ccache: String?
+    public var hostMachine: String
+    public var buildDirectory: String
+    public var outputDirectory: String
+
+    public init(
+        recipe: Recipe, target: TargetRecipe, treeKey: SHA256Digest, toolchain: Toolchain, sourceDateEpoch: Int,
+        jobs: Int, ccache: String? = nil, hostMachine: String = Target.hostMachine, buildDirectory: String, outputDirectory: String
+    ) {
+        self.recipe = recipe
+        self.target = target
+        self.treeKey = treeKey
+        self.toolchain = toolchain
+        self.sourceDateEpoch = sourceDateEpoch
+        self.jobs = jobs
+        self.ccache = ccache
+        self.hostMachine = hostMachine
+        self.buildDirectory = buildDirectory
+        self.outputDirectory = outputDirectory
+    }
+
+    /// The epoch of a build: the recipe's `source-date-epoch`, else `$SOURCE_DATE_EPOCH`, else 0.
+    public static func sourceDateEpoch(recipe: Recipe, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
+        if let epoch = recipe.sourceDateEpoch { return epoch }
+        guard let text = environment["SOURCE_DATE_EPOCH"], !text.isEmpty else { return 0 }
+        guard let epoch = Int(text), epoch >= 0 else {
+            throw VMFactoryError(.invalidArgument, "SOURCE_DATE_EPOCH=\(text) is not a number of seconds since 1970", hint: "set it to the output of `date -u +%s`, or unset it")
+        }
+        return epoch
+    }
+
+    /// The make goals that produce the images.
+    public var goals: [String] {
+        switch target.target {
+        case .x86_64: return ["vmlinux", "bzImage"]
+        case .s390x: return ["bzImage"]
+        }
+    }
+
+    /// Kernel images first, then the symbol map.
+    public var artifacts: [ArtifactSpec] {
+        switch target.target {
+        case .x86_64:
+            return [
+                ArtifactSpec(name: "vmlinux", buildPath: "vmlinux", kind: .elfPVH),
+                ArtifactSpec(name: "bzImage", buildPath: "arch/x86/boot/bzImage", kind: .x86BzImage),
+                ArtifactSpec(name: "System.map", buildPath: "System.map", kind: nil),
+            ]
+        case .s390x:
+            return [
+                ArtifactSpec(name: "bzImage", buildPath: "arch/s390/boot/bzImage", kind: .s390Uncompressed),
+                ArtifactSpec(name: "System.map", buildPath: "System.map", kind: nil),
+            ]
+        }
+    }
+
+    /// `Mon Jan  1 00:00:00 UTC 2024`: what `date` prints, which is what kbuild shows in
+    /// `uname -v` and the boot banner.
+    public var buildTimestamp: String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "EEE MMM d HH:mm:ss 'UTC' yyyy"
+        let text = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(sourceDateEpoch)))
+        // date(1) pads the day of the month to two columns with a space.
+        let parts = text.split(separator: " ", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts[2].count == 1 else { return text }
+        return parts[0...1].joined(separator: " ") + "  " + parts[2...].joined(separator: " ")
+    }
+
+    /// The variables that make the images reproducible. Passed in the environment, where
+    /// kbuild's scripts read them.
+    public var reproducibilityVariables: [String: String] {
+        [
+            "KBUILD_BUILD_TIMESTAMP": buildTimestamp,
+            "KBUILD_BUILD_USER": "vmfactory",
+            "KBUILD_BUILD_HOST": "vmfactory",
+            "KBUILD_BUILD_VERSION": "1",
+        ]
+    }
+
+    /// Variables on make's command line besides ARCH and CROSS_COMPILE.
+    public var makeOverrides: [String: String] {
+        guard let ccache else { return [:] }
+        return ["CC": "\(ccache) \(target.target.compiler(host: hostMachine))"]
+    }
+
+    public func make(sourceTree: String) -> KernelMake {
+        KernelMake(target: target.target, sourceTree: sourceTree, buildDirectory: buildDirectory, jobs: jobs, hostMachine: hostMachine, extraVariables: makeOverrides)
+    }
+
+    /// The environment of every make of this build.
+    public func environment(cacheDirectory: String, base: [String: String] = Command.baseEnvironment()) -> [String: String] {
+        var environment = base.merging(reproducibilityVariables) { $1 }
+        if ccache != nil {
+            environment["CCACHE_DIR"] = cacheDirectory + "/ccache"
+            // Paths below the cache are rewritten relative, so that trees at other cache
+            // locations still hit.
+            environment["CCACHE_BASEDIR"] = cacheDirectory
+        }
+        return environment
+    }
+
+    public func makeCommand(_ goals: [String], sourceTree: String, cacheDirectory: String) -> Command {
+        var command = make(sourceTree: sourceTree).command(goals)
+        command.environment = environment(cacheDirectory: cacheDirectory)
+        return command
+    }
+
+    /// Covers every input known before configuring: the source tree (tarball and patches),
+    /// the base config, each fragment's bytes in order, the toolchain, the make variables
+    /// that reach the images, the reproducibility settings and the target. Equal keys mean
+    /// the existing artifacts can be reused without running anything.
+    public var inputKey: SHA256Digest {
+        var builder = KeyBuilder("vmfactory kernel build inputs v1")
+        builder.add("target", target.target.rawValue)
+        builder.add("source-tree", treeKey.hex)
+        builder.add("kernel-version", recipe.kernelVersion)
+        builder.add("base-config", recipe.baseConfig.keyDescription)
+        for fragment in target.fragments {
+            let digest = (try? SHA256Digest.ofFile(at: fragment.path))?.hex ?? "unreadable"
+            builder.add("fragment", "\(fragment.name) \(digest)")
+        }
+        builder.add("compiler", toolchain.compiler)
+        builder.add("linker", toolchain.linker)
+        builder.add("host-compiler", toolchain.hostCompiler)
+        builder.add("make", toolchain.make)
+        for (name, value) in make(sourceTree: "").variables where name != "CC" {
+            builder.add("make-variable", "\(name)=\(value)")
+        }
+        for (name, value) in reproducibilityVariables.sorted(by: { $0.key < $1.key }) {
+            builder.add("environment", "\(name)=\(value)")
+        }
+        for goal in goals { builder.add("goal", goal) }
+        return builder.digest
+    }
+
+    /// The input key together with the resolved `.config` that configuring produced.
+    public func buildKey(resolvedConfig: SHA256Digest) -> SHA256Digest {
+        var builder = KeyBuilder("vmfactory kernel build v1")
+        builder.add("inputs", inputKey.hex)
+        builder.add("resolved-config", resolvedConfig.hex)
+        return builder.digest
+    }
+}
+
+extension BaseConfig {
+    /// A base config file counts by its bytes, not its path.
+    var keyDescription: String {
+        switch self {
+        case .file(let path): return "file " + ((try? SHA256Digest.ofFile(at: path))?.hex ?? "unreadable")
+        default: return description
+        }
+    }
+}

@@ -1,0 +1,314 @@
+/*
+ * vmfactory-init: PID 1 of a vmfactory microVM. It makes the machine behave
+ * like a container: it says it is ready, sets up the usual mounts, runs one
+ * entrypoint, reaps every process, forwards SIGTERM and SIGINT, reports how the
+ * entrypoint ended and ends the machine. With `quiet` on the kernel command
+ * line, its two lines are all the console shows.
+ *
+ * Run as any other PID, `init --explain [--conf FILE] [--cmdline TEXT] [-- ARGS...]`
+ * prints what it would run, for tests on the build host.
+ */
+#define _GNU_SOURCE
+#include "launch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#include <sys/io.h>
+#endif
+
+#define TAG "vmfactory-init: "
+#define CONF_PATH "/etc/vmfactory/init.conf"
+/* QEMU's isa-debug-exit device, as vmfactory boot adds it: iobase=0xf4,iosize=4. */
+#define DEBUG_EXIT_PORT 0xf4
+
+static char *read_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	size_t size = 0, capacity = 4096;
+	char *text = malloc(capacity);
+	for (;;) {
+		if (!text) {
+			close(fd);
+			return NULL;
+		}
+		ssize_t n = read(fd, text + size, capacity - size - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		size += (size_t)n;
+		if (size + 1 == capacity)
+			text = realloc(text, capacity *= 2);
+	}
+	close(fd);
+	text[size] = '\0';
+	return text;
+}
+
+static void say(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *format, ...)
+{
+	char line[512];
+	va_list args;
+	va_start(args, format);
+	int n = vsnprintf(line, sizeof(line), format, args);
+	va_end(args);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	/* One write per line, so that the workload's output does not split it. */
+	ssize_t ignored = write(STDOUT_FILENO, line, (size_t)n);
+	(void)ignored;
+}
+
+static void make_dir(const char *path, mode_t mode)
+{
+	if (mkdir(path, mode) != 0 && errno != EEXIST)
+		say(TAG "cannot create %s: %s\n", path, strerror(errno));
+}
+
+static void mount_one(const char *source, const char *target, const char *type,
+		      unsigned long flags, const char *options, mode_t mode)
+{
+	make_dir(target, mode);
+	if (mount(source, target, type, flags, options) != 0 && errno != EBUSY)
+		say(TAG "cannot mount %s on %s: %s\n", type, target, strerror(errno));
+}
+
+static void setup_filesystems(void)
+{
+	const unsigned long hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	mount_one("proc", "/proc", "proc", hardened, NULL, 0555);
+	mount_one("sysfs", "/sys", "sysfs", hardened, NULL, 0555);
+	mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", 0755);
+	mount_one("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666", 0755);
+	mount_one("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 01777);
+	mount_one("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 01777);
+	mount_one("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", 0755);
+	/* The links a container's /dev has; devtmpfs does not make them. */
+	const char *links[][2] = {
+		{"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"},
+		{"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"},
+		{"pts/ptmx", "/dev/ptmx"},
+	};
+	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++)
+		if (symlink(links[i][0], links[i][1]) != 0 && errno != EEXIST)
+			say(TAG "cannot link %s: %s\n", links[i][1], strerror(errno));
+}
+
+/* Starts the entrypoint with default signal handling and its own session. */
+static pid_t start(struct vmf_launch *launch, const sigset_t *original)
+{
+	pid_t child = fork();
+	if (child != 0)
+		return child;
+	sigprocmask(SIG_SETMASK, original, NULL);
+	setsid();
+	execvpe(launch->argv[0], launch->argv, launch->envp);
+	int error = errno;
+	say(TAG "cannot run %s: %s\n", launch->argv[0], strerror(error));
+	_exit(error == ENOENT ? 127 : 126);
+}
+
+static int exit_code(int status)
+{
+	if (WIFEXITED(status))
+		return WEXITSTATUS(status);
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return 255;
+}
+
+/* Reaps what has ended; returns how many, and the entrypoint's status once seen. */
+static int reap(pid_t entrypoint, int *status, int *done)
+{
+	int reaped = 0, st;
+	pid_t pid;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		if (pid == entrypoint) {
+			*status = st;
+			*done = 1;
+		} else {
+			reaped++;
+		}
+	}
+	return reaped;
+}
+
+/* Ends every process that is left, and collects them all. */
+static int end_the_rest(int *orphans)
+{
+	int left = 0;
+	if (kill(-1, SIGTERM) == 0) {
+		struct timespec pause = {0, 10 * 1000 * 1000};
+		for (int i = 0; i < 100; i++) {
+			pid_t pid;
+			while ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
+				(*orphans)++;
+			if (pid < 0 && errno == ECHILD)
+				return 0;
+			nanosleep(&pause, NULL);
+		}
+		kill(-1, SIGKILL);
+	}
+	for (;;) {
+		pid_t pid = waitpid(-1, NULL, 0);
+		if (pid > 0) {
+			(*orphans)++;
+			left++;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		break;
+	}
+	return left;
+}
+
+static void end_machine(int code)
+{
+	sync();
+#if defined(__x86_64__)
+	/*
+	 * With isa-debug-exit present, QEMU exits at once with status (code << 1) | 1.
+	 * The device reads as zero; a port nobody claims reads as all ones.
+	 */
+	if (ioperm(DEBUG_EXIT_PORT, 4, 1) == 0 && inb(DEBUG_EXIT_PORT) == 0)
+		outl((unsigned)code, DEBUG_EXIT_PORT);
+	/* reboot=t with QEMU's -no-reboot turns the restart into QEMU's exit. */
+	reboot(RB_AUTOBOOT);
+#else
+	reboot(RB_POWER_OFF);
+#endif
+	/* Only reached when the kernel refused: exiting lets the kernel end it. */
+	_exit(code);
+}
+
+static int explain(int argc, char **argv, char **envp)
+{
+	char *conf = NULL, *cmdline = NULL;
+	int i = 2;
+	for (; i < argc; i++) {
+		if (strcmp(argv[i], "--conf") == 0 && i + 1 < argc) {
+			conf = read_file(argv[++i]);
+			if (!conf) {
+				fprintf(stderr, "cannot read %s: %s\n", argv[i], strerror(errno));
+				return 2;
+			}
+		} else if (strcmp(argv[i], "--cmdline") == 0 && i + 1 < argc) {
+			cmdline = strdup(argv[++i]);
+		} else if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		} else {
+			fprintf(stderr, "usage: init --explain [--conf FILE] [--cmdline TEXT] [-- ARGS...]\n");
+			return 2;
+		}
+	}
+	struct vmf_launch launch;
+	char err[256];
+	if (vmf_launch_parse(&launch, conf, cmdline, argc - i, argv + i, envp, err, sizeof(err)) != 0) {
+		printf("error: %s\n", err);
+		return 1;
+	}
+	printf("hostname: %s\n", launch.hostname);
+	printf("verbose: %d\n", launch.verbose);
+	for (int a = 0; a < launch.argc; a++)
+		printf("argv: %s\n", launch.argv[a]);
+	for (int e = 0; e < launch.envc; e++)
+		printf("env: %s\n", launch.envp[e]);
+	return 0;
+}
+
+int main(int argc, char **argv, char **envp)
+{
+	if (getpid() != 1) {
+		if (argc > 1 && strcmp(argv[1], "--explain") == 0)
+			return explain(argc, argv, envp);
+		fprintf(stderr, "vmfactory-init runs as PID 1 of a microVM; `%s --explain` shows what it would run\n", argv[0]);
+		return 2;
+	}
+
+	struct timespec boot;
+	clock_gettime(CLOCK_BOOTTIME, &boot);
+	/* Without a /dev/console in the initrd the kernel gives init no stdout. */
+	if (fcntl(STDOUT_FILENO, F_GETFD) < 0) {
+		int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+		if (fd >= 0) {
+			dup2(fd, 0);
+			dup2(fd, 1);
+			dup2(fd, 2);
+			if (fd > 2)
+				close(fd);
+		}
+	}
+	say(TAG "ready %ld.%06ld\n", (long)boot.tv_sec, boot.tv_nsec / 1000);
+
+	setup_filesystems();
+
+	struct vmf_launch launch;
+	char err[256];
+	char *conf = read_file(CONF_PATH);
+	char *cmdline = read_file("/proc/cmdline");
+	if (vmf_launch_parse(&launch, conf, cmdline, argc - 1, argv + 1, envp, err, sizeof(err)) != 0) {
+		say(TAG "%s\n", err);
+		say(TAG "exit 2\n");
+		end_machine(2);
+	}
+	if (sethostname(launch.hostname, strlen(launch.hostname)) != 0)
+		say(TAG "cannot set the hostname %s: %s\n", launch.hostname, strerror(errno));
+	if (chdir("/") != 0)
+		say(TAG "cannot enter /: %s\n", strerror(errno));
+
+	/* Signals arrive through sigwaitinfo, never between a check and a wait. */
+	sigset_t handled, original;
+	sigemptyset(&handled);
+	sigaddset(&handled, SIGCHLD);
+	sigaddset(&handled, SIGTERM);
+	sigaddset(&handled, SIGINT);
+	sigprocmask(SIG_BLOCK, &handled, &original);
+
+	int status = 0, done = 1, orphans = 0;
+	pid_t entrypoint = -1;
+	if (launch.argc > 0) {
+		entrypoint = start(&launch, &original);
+		if (entrypoint < 0) {
+			say(TAG "cannot start %s: %s\n", launch.argv[0], strerror(errno));
+			status = 127 << 8;
+		} else {
+			done = 0;
+		}
+	}
+	while (!done) {
+		orphans += reap(entrypoint, &status, &done);
+		if (done)
+			break;
+		siginfo_t info;
+		int signal_number = sigwaitinfo(&handled, &info);
+		if (signal_number == SIGTERM || signal_number == SIGINT)
+			kill(entrypoint, signal_number);
+	}
+	int code = exit_code(status);
+	int stubborn = end_the_rest(&orphans);
+	if (launch.verbose)
+		say(TAG "reaped %d orphaned processes (%d needed SIGKILL); none left\n", orphans, stubborn);
+	say(TAG "exit %d\n", code);
+	end_machine(code);
+	return code;
+}

@@ -1,0 +1,289 @@
+import Foundation
+import Testing
+@testable import VMFactory
+
+/// The minimal recipe built once for both targets in the shared test cache, by the real
+/// command line; the tests below look at it.
+actor SharedBuild {
+    static let shared = SharedBuild()
+
+    struct Built: Sendable {
+        var output: String
+        var results: [BuildResult]
+        var stderr: String
+    }
+
+    private var task: Task<Built, any Error>?
+
+    func get() async throws -> Built {
+        if task == nil {
+            task = Task {
+                let output = try TestSupport.temporaryDirectory("shared-build")
+                let run = try await TestSupport.runCLI(BuildIntegrationTests.buildArguments(cache: TestSupport.sharedCache, output: output) + ["--format", "json"])
+                guard run.status == 0 else { throw VMFactoryError(.processFailed, "vmfactory build failed: \(run.stderr)\n\(run.stdout)") }
+                let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
+                return Built(output: output, results: results, stderr: run.stderr)
+            }
+        }
+        return try await task!.value
+    }
+}
+
+@Suite("Building the pinned kernel", .needsPinnedKernel, .needsTool("make"), .needsTool("s390x-linux-gnu-gcc"), .needsTool("readelf"), .serialized)
+struct BuildIntegrationTests {
+    static func buildArguments(cache: String, output: String, target: String = "all") -> [String] {
+        var arguments = ["build", "--recipe", "minimal", "--target", target, "--offline", "--cache-dir", cache, "--output-dir", output]
+        for source in TestSupport.kernelSourceDirs { arguments += ["--source-dir", source] }
+        return arguments
+    }
+
+    static func bytes(_ path: String, at offset: Int, count: Int) throws -> [UInt8] {
+        let handle = try #require(FileHandle(forReadingAtPath: path))
+        defer { try? handle.close() }
+        try handle.seek(toOffset: UInt64(offset))
+        return [UInt8](try handle.read(upToCount: count) ?? Data())
+    }
+
+    static func sha256sum(_ path: String) async throws -> String {
+        let result = try await TestSupport.run("sha256sum", [path])
+        return String(result.output.prefix(64))
+    }
+
+    @Test("the minimal recipe builds for both targets: bootable image formats, a complete manifest, reproducible settings")
+    func minimalBothTargets() async throws {
+        let built = try await SharedBuild.shared.get()
+        #expect(built.results.map(\.target) == [.x86_64, .s390x])
+        #expect(built.results.allSatisfy { !$0.upToDate })
+        #expect(built.stderr.contains("build minimal/x86_64: ["), "no [n/N] progress: \(built.stderr)")
+        let recipePath = TestSupport.repositoryRoot + "/recipes/minimal.yaml"
+
+        for result in built.results {
+            let directory = built.output + "/minimal/\(result.target)"
+            #expect(result.outputDirectory == directory)
+            let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+            let images = result.target == .x86_64 ? ["bzImage", "vmlinux"] : ["bzImage"]
+            #expect(names == (["System.map", "build.log", "config", "config.log", "init", "initrd.cpio", "manifest.json"] + images).sorted())
+
+            // The manifest on disk is the one printed, and describes exactly these files.
+            let manifest = try BuildManifest.load(directory + "/manifest.json")
+            #expect(manifest == result.manifest)
+            #expect(manifest.recipe.name == "minimal")
+            #expect(manifest.recipe.sha256.hex == (try await Self.sha256sum(recipePath)))
+            #expect(manifest.target == result.target)
+            #expect(manifest.sourceDateEpoch == 1_735_689_600)
+            let kernel = try #require(manifest.kernel)
+            #expect(kernel.version == "6.1.192")
+            #expect(kernel.release.hasPrefix("6.1.192"))
+            #expect(kernel.cmdline.hasPrefix("quiet panic=-1"))
+            #expect(kernel.source.sha256 == TestSupport.pinnedSHA256)
+            #expect(kernel.patchSeries == "linux-6.1-microvm")
+            #expect(kernel.patches.count == 2)
+            for patch in kernel.patches {
+                #expect(patch.sha256.hex == (try await Self.sha256sum(TestSupport.repositoryRoot + "/" + patch.path)), "\(patch.path)")
+            }
+            #expect(kernel.config.base == "tinyconfig")
+            #expect(kernel.config.fragments.map(\.path).contains("kernel-configs/common/vsock.conf"))
+            for fragment in kernel.config.fragments {
+                #expect(fragment.sha256.hex == (try await Self.sha256sum(TestSupport.repositoryRoot + "/" + fragment.path)), "\(fragment.path)")
+            }
+            #expect(kernel.config.verifiedSettings > 40)
+            #expect(kernel.toolchain.compiler.contains("gcc"))
+            #expect(kernel.toolchain.make.contains("Make"))
+            #expect(kernel.make.variables["KBUILD_BUILD_TIMESTAMP"] == "Wed Jan  1 00:00:00 UTC 2025")
+            #expect(kernel.make.variables["KBUILD_BUILD_USER"] == "vmfactory")
+            #expect(kernel.make.variables["CROSS_COMPILE"] == (result.target == .s390x ? "s390x-linux-gnu-" : nil))
+            #expect(kernel.config.resolved == manifest.artifact("config")?.sha256)
+
+            // The init and the initrd, from this checkout's C sources.
+            let initrd = try #require(manifest.initrd)
+            #expect(initrd.compression == .none)
+            #expect(initrd.initSources.map(\.path) == ["Sources/guest-init/init.c", "Sources/guest-init/launch.c", "Sources/guest-init/launch.h"])
+            #expect(initrd.compiler.contains("gcc"))
+            #expect(initrd.flags.contains("-static"))
+            #expect(manifest.artifacts(of: .initrd).map(\.name) == ["init", "initrd.cpio"])
+
+            #expect(Set(manifest.artifacts.map(\.name)) == Set(images + ["System.map", "config", "init", "initrd.cpio"]))
+            for artifact in manifest.artifacts {
+                let path = directory + "/" + artifact.name
+                #expect(artifact.size == FileStore.fileSize(path), "\(artifact.name)")
+                #expect(artifact.sha256.hex == (try await Self.sha256sum(path)), "\(artifact.name)")
+            }
+        }
+
+        // x86_64: vmlinux is an ELF with the PVH entry note; bzImage carries HdrS.
+        let x86 = built.output + "/minimal/x86_64"
+        #expect(try Self.bytes(x86 + "/vmlinux", at: 0, count: 4) == [0x7f, 0x45, 0x4c, 0x46])
+        let notes = try await TestSupport.run("readelf", ["-n", x86 + "/vmlinux"])
+        let xenNotes = notes.output.split(separator: "\n").filter { $0.trimmingCharacters(in: .whitespaces).hasPrefix("Xen") }
+        #expect(xenNotes.contains { $0.contains("0x00000012") || $0.contains("PHYS32") }, "readelf -n: \(xenNotes)")
+        #expect(try Self.bytes(x86 + "/bzImage", at: 0x202, count: 4) == Array("HdrS".utf8))
+        // The reproducibility settings reached the kernel's own banner.
+        let banner = try Data(contentsOf: URL(fileURLWithPath: x86 + "/vmlinux"))
+        #expect(banner.range(of: Data("(vmfactory@vmfactory)".utf8)) != nil)
+        #expect(banner.range(of: Data("#1 Wed Jan  1 00:00:00 UTC 2025".utf8)) != nil)
+
+        // s390x: an uncompressed image, S390EP at 0x10008.
+        let s390 = built.output + "/minimal/s390x"
+        #expect(try KernelConfig.load(s390 + "/config")["KERNEL_UNCOMPRESSED"] == .yes)
+        #expect(try Self.bytes(s390 + "/bzImage", at: 0x10008, count: 6) == Array("S390EP".utf8))
+    }
+
+    @Test("a rebuild with nothing changed verifies the artifacts and runs nothing; a second build waits for the lock")
+    func noOpRebuildAndLock() async throws {
+        let built = try await SharedBuild.shared.get()
+        let log = built.output + "/minimal/x86_64/build.log"
+        let before = try FileManager.default.attributesOfItem(atPath: log)[.modificationDate] as? Date
+
+        let again = try await TestSupport.runCLI(Self.buildArguments(cache: TestSupport.sharedCache, output: built.output) + ["--format", "json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        let results = try JSONDecoder().decode([BuildResult].self, from: Data(again.stdout.utf8))
+        #expect(results.map(\.upToDate) == [true, true])
+        #expect(results.map(\.manifest) == built.results.map(\.manifest))
+        #expect(again.stderr.contains("build minimal/x86_64: up to date"))
+        #expect(!again.stderr.contains("make vmlinux"))
+        #expect(try FileManager.default.attributesOfItem(atPath: log)[.modificationDate] as? Date == before)
+
+        // Hold the build directory's lock as another build would; the command waits, says so,
+        // and goes on once the lock is free.
+        let lock = try await FileLock.acquire(TestSupport.sharedCache + "/builds/minimal/x86_64.lock")
+        let dir = try TestSupport.temporaryDirectory()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestSupport.executable)
+        process.arguments = Self.buildArguments(cache: TestSupport.sharedCache, output: built.output, target: "x86_64")
+        process.environment = Command.baseEnvironment().merging(["VMFACTORY_HOME": TestSupport.repositoryRoot]) { $1 }
+        _ = FileManager.default.createFile(atPath: dir + "/stderr", contents: nil)
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/stderr"))
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        var stderr = ""
+        let started = Date()
+        while !stderr.contains("waiting: another vmfactory is building minimal/x86_64"), Date().timeIntervalSince(started) < 60, process.isRunning {
+            usleep(50_000)
+            stderr = (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? ""
+        }
+        #expect(stderr.contains("waiting: another vmfactory is building minimal/x86_64"), "\(stderr)")
+        #expect(process.isRunning, "the second build did not wait for the lock")
+        lock.release()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(try String(contentsOfFile: dir + "/stderr", encoding: .utf8).contains("up to date"))
+        try FileStore.removeTree(dir)
+    }
+
+    @Test("an artifact changed after the build is caught by its sha256 and built again")
+    func tamperedArtifact() async throws {
+        let built = try await SharedBuild.shared.get()
+        let copy = try TestSupport.temporaryDirectory()
+        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: copy + "/minimal")
+        let image = copy + "/minimal/x86_64/bzImage"
+        let original = try Data(contentsOf: URL(fileURLWithPath: image))
+        var tampered = original
+        tampered[0x1000] ^= 0xff
+        try tampered.write(to: URL(fileURLWithPath: image))
+
+        let run = try await TestSupport.runCLI(Self.buildArguments(cache: TestSupport.sharedCache, output: copy, target: "x86_64") + ["--format", "json"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stderr.contains("changed since it was built (bzImage has sha256"), "\(run.stderr)")
+        let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
+        #expect(results.first?.upToDate == false)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == original)
+        #expect(try BuildManifest.load(copy + "/minimal/x86_64/manifest.json").verify(in: copy + "/minimal/x86_64").isEmpty)
+        try FileStore.removeTree(copy)
+    }
+
+    @Test("a config that does not verify stops the build before make, naming the symbol")
+    func unverifiedConfigIsNotBuilt() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        try TestSupport.writeNoFuseRecipe(named: "nofuse-build", in: dir)
+        var arguments = ["build", "--recipe", dir + "/recipes/nofuse-build.yaml", "--offline", "--cache-dir", TestSupport.sharedCache, "--output-dir", dir + "/outputs"]
+        for source in TestSupport.kernelSourceDirs { arguments += ["--source-dir", source] }
+        let run = try await TestSupport.runCLI(arguments)
+        #expect(run.status == 1)
+        #expect(run.stderr.contains("1 of 17 requested settings did not land; not building"), "\(run.stderr)")
+        #expect(run.stderr.contains("CONFIG_VIRTIO_FS: requested y at"))
+        #expect(!FileStore.exists(TestSupport.sharedCache + "/builds/nofuse-build/x86_64/.vmfactory/build.log"))
+        #expect(!FileStore.exists(dir + "/outputs/nofuse-build/x86_64"))
+        try FileStore.removeTree(TestSupport.sharedCache + "/builds/nofuse-build")
+        try FileStore.removeTree(dir)
+    }
+
+    @Test("a build killed part-way leaves no complete-looking set; the next one finishes, from other paths, with the same bytes")
+    func killedBuildResumesReproducibly() async throws {
+        let built = try await SharedBuild.shared.get()
+        let dir = try TestSupport.temporaryDirectory()
+        let cache = dir + "/cache", output = dir + "/outputs"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestSupport.executable)
+        process.arguments = Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache"]
+        process.environment = Command.baseEnvironment().merging(["VMFACTORY_HOME": TestSupport.repositoryRoot]) { $1 }
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+
+        // Kill vmfactory itself (not its make) hard, a few hundred compile steps in.
+        let log = cache + "/builds/minimal/x86_64/.vmfactory/build.log"
+        let started = Date()
+        var steps = 0
+        while process.isRunning, steps < 300, Date().timeIntervalSince(started) < 900 {
+            usleep(200_000)
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            steps = text.split(separator: "\n").filter { BuildProgress.isStep($0) }.count
+        }
+        #expect(steps >= 300, "the build never got going (\(steps) steps)")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .uncaughtSignal)
+        #expect(!FileStore.exists(output + "/minimal/x86_64/manifest.json"))
+        #expect(!FileStore.exists(output + "/minimal/x86_64/vmlinux"))
+
+        let rerun = try await TestSupport.runCLI(Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache", "--format", "json"])
+        #expect(rerun.status == 0, "\(rerun.stderr)")
+        #expect(rerun.stderr.contains("stopping the make"), "the make left running was not stopped: \(rerun.stderr)")
+        let results = try JSONDecoder().decode([BuildResult].self, from: Data(rerun.stdout.utf8))
+        let manifest = try #require(results.first?.manifest)
+        let reference = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
+        // Another cache, another output folder, an interrupted first attempt: the same bytes.
+        #expect(manifest.artifact("vmlinux")?.sha256 == reference.artifact("vmlinux")?.sha256)
+        #expect(manifest.artifact("bzImage")?.sha256 == reference.artifact("bzImage")?.sha256)
+        #expect(manifest.artifacts == reference.artifacts)
+        #expect(manifest.kernel?.keys == reference.kernel?.keys)
+        #expect(manifest == reference)
+        try FileStore.removeTree(dir)
+    }
+}
+
+extension BuildIntegrationTests {
+    @Test("vmfactory initrd remakes only the init and the initrd, and keeps the set's kernel")
+    func initrdFastPath() async throws {
+        let built = try await SharedBuild.shared.get()
+        let dir = try TestSupport.temporaryDirectory()
+        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: dir + "/outputs/minimal")
+        // The same recipe under the same name, with a gzip initrd.
+        let minimal = try FileStore.readText(TestSupport.repositoryRoot + "/recipes/minimal.yaml")
+        try TestSupport.write(minimal.replacingOccurrences(of: "  compression: none", with: "  compression: gzip"), to: dir + "/recipes/minimal.yaml")
+        let before = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
+
+        var arguments = ["initrd", "--recipe", dir + "/recipes/minimal.yaml", "--target", "x86_64", "--offline", "--format", "json",
+                         "--cache-dir", TestSupport.sharedCache, "--output-dir", dir + "/outputs"]
+        for source in TestSupport.kernelSourceDirs { arguments += ["--source-dir", source] }
+        let run = try await TestSupport.runCLI(arguments)
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(!run.stderr.contains("make vmlinux"))
+        let manifest = try #require(try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8)).first?.manifest)
+        #expect(manifest.kernel == before.kernel)
+        #expect(manifest.artifacts(of: .kernel) == before.artifacts(of: .kernel))
+        #expect(manifest.initrd?.compression == .gzip)
+        #expect(manifest.artifacts(of: .initrd).map(\.name) == ["init", "initrd.cpio.gz"])
+        let output = dir + "/outputs/minimal/x86_64"
+        #expect(!FileStore.exists(output + "/initrd.cpio"))
+        #expect(manifest.verify(in: output).isEmpty)
+        #expect(try BuildManifest.load(output + "/manifest.json") == manifest)
+
+        // A full build of that recipe now finds both parts up to date.
+        arguments[0] = "build"
+        let again = try await TestSupport.runCLI(arguments)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(try JSONDecoder().decode([BuildResult].self, from: Data(again.stdout.utf8)).first?.upToDate == true)
+        try FileStore.removeTree(dir)
+    }
+}
