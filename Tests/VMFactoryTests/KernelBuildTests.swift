@@ -289,3 +289,40 @@ struct KernelBuildTests {
         try FileStore.removeTree(dir)
     }
 }
+
+extension CommandLineTests {
+    @Test("vmfactory clean removes one recipe's builds, or the whole cache, and leaves a build in progress alone")
+    func clean() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let cache = dir + "/cache"
+        for path in ["builds/minimal/x86_64/vmlinux", "builds/minimal/s390x/vmlinux", "builds/other/x86_64/vmlinux", "trees/abc/linux/Makefile", "sources/sha256/abc"] {
+            try TestSupport.write("x", to: cache + "/" + path)
+        }
+        for lock in ["builds/minimal/x86_64.lock", "builds/minimal/s390x.lock", "builds/other/x86_64.lock"] {
+            try TestSupport.write("", to: cache + "/" + lock)
+        }
+
+        // A build of minimal/x86_64 is running: its recipe's folder is left alone.
+        let lock = try await FileLock.acquire(cache + "/builds/minimal/x86_64.lock")
+        let busy = try await TestSupport.runCLI(["clean", "--recipe", "minimal", "--cache-dir", cache])
+        #expect(busy.status == 0)
+        #expect(busy.stderr.contains("is in use by another vmfactory (x86_64.lock); left alone"), "\(busy.stderr)")
+        #expect(FileStore.exists(cache + "/builds/minimal/s390x/vmlinux"))
+        lock.release()
+
+        let one = try await TestSupport.runCLI(["clean", "--recipe", "minimal", "--cache-dir", cache, "--format", "json"])
+        #expect(one.status == 0, "\(one.stderr)")
+        let report = try JSONDecoder().decode(Factory.CleanReport.self, from: Data(one.stdout.utf8))
+        #expect(report.removed == [cache + "/builds/minimal"])
+        #expect(!FileStore.exists(cache + "/builds/minimal"))
+        #expect(FileStore.exists(cache + "/builds/other/x86_64/vmlinux"))
+        #expect(FileStore.exists(cache + "/trees/abc/linux/Makefile"))
+
+        let all = try await TestSupport.runCLI(["clean", "--all", "--cache-dir", cache])
+        #expect(all.status == 0, "\(all.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: cache).isEmpty)
+        let both = try await TestSupport.runCLI(["clean", "--all", "--recipe", "minimal", "--cache-dir", cache])
+        #expect(both.status == 64)
+        try FileStore.removeTree(dir)
+    }
+}

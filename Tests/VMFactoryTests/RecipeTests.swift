@@ -18,7 +18,7 @@ struct RecipeTests {
         #expect(recipe.digest == (try SHA256Digest.ofFile(at: TestSupport.repositoryRoot + "/recipes/minimal.yaml")))
 
         let x86 = try #require(recipe.target(.x86_64))
-        #expect(x86.cmdline == "quiet panic=-1 console=ttyS0 reboot=t")
+        #expect(x86.cmdline == "quiet panic=-1 console=ttyS0 reboot=t nolapic_timer")
         let x86Files = x86.fragments.map { $0.path.replacingOccurrences(of: TestSupport.repositoryRoot + "/", with: "") }
         // A common file and a per-arch file of the same name combine, common first.
         #expect(x86Files.contains("kernel-configs/common/console.conf"))

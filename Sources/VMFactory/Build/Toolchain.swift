@@ -30,7 +30,7 @@ public struct Toolchain: Sendable, Codable, Hashable {
         return try await Toolchain(compiler: compiler, linker: linker, hostCompiler: hostCompiler, make: make)
     }
 
-    static func firstLine(of tool: String, runner: any ProcessRunner) async throws -> String {
+    public static func firstLine(of tool: String, runner: any ProcessRunner) async throws -> String {
         let result = try await runner.run(Command(tool, ["--version"]), output: .capture)
         let line = result.output.split(separator: "\n").first.map(String.init) ?? ""
         guard result.succeeded, !line.isEmpty else {

@@ -19,6 +19,8 @@ public struct VMFactoryError: Error, Sendable, CustomStringConvertible {
         case processFailed = "process-failed"
         case missingTool = "missing-tool"
         case interrupted = "interrupted"
+        case bootFailed = "boot-failed"
+        case bootTimedOut = "boot-timed-out"
         case io = "io"
     }
 
