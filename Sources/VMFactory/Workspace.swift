@@ -147,7 +147,7 @@ extension Factory {
         let label = "\(recipe.name)/\(target)"
         let plan = try await plan(recipe, target: target, options: options)
         let initrdBuilder = InitrdBuilder(library: workspace.library, runner: runner, console: console)
-        let initrdPlan = try await initrdBuilder.plan(recipe, target: target)
+        let initrdPlan = try await initrdBuilder.plan(recipe, target: target, compiler: plan.toolchain.compiler)
         let lock = try await FileLock.acquire(plan.buildDirectory + ".lock") {
             console.info("waiting: another vmfactory is building \(label) in \(FileStore.displayPath(plan.buildDirectory))")
         }
@@ -166,9 +166,10 @@ extension Factory {
             }
             return problems.isEmpty
         }
-        let kernelIntact = intact(.kernel, matches: current?.kernel?.keys.inputs == plan.inputKey)
+        // `vmfactory initrd` keeps whatever kernel the set holds, as long as it is intact.
+        let keepKernel = intact(.kernel, matches: wantKernel ? current?.kernel?.keys.inputs == plan.inputKey : current?.kernel != nil)
         let initrdIntact = intact(.initrd, matches: current?.initrd?.key == initrdPlan.key)
-        if let current, initrdIntact, kernelIntact || (!wantKernel && current.kernel != nil && current.verify(in: output, part: .kernel).isEmpty) {
+        if let current, initrdIntact, keepKernel {
             console.info("build \(label): up to date (\(current.artifacts.count) artifacts verified by sha256)")
             return BuildResult(target: target, upToDate: true, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: current)
         }
@@ -180,7 +181,7 @@ extension Factory {
         var files: [(name: String, path: String)] = []
         var logs: [String] = []
         var resolvedConfig: String
-        if let current, let part = current.kernel, kernelIntact || (!wantKernel && current.verify(in: output, part: .kernel).isEmpty) {
+        if let current, let part = current.kernel, keepKernel {
             // Keep the kernel as built; its files are copied into the new set.
             kernelPart = part
             for artifact in current.artifacts(of: .kernel) {
@@ -209,9 +210,7 @@ extension Factory {
                 recipe: recipe, target: plan.target, tree: prepared!.1, buildDirectory: plan.buildDirectory,
                 outputConfig: work + "/config", logFile: work + "/config.log"
             )
-            guard verification.passed else {
-                throw VMFactoryError(.configNotVerified, "\(target): \(verification.misses.count) of \(verification.checked) requested settings did not land", details: verification.missLines)
-            }
+            try verification.requirePassed()
             resolvedConfig = work + "/config"
         }
 

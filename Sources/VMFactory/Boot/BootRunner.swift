@@ -106,7 +106,7 @@ public struct BootRunner: Sendable {
                         }
                         if !pending.isEmpty { _ = emit(pending[...]) }
                     }
-                    return (result.terminationStatus, result.standardError ?? "")
+                    return (result.terminationStatus, result.standardError)
                 }
                 group.addTask {
                     try await Task.sleep(for: timeout)
@@ -119,8 +119,7 @@ public struct BootRunner: Sendable {
             }
         } catch is CancellationError where state.ending.withLock({ $0 }) == .stopped {
             outcome = nil
-        } catch let error as CancellationError {
-            _ = error
+        } catch is CancellationError {
             throw VMFactoryError(.interrupted, "interrupted; QEMU was stopped")
         } catch {
             if Task.isCancelled { throw VMFactoryError(.interrupted, "interrupted; QEMU was stopped") }

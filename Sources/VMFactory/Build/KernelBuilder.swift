@@ -54,7 +54,6 @@ public struct KernelBuilder: Sendable {
         let work = Self.workDirectory(plan)
         try FileStore.createDirectory(work)
         await MakeGuard.stopLeftover(pidFile: work + "/make.pid", buildDirectory: plan.buildDirectory, console: console)
-        OutputPublisher.removeLeftovers(of: plan.outputDirectory, console: console)
 
         // Configure into the build directory; the copies for people are published at the end.
         let configurator = KernelConfigurator(runner: runner, console: console)
@@ -62,14 +61,7 @@ public struct KernelBuilder: Sendable {
             recipe: plan.recipe, target: plan.target, tree: tree, buildDirectory: plan.buildDirectory,
             outputConfig: work + "/config", logFile: work + "/config.log"
         )
-        guard verification.passed else {
-            throw VMFactoryError(
-                .configNotVerified,
-                "\(plan.target.target): \(verification.misses.count) of \(verification.checked) requested settings did not land; not building",
-                hint: "fix the fragments or the dependencies named above; the resolved config is \(work)/config",
-                details: verification.missLines
-            )
-        }
+        try verification.requirePassed()
         let resolvedConfig = try SHA256Digest.ofFile(at: work + "/config")
 
         // Compile.

@@ -20,11 +20,8 @@ enum MakeGuard {
     static func run(_ command: Command, pidFile: String, runner: any ProcessRunner, log: String, what: String) async throws {
         let result = try await runner.run(wrapped(command, pidFile: pidFile), output: .logFile(log))
         try? FileManager.default.removeItem(atPath: pidFile)
-        guard result.succeeded else {
-            // Report the make command, not the shell around it.
-            _ = try await FailedRunner(result: result).runChecked(command, output: .logFile(log), what: what)
-            return
-        }
+        // Report the make command, not the shell around it.
+        guard result.succeeded else { throw result.failure(of: command, output: .logFile(log), what: what) }
     }
 
     /// Stops a make that an earlier, killed vmfactory left running in `buildDirectory`.
@@ -72,10 +69,4 @@ enum MakeGuard {
         let words = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         return words.contains("O=\(buildDirectory)")
     }
-}
-
-/// Replays a finished result, so that a failure is reported like every other checked run.
-private struct FailedRunner: ProcessRunner {
-    var result: CommandResult
-    func run(_ command: Command, output: CommandOutput) async throws -> CommandResult { result }
 }

@@ -44,8 +44,15 @@ public struct InitrdBuilder: Sendable {
         self.console = console
     }
 
-    public func plan(_ recipe: Recipe, target: Target) async throws -> InitrdPlan {
-        let compiler = try await Toolchain.firstLine(of: target.compiler(), runner: runner)
+    /// `compiler` is the first line of the target compiler's `--version` when the caller
+    /// already asked (the kernel build's toolchain); otherwise it is asked here.
+    public func plan(_ recipe: Recipe, target: Target, compiler known: String? = nil) async throws -> InitrdPlan {
+        let compiler: String
+        if let known {
+            compiler = known
+        } else {
+            compiler = try await Toolchain.firstLine(of: target.compiler(), runner: runner)
+        }
         let shown = ManifestPaths(recipe: recipe).shown
         let inputs = try InitCompiler(library: library, runner: runner).inputs().map {
             BuildManifest.Input(name: $0.name, path: shown($0.path), sha256: $0.sha256)

@@ -37,6 +37,18 @@ public struct ConfigVerification: Sendable, Codable {
         return ConfigVerification(recipe: recipe, target: target, config: configPath, checked: requests.count, misses: misses, warnings: warnings)
     }
 
+    /// Throws, naming every miss, unless every request landed. The build steps stop here
+    /// rather than compile a kernel that is not what the fragments ask for.
+    public func requirePassed() throws {
+        guard !passed else { return }
+        throw VMFactoryError(
+            .configNotVerified,
+            "\(target): \(misses.count) of \(checked) requested settings did not land; not building",
+            hint: "fix the fragments or the dependencies named above; the resolved config is \(config)",
+            details: missLines
+        )
+    }
+
     public var missLines: [String] {
         misses.flatMap { miss -> [String] in
             ["CONFIG_\(miss.symbol): requested \(miss.requested) at \(miss.requestedAt), resolved \(miss.resolved)"]

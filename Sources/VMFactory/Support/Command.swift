@@ -87,22 +87,28 @@ extension ProcessRunner {
     @discardableResult
     public func runChecked(_ command: Command, output: CommandOutput = .capture, what: String) async throws -> CommandResult {
         let result = try await run(command, output: output)
-        guard result.succeeded else {
-            var details = ["command: \(command)"]
-            var hint: String? = nil
-            let text: String
-            switch output {
-            case .capture:
-                text = result.output
-            case .logFile(let path):
-                text = (try? FileStore.readText(path)) ?? ""
-                hint = "the full log is \(FileStore.displayPath(path))"
-            }
-            let tail = text.split(separator: "\n", omittingEmptySubsequences: false).suffix(40)
-            if !tail.isEmpty { details.append("last lines of output:") }
-            details += tail.map { "| " + $0 }
-            throw VMFactoryError(.processFailed, "\(what) failed (\(result.statusDescription))", hint: hint, details: details)
-        }
+        guard result.succeeded else { throw result.failure(of: command, output: output, what: what) }
         return result
+    }
+}
+
+extension CommandResult {
+    /// The error for a child that failed: argv, status, the last 40 lines of its output and,
+    /// when the output went to a log, where that log is.
+    public func failure(of command: Command, output: CommandOutput, what: String) -> VMFactoryError {
+        var details = ["command: \(command)"]
+        var hint: String? = nil
+        let text: String
+        switch output {
+        case .capture:
+            text = self.output
+        case .logFile(let path):
+            text = (try? FileStore.readText(path)) ?? ""
+            hint = "the full log is \(FileStore.displayPath(path))"
+        }
+        let tail = text.split(separator: "\n", omittingEmptySubsequences: false).suffix(40)
+        if !tail.isEmpty { details.append("last lines of output:") }
+        details += tail.map { "| " + $0 }
+        return VMFactoryError(.processFailed, "\(what) failed (\(statusDescription))", hint: hint, details: details)
     }
 }
