@@ -93,10 +93,22 @@ public struct Factory: Sendable {
             defer { lock.release() }
             let output = workspace.outputDirectory(recipe: recipe.name, target: target)
             let configurator = KernelConfigurator(runner: runner, console: console)
-            results.append(try await configurator.configure(
+            // Always resolved afresh: this is the command that shows what the fragments give.
+            let verification = try await configurator.configure(
                 recipe: recipe, target: targetRecipe, tree: tree, buildDirectory: buildDirectory,
                 outputConfig: output + "/config", logFile: output + "/config.log"
-            ))
+            )
+            if verification.passed {
+                // Filed for the build that usually follows.
+                do {
+                    let toolchain = try await Toolchain.identify(target: target, runner: runner)
+                    let key = ResolvedConfigCache.key(recipe: recipe, target: targetRecipe, treeKey: tree.key, toolchain: toolchain)
+                    try ResolvedConfigCache(cacheDirectory: workspace.cacheDirectory).store(config: output + "/config", log: output + "/config.log", key: key)
+                } catch {
+                    console.warning("could not keep the resolved config for later builds: \(error)")
+                }
+            }
+            results.append(verification)
         }
         return results
     }
@@ -208,7 +220,8 @@ extension Factory {
             if prepared == nil { prepared = try await prepare(recipe) }
             let verification = try await KernelConfigurator(runner: runner, console: console).configure(
                 recipe: recipe, target: plan.target, tree: prepared!.1, buildDirectory: plan.buildDirectory,
-                outputConfig: work + "/config", logFile: work + "/config.log"
+                outputConfig: work + "/config", logFile: work + "/config.log",
+                cache: ResolvedConfigCache(cacheDirectory: workspace.cacheDirectory), key: plan.configKey
             )
             try verification.requirePassed()
             resolvedConfig = work + "/config"

@@ -17,7 +17,7 @@ struct Build: AsyncParsableCommand {
 
     @OptionGroup var selection: RecipeTargets
 
-    @Option(name: .shortAndLong, help: "Parallel make jobs (default: the number of cores).")
+    @Option(name: [.long, .customShort("j", allowingJoined: true)], help: "Parallel make jobs, as make's -j (default: the number of cores).")
     var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
 
     @Flag(help: "Do not compile through ccache even when it is installed.")

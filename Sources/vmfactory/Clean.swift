@@ -12,7 +12,7 @@ struct Clean: AsyncParsableCommand {
     @Option(help: "Remove only this recipe's build directories.")
     var recipe: String?
 
-    @Flag(help: "Remove the whole cache: build directories, source trees, ccache and downloaded sources.")
+    @Flag(help: "Remove the whole cache: build directories, source trees, filed configs, ccache and downloaded sources.")
     var all = false
 
     func validate() throws {

@@ -239,6 +239,8 @@ struct BuildIntegrationTests {
         let rerun = try await TestSupport.runCLI(Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache", "--format", "json"])
         #expect(rerun.status == 0, "\(rerun.stderr)")
         #expect(rerun.stderr.contains("stopping the make"), "the make left running was not stopped: \(rerun.stderr)")
+        // The killed run had resolved and filed the config before make started.
+        #expect(rerun.stderr.contains("reusing the config resolved earlier from the same inputs"), "\(rerun.stderr)")
         let results = try JSONDecoder().decode([BuildResult].self, from: Data(rerun.stdout.utf8))
         let manifest = try #require(results.first?.manifest)
         let reference = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
@@ -284,6 +286,39 @@ extension BuildIntegrationTests {
         let again = try await TestSupport.runCLI(arguments)
         #expect(again.status == 0, "\(again.stderr)")
         #expect(try JSONDecoder().decode([BuildResult].self, from: Data(again.stdout.utf8)).first?.upToDate == true)
+        try FileStore.removeTree(dir)
+    }
+
+    @Test("a filed config that make's syncconfig rewrites is caught: the config make used is checked and published, and the entry is dropped")
+    func filedConfigRewrittenByMake() async throws {
+        let built = try await SharedBuild.shared.get()
+        let reference = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
+        let dir = try TestSupport.temporaryDirectory()
+        let factory = Factory(workspace: TestSupport.workspace(output: dir + "/outputs"), console: Console.recording())
+        let recipe = try factory.recipes.load("minimal")
+        let key = try await factory.plan(recipe, target: .x86_64, options: BuildOptions()).configKey
+        let configs = ResolvedConfigCache(cacheDirectory: TestSupport.sharedCache)
+        #expect(configs.entry(key) != nil, "the shared build did not file its config")
+
+        // File a config that differs from what Kconfig resolves here only by a line that
+        // syncconfig puts back, as a config filed on another host could.
+        let resolved = try FileStore.readText(built.output + "/minimal/x86_64/config")
+        let planted = resolved.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("CONFIG_CC_VERSION_TEXT=") }.joined(separator: "\n")
+        #expect(planted != resolved)
+        try TestSupport.write(planted, to: dir + "/planted/config")
+        try TestSupport.write("planted\n", to: dir + "/planted/config.log")
+        configs.remove(key)
+        try configs.store(config: dir + "/planted/config", log: dir + "/planted/config.log", key: key)
+
+        let run = try await TestSupport.runCLI(Self.buildArguments(cache: TestSupport.sharedCache, output: dir + "/outputs", target: "x86_64") + ["--format", "json"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stderr.contains("reusing the config resolved earlier from the same inputs"), "\(run.stderr)")
+        #expect(run.stderr.contains("make changed the resolved config"), "\(run.stderr)")
+        let manifest = try #require(try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8)).first?.manifest)
+        #expect(manifest.kernel?.config.resolved == reference.kernel?.config.resolved)
+        #expect(manifest.artifacts(of: .kernel) == reference.artifacts(of: .kernel))
+        #expect(try FileStore.readText(dir + "/outputs/minimal/x86_64/config") == resolved)
+        #expect(configs.entry(key) == nil)
         try FileStore.removeTree(dir)
     }
 }

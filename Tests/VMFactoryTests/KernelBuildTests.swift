@@ -325,4 +325,13 @@ extension CommandLineTests {
         #expect(both.status == 64)
         try FileStore.removeTree(dir)
     }
+
+    @Test("build takes make's -jN spelling and refuses a job count out of range before it runs")
+    func jobsOption() async throws {
+        for spelling in [["-j0"], ["-j", "0"], ["--jobs", "0"], ["-j2000"]] {
+            let result = try await TestSupport.runCLI(["build", "--recipe", "minimal"] + spelling)
+            #expect(result.status == 64, "\(spelling): \(result.stderr)")
+            #expect(result.stderr.contains("--jobs takes a number from 1 to 1024"), "\(spelling): \(result.stderr)")
+        }
+    }
 }

@@ -157,6 +157,11 @@ public struct KernelBuildPlan: Sendable {
         return builder.digest
     }
 
+    /// What decides the resolved config; see `ResolvedConfigCache`.
+    public var configKey: SHA256Digest {
+        ResolvedConfigCache.key(recipe: recipe, target: target, treeKey: treeKey, toolchain: toolchain, hostMachine: hostMachine)
+    }
+
     /// The input key together with the resolved `.config` that configuring produced.
     public func buildKey(resolvedConfig: SHA256Digest) -> SHA256Digest {
         var builder = KeyBuilder("vmfactory kernel build v1")

@@ -57,12 +57,13 @@ public struct KernelBuilder: Sendable {
 
         // Configure into the build directory; the copies for people are published at the end.
         let configurator = KernelConfigurator(runner: runner, console: console)
-        let verification = try await configurator.configure(
+        let configs = ResolvedConfigCache(cacheDirectory: cacheDirectory)
+        var verification = try await configurator.configure(
             recipe: plan.recipe, target: plan.target, tree: tree, buildDirectory: plan.buildDirectory,
-            outputConfig: work + "/config", logFile: work + "/config.log"
+            outputConfig: work + "/config", logFile: work + "/config.log", cache: configs, key: plan.configKey
         )
         try verification.requirePassed()
-        let resolvedConfig = try SHA256Digest.ofFile(at: work + "/config")
+        var resolvedConfig = try SHA256Digest.ofFile(at: work + "/config")
 
         // Compile.
         let log = work + "/build.log"
@@ -90,6 +91,23 @@ public struct KernelBuilder: Sendable {
         console.endProgress()
         console.info("build \(label): \(progress.steps) steps in \(Elapsed.format(ContinuousClock.now - start))")
         if fromScratch { try? FileStore.writeAtomically("\(progress.steps)\n", to: stepsFile) }
+
+        // make's syncconfig rewrites a .config that this host resolves differently from the
+        // host that filed it. The images were built from make's version: that is the one to
+        // check and to publish, and the filed one goes.
+        let used = try SHA256Digest.ofFile(at: plan.buildDirectory + "/.config")
+        if used != resolvedConfig {
+            console.warning("\(label): make changed the resolved config (Kconfig sees this host differently from when it was resolved); recording the config make used and dropping the filed one")
+            configs.remove(plan.configKey)
+            try FileStore.copyAtomically(plan.buildDirectory + "/.config", to: work + "/config")
+            let combined = try ConfigFragment.combine(plan.target.fragments)
+            verification = ConfigVerification.verify(
+                recipe: plan.recipe.name, target: plan.target.target, configPath: work + "/config",
+                requests: combined.requests, resolved: try KernelConfig.load(work + "/config"), kconfig: nil, warnings: combined.warnings
+            )
+            try verification.requirePassed()
+            resolvedConfig = used
+        }
 
         // Check and describe.
         var artifacts: [BuildManifest.Artifact] = []

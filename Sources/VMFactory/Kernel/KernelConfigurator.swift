@@ -21,6 +21,60 @@ public struct KernelConfigurator: Sendable {
         }
     }
 
+    /// Like `configure`, but takes the config from `cache` when it holds one for `key` that
+    /// still verifies, and files a freshly resolved config that passed.
+    public func configure(
+        recipe: Recipe, target: TargetRecipe, tree: SourceTree,
+        buildDirectory: String, outputConfig: String, logFile: String,
+        cache: ResolvedConfigCache, key: SHA256Digest
+    ) async throws -> ConfigVerification {
+        if let entry = cache.entry(key),
+           let verification = try reuse(entry, key: key, cache: cache, recipe: recipe, target: target, buildDirectory: buildDirectory, outputConfig: outputConfig, logFile: logFile) {
+            return verification
+        }
+        let verification = try await configure(
+            recipe: recipe, target: target, tree: tree, buildDirectory: buildDirectory, outputConfig: outputConfig, logFile: logFile
+        )
+        if verification.passed {
+            do {
+                try cache.store(config: outputConfig, log: logFile, key: key)
+            } catch {
+                console.warning("could not keep the resolved config for later builds: \(error)")
+            }
+        }
+        return verification
+    }
+
+    /// Puts a filed config in place, or returns nil (and drops the entry) when it no longer
+    /// holds every request.
+    private func reuse(
+        _ entry: ResolvedConfigCache.Entry, key: SHA256Digest, cache: ResolvedConfigCache, recipe: Recipe, target: TargetRecipe,
+        buildDirectory: String, outputConfig: String, logFile: String
+    ) throws -> ConfigVerification? {
+        let combined = try ConfigFragment.combine(target.fragments)
+        let text = try FileStore.readText(entry.config)
+        let verification = ConfigVerification.verify(
+            recipe: recipe.name, target: target.target, configPath: outputConfig,
+            requests: combined.requests, resolved: KernelConfig(parsing: text), kconfig: nil, warnings: combined.warnings
+        )
+        guard verification.passed else {
+            console.warning("the config filed at \(FileStore.displayPath(cache.path(for: key))) misses \(verification.misses.count) requested settings; resolving again")
+            cache.remove(key)
+            return nil
+        }
+        for warning in combined.warnings { console.warning(warning) }
+        let configPath = buildDirectory + "/.config"
+        // An unchanged .config keeps its time stamp, so make does not even run syncconfig.
+        if (try? FileStore.readText(configPath)) != text {
+            try FileStore.writeAtomically(text, to: configPath)
+        }
+        try FileStore.writeAtomically(text, to: outputConfig)
+        let log = (try? FileStore.readText(entry.log)) ?? ""
+        try FileStore.writeAtomically(log + "\n# vmfactory: resolved earlier from the same inputs; taken from \(cache.path(for: key))\n", to: logFile)
+        console.info("config \(recipe.name)/\(target.target): reusing the config resolved earlier from the same inputs (\(key.hex.prefix(12)))")
+        return verification
+    }
+
     /// Writes `<buildDirectory>/.config` and a copy at `outputConfig`, and returns the
     /// verification. Throws when a request did not land, with the verification attached.
     public func configure(
