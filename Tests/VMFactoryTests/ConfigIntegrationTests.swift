@@ -24,6 +24,11 @@ struct ConfigIntegrationTests {
                 #expect(config[request.symbol].satisfies(request.value, modulesEnabled: config.modulesEnabled), "CONFIG_\(request.symbol)")
             }
         }
+        // Filed under the key a build of this recipe looks up, with these bytes. (s390x only:
+        // the build suite, which runs beside this one, plants and drops the x86_64 entry.)
+        let key = try await factory.plan(recipe, target: .s390x, options: BuildOptions()).configKey
+        let filed = try #require(ResolvedConfigCache(cacheDirectory: TestSupport.sharedCache).entry(key), "the s390x config was not filed")
+        #expect(try FileStore.readText(filed.config) == FileStore.readText(output + "/minimal/s390x/config"))
         let x86 = try KernelConfig.load(output + "/minimal/x86_64/config")
         #expect(x86["64BIT"] == .yes)
         #expect(x86["PVH"] == .yes)
