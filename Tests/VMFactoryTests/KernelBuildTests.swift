@@ -59,6 +59,36 @@ struct KernelBuildTests {
         #expect(try KernelBuildPlan.sourceDateEpoch(recipe: recipe, environment: ["SOURCE_DATE_EPOCH": "1234"]) == 99)
     }
 
+    /// One plan per input that decides the resolved config, each changed on its own: the
+    /// target, each toolchain version, the source tree, the base config, the fragment list,
+    /// order and bytes (an edited copy is written into `scratch`).
+    static func configVariants(of base: KernelBuildPlan, scratch: String) throws -> [(String, KernelBuildPlan)] {
+        var variants: [(String, KernelBuildPlan)] = [("target", try plan(.s390x))]
+        for field in [\Toolchain.compiler, \.linker, \.hostCompiler, \.make] {
+            var toolchain = Self.toolchain
+            toolchain[keyPath: field] += " (patched)"
+            variants.append(("toolchain", try plan(.x86_64, toolchain: toolchain)))
+        }
+        var tree = base
+        tree.treeKey = .of("another tree")
+        variants.append(("source tree", tree))
+        var baseConfig = base
+        baseConfig.recipe.baseConfig = .allnoconfig
+        variants.append(("base config", baseConfig))
+        var fewer = base
+        fewer.target.fragments.removeLast()
+        variants.append(("one fragment fewer", fewer))
+        var reordered = base
+        reordered.target.fragments.swapAt(0, 1)
+        variants.append(("fragment order", reordered))
+        var edited = base
+        let original = edited.target.fragments[0]
+        try TestSupport.write(try FileStore.readText(original.path) + "CONFIG_PRINTK=y\n", to: scratch + "/base.conf")
+        edited.target.fragments[0] = FragmentFile(name: original.name, path: scratch + "/base.conf")
+        variants.append(("fragment bytes", edited))
+        return variants
+    }
+
     @Test("the build key is stable, and every single input changes it")
     func buildKeys() throws {
         let base = try Self.plan(.x86_64)
@@ -71,37 +101,12 @@ struct KernelBuildTests {
         moved.ccache = "/usr/bin/ccache"
         #expect(moved.inputKey == base.inputKey)
 
-        var variants: [(String, KernelBuildPlan)] = []
-        variants.append(("target", try Self.plan(.s390x)))
+        let dir = try TestSupport.temporaryDirectory()
+        var variants = try Self.configVariants(of: base, scratch: dir)
         variants.append(("epoch", try Self.plan(.x86_64, epoch: 1)))
-        for field in [\Toolchain.compiler, \.linker, \.hostCompiler, \.make] {
-            var toolchain = Self.toolchain
-            toolchain[keyPath: field] += " (patched)"
-            variants.append(("toolchain", try Self.plan(.x86_64, toolchain: toolchain)))
-        }
-        var tree = base
-        tree.treeKey = .of("another tree")
-        variants.append(("source tree", tree))
         var version = base
         version.recipe.kernelVersion = "6.1.193"
         variants.append(("kernel version", version))
-        var baseConfig = base
-        baseConfig.recipe.baseConfig = .allnoconfig
-        variants.append(("base config", baseConfig))
-        var fewer = base
-        fewer.target.fragments.removeLast()
-        variants.append(("one fragment fewer", fewer))
-        var reordered = base
-        reordered.target.fragments.swapAt(0, 1)
-        variants.append(("fragment order", reordered))
-
-        // A fragment whose bytes change under the same name.
-        let dir = try TestSupport.temporaryDirectory()
-        var edited = base
-        let original = edited.target.fragments[0]
-        try TestSupport.write(try FileStore.readText(original.path) + "CONFIG_PRINTK=y\n", to: dir + "/base.conf")
-        edited.target.fragments[0] = FragmentFile(name: original.name, path: dir + "/base.conf")
-        variants.append(("fragment bytes", edited))
 
         var keys: Set<SHA256Digest> = [base.inputKey]
         for (what, variant) in variants {

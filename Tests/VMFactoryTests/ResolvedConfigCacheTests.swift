@@ -17,8 +17,6 @@ private final class RefusingRunner: ProcessRunner {
 
 @Suite("Filed resolved configs")
 struct ResolvedConfigCacheTests {
-    static func key(_ plan: KernelBuildPlan) -> SHA256Digest { plan.configKey }
-
     @Test("the config key follows what decides the config, and nothing else")
     func configKeys() throws {
         let base = try KernelBuildTests.plan(.x86_64)
@@ -32,33 +30,11 @@ struct ResolvedConfigCacheTests {
         moved.sourceDateEpoch = 1
         #expect(moved.configKey == base.configKey)
 
-        var variants: [(String, KernelBuildPlan)] = [("target", try KernelBuildTests.plan(.s390x))]
-        for field in [\Toolchain.compiler, \.linker, \.hostCompiler, \.make] {
-            var toolchain = KernelBuildTests.toolchain
-            toolchain[keyPath: field] += " (patched)"
-            variants.append(("toolchain", try KernelBuildTests.plan(.x86_64, toolchain: toolchain)))
-        }
-        var tree = base
-        tree.treeKey = .of("another tree")
-        variants.append(("source tree", tree))
-        var baseConfig = base
-        baseConfig.recipe.baseConfig = .allnoconfig
-        variants.append(("base config", baseConfig))
-        var fewer = base
-        fewer.target.fragments.removeLast()
-        variants.append(("one fragment fewer", fewer))
-        var reordered = base
-        reordered.target.fragments.swapAt(0, 1)
-        variants.append(("fragment order", reordered))
+        let dir = try TestSupport.temporaryDirectory()
+        var variants = try KernelBuildTests.configVariants(of: base, scratch: dir)
         var crossHost = base
         crossHost.hostMachine = "aarch64"
         variants.append(("cross compiling", crossHost))
-        let dir = try TestSupport.temporaryDirectory()
-        var edited = base
-        let original = edited.target.fragments[0]
-        try TestSupport.write(try FileStore.readText(original.path) + "CONFIG_PRINTK=y\n", to: dir + "/base.conf")
-        edited.target.fragments[0] = FragmentFile(name: original.name, path: dir + "/base.conf")
-        variants.append(("fragment bytes", edited))
 
         var keys: Set<SHA256Digest> = [base.configKey]
         for (what, variant) in variants {

@@ -129,24 +129,14 @@ public struct KernelBuildPlan: Sendable {
         return command
     }
 
-    /// Covers every input known before configuring: the source tree (tarball and patches),
-    /// the base config, each fragment's bytes in order, the toolchain, the make variables
-    /// that reach the images, the reproducibility settings and the target. Equal keys mean
-    /// the existing artifacts can be reused without running anything.
+    /// Covers every input known before configuring: what decides the config (`configKey`:
+    /// source tree, base config, fragments, toolchain, target), the kernel version, the make
+    /// variables that reach the images, the reproducibility settings and the goals. Equal keys
+    /// mean the existing artifacts can be reused without running anything.
     public var inputKey: SHA256Digest {
-        var builder = KeyBuilder("vmfactory kernel build inputs v1")
-        builder.add("target", target.target.rawValue)
-        builder.add("source-tree", treeKey.hex)
+        var builder = KeyBuilder("vmfactory kernel build inputs v2")
+        builder.add("config-inputs", configKey.hex)
         builder.add("kernel-version", recipe.kernelVersion)
-        builder.add("base-config", recipe.baseConfig.keyDescription)
-        for fragment in target.fragments {
-            let digest = (try? SHA256Digest.ofFile(at: fragment.path))?.hex ?? "unreadable"
-            builder.add("fragment", "\(fragment.name) \(digest)")
-        }
-        builder.add("compiler", toolchain.compiler)
-        builder.add("linker", toolchain.linker)
-        builder.add("host-compiler", toolchain.hostCompiler)
-        builder.add("make", toolchain.make)
         for (name, value) in make(sourceTree: "").variables where name != "CC" {
             builder.add("make-variable", "\(name)=\(value)")
         }

@@ -99,12 +99,9 @@ public struct KernelBuilder: Sendable {
         if used != resolvedConfig {
             console.warning("\(label): make changed the resolved config (Kconfig sees this host differently from when it was resolved); recording the config make used and dropping the filed one")
             configs.remove(plan.configKey)
-            try FileStore.copyAtomically(plan.buildDirectory + "/.config", to: work + "/config")
-            let combined = try ConfigFragment.combine(plan.target.fragments)
-            verification = ConfigVerification.verify(
-                recipe: plan.recipe.name, target: plan.target.target, configPath: work + "/config",
-                requests: combined.requests, resolved: try KernelConfig.load(work + "/config"), kconfig: nil, warnings: combined.warnings
-            )
+            let text = try FileStore.readText(plan.buildDirectory + "/.config")
+            try FileStore.writeAtomically(text, to: work + "/config")
+            verification = try KernelConfigurator.check(text, shownAs: work + "/config", recipe: plan.recipe.name, target: plan.target)
             try verification.requirePassed()
             resolvedConfig = used
         }

@@ -51,18 +51,14 @@ public struct KernelConfigurator: Sendable {
         _ entry: ResolvedConfigCache.Entry, key: SHA256Digest, cache: ResolvedConfigCache, recipe: Recipe, target: TargetRecipe,
         buildDirectory: String, outputConfig: String, logFile: String
     ) throws -> ConfigVerification? {
-        let combined = try ConfigFragment.combine(target.fragments)
         let text = try FileStore.readText(entry.config)
-        let verification = ConfigVerification.verify(
-            recipe: recipe.name, target: target.target, configPath: outputConfig,
-            requests: combined.requests, resolved: KernelConfig(parsing: text), kconfig: nil, warnings: combined.warnings
-        )
+        let verification = try Self.check(text, shownAs: outputConfig, recipe: recipe.name, target: target)
         guard verification.passed else {
             console.warning("the config filed at \(FileStore.displayPath(cache.path(for: key))) misses \(verification.misses.count) requested settings; resolving again")
             cache.remove(key)
             return nil
         }
-        for warning in combined.warnings { console.warning(warning) }
+        for warning in verification.warnings { console.warning(warning) }
         let configPath = buildDirectory + "/.config"
         // An unchanged .config keeps its time stamp, so make does not even run syncconfig.
         if (try? FileStore.readText(configPath)) != text {
@@ -73,6 +69,16 @@ public struct KernelConfigurator: Sendable {
         try FileStore.writeAtomically(log + "\n# vmfactory: resolved earlier from the same inputs; taken from \(cache.path(for: key))\n", to: logFile)
         console.info("config \(recipe.name)/\(target.target): reusing the config resolved earlier from the same inputs (\(key.hex.prefix(12)))")
         return verification
+    }
+
+    /// Checks a config that did not come from `configure` (a filed one, or the one make
+    /// rewrote) against the target's fragments. Misses are not explained.
+    static func check(_ text: String, shownAs configPath: String, recipe: String, target: TargetRecipe) throws -> ConfigVerification {
+        let combined = try ConfigFragment.combine(target.fragments)
+        return ConfigVerification.verify(
+            recipe: recipe, target: target.target, configPath: configPath,
+            requests: combined.requests, resolved: KernelConfig(parsing: text), kconfig: nil, warnings: combined.warnings
+        )
     }
 
     /// Writes `<buildDirectory>/.config` and a copy at `outputConfig`, and returns the
