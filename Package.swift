@@ -1,20 +1,25 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
+// The pipeline, one library per stage:
+//   VMFactoryCore      errors, child processes, files and digests, console output, host facts
+//   VMFactoryArchive   libarchive: reading, writing and extracting archives safely
+//   VMFactoryKernel    recipes, pinned sources, source trees, configs, kernel builds, initrds
+//   VMFactoryBoot      QEMU machines, boots and boot benchmarks
+//   VMFactoryCommands  the command line, tested in-process
+//   vmfactory          the executable: a stub that runs VMFactoryCommands
 let package = Package(
     name: "vmfactory",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vmfactory", targets: ["vmfactory"]),
-        .library(name: "VMFactory", targets: ["VMFactory"]),
+        .library(name: "VMFactoryKernel", targets: ["VMFactoryKernel"]),
+        .library(name: "VMFactoryBoot", targets: ["VMFactoryBoot"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
-        .package(url: "https://github.com/swiftlang/swift-subprocess", exact: "1.0.2"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         .systemLibrary(
@@ -29,30 +34,53 @@ let package = Package(
             pkgConfig: "liblz4",
             providers: [.apt(["liblz4-dev"])]
         ),
+        // Linux calls Swift's Glibc module does not export, and the fork/exec that sets a
+        // process group and a parent-death signal in the child between the two.
+        .target(name: "CLinux"),
         .target(
-            name: "VMFactory",
+            name: "VMFactoryCore",
             dependencies: [
-                "CArchive",
-                "CLZ4",
-                .product(name: "Yams", package: "Yams"),
+                "CLinux",
                 .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Subprocess", package: "swift-subprocess"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(
+            name: "VMFactoryArchive",
+            dependencies: ["VMFactoryCore", "CArchive", "CLZ4"]
+        ),
+        .target(
+            name: "VMFactoryKernel",
+            dependencies: [
+                "VMFactoryCore",
+                "VMFactoryArchive",
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .target(
+            name: "VMFactoryBoot",
+            dependencies: ["VMFactoryCore", "VMFactoryKernel"]
+        ),
+        .target(
+            name: "VMFactoryCommands",
+            dependencies: [
+                "VMFactoryCore",
+                "VMFactoryKernel",
+                "VMFactoryBoot",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "vmfactory",
-            dependencies: [
-                "VMFactory",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ]
+            dependencies: ["VMFactoryCommands"]
         ),
         .testTarget(
             name: "VMFactoryTests",
             dependencies: [
-                "VMFactory",
+                "VMFactoryCore",
+                "VMFactoryArchive",
+                "VMFactoryKernel",
+                "VMFactoryBoot",
+                "VMFactoryCommands",
                 // Built so that tests can run the real command line.
                 "vmfactory",
                 .product(name: "Yams", package: "Yams"),

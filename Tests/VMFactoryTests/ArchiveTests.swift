@@ -1,8 +1,12 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
-@Suite("Extracting archives safely")
+@Suite("Extracting archives safely", .tags(.unit), .scoped)
 struct ArchiveTests {
     typealias Entry = ArchiveWriter.Entry
 
@@ -99,7 +103,6 @@ struct ArchiveTests {
         ], to: tarball, format: .paxTar, compression: .gzip)
 
         let summary = try ArchiveExtractor.extract(archive: tarball, into: jail.destination, stripTopDirectory: true, expected: try SHA256Digest.ofFile(at: tarball))
-        #expect(summary.topDirectory == "linux-x")
         #expect(summary.digest == (try SHA256Digest.ofFile(at: tarball)))
         #expect(TestSupport.files(under: jail.destination) == ["include", "include/a.h", "include/b.h", "include/c.h", "scripts", "scripts/a-copy.h", "scripts/run.sh"])
         let attributes = try FileManager.default.attributesOfItem(atPath: jail.destination + "/scripts/run.sh")

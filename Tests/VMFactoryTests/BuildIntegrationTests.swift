@@ -1,40 +1,15 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
-/// The minimal recipe built once for both targets in the shared test cache, by the real
-/// command line; the tests below look at it.
-actor SharedBuild {
-    static let shared = SharedBuild()
-
-    struct Built: Sendable {
-        var output: String
-        var results: [BuildResult]
-        var stderr: String
-    }
-
-    private var task: Task<Built, any Error>?
-
-    func get() async throws -> Built {
-        if task == nil {
-            task = Task {
-                let output = try TestSupport.temporaryDirectory("shared-build")
-                let run = try await TestSupport.runCLI(BuildIntegrationTests.buildArguments(cache: TestSupport.sharedCache, output: output) + ["--format", "json"])
-                guard run.status == 0 else { throw VMFactoryError(.processFailed, "vmfactory build failed: \(run.stderr)\n\(run.stdout)") }
-                let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
-                return Built(output: output, results: results, stderr: run.stderr)
-            }
-        }
-        return try await task!.value
-    }
-}
-
-@Suite("Building the pinned kernel", .needsPinnedKernel, .needsTool("make"), .needsTool("s390x-linux-gnu-gcc"), .needsTool("readelf"), .serialized)
+@Suite("Building the pinned kernel", .tags(.integration), .scoped, .needsPinnedKernel, .needsTool("make"), .needsTool("s390x-linux-gnu-gcc"), .needsTool("readelf"), .serialized)
 struct BuildIntegrationTests {
-    static func buildArguments(cache: String, output: String, target: String = "all") -> [String] {
-        var arguments = ["build", "--recipe", "minimal", "--target", target, "--offline", "--cache-dir", cache, "--output-dir", output]
-        for source in TestSupport.kernelSourceDirs { arguments += ["--source-dir", source] }
-        return arguments
+    static func buildArguments(cache: String, output: String, target: String = "all") throws -> [String] {
+        try SharedBuild.buildArguments(cache: cache, output: output, target: target)
     }
 
     static func bytes(_ path: String, at offset: Int, count: Int) throws -> [UInt8] {
@@ -42,11 +17,6 @@ struct BuildIntegrationTests {
         defer { try? handle.close() }
         try handle.seek(toOffset: UInt64(offset))
         return [UInt8](try handle.read(upToCount: count) ?? Data())
-    }
-
-    static func sha256sum(_ path: String) async throws -> String {
-        let result = try await TestSupport.run("sha256sum", [path])
-        return String(result.output.prefix(64))
     }
 
     @Test("the minimal recipe builds for both targets: bootable image formats, a complete manifest, reproducible settings")
@@ -68,7 +38,7 @@ struct BuildIntegrationTests {
             let manifest = try BuildManifest.load(directory + "/manifest.json")
             #expect(manifest == result.manifest)
             #expect(manifest.recipe.name == "minimal")
-            #expect(manifest.recipe.sha256.hex == (try await Self.sha256sum(recipePath)))
+            #expect(manifest.recipe.sha256.hex == (try await TestSupport.sha256sum(recipePath)))
             #expect(manifest.target == result.target)
             #expect(manifest.sourceDateEpoch == 1_735_689_600)
             let kernel = try #require(manifest.kernel)
@@ -79,12 +49,12 @@ struct BuildIntegrationTests {
             #expect(kernel.patchSeries == "linux-6.1-microvm")
             #expect(kernel.patches.count == 2)
             for patch in kernel.patches {
-                #expect(patch.sha256.hex == (try await Self.sha256sum(TestSupport.repositoryRoot + "/" + patch.path)), "\(patch.path)")
+                #expect(patch.sha256.hex == (try await TestSupport.sha256sum(TestSupport.repositoryRoot + "/" + patch.path)), "\(patch.path)")
             }
             #expect(kernel.config.base == "tinyconfig")
             #expect(kernel.config.fragments.map(\.path).contains("kernel-configs/common/vsock.conf"))
             for fragment in kernel.config.fragments {
-                #expect(fragment.sha256.hex == (try await Self.sha256sum(TestSupport.repositoryRoot + "/" + fragment.path)), "\(fragment.path)")
+                #expect(fragment.sha256.hex == (try await TestSupport.sha256sum(TestSupport.repositoryRoot + "/" + fragment.path)), "\(fragment.path)")
             }
             #expect(kernel.config.verifiedSettings > 40)
             #expect(kernel.toolchain.compiler.contains("gcc"))
@@ -106,7 +76,7 @@ struct BuildIntegrationTests {
             for artifact in manifest.artifacts {
                 let path = directory + "/" + artifact.name
                 #expect(artifact.size == FileStore.fileSize(path), "\(artifact.name)")
-                #expect(artifact.sha256.hex == (try await Self.sha256sum(path)), "\(artifact.name)")
+                #expect(artifact.sha256.hex == (try await TestSupport.sha256sum(path)), "\(artifact.name)")
             }
         }
 
@@ -134,7 +104,7 @@ struct BuildIntegrationTests {
         let log = built.output + "/minimal/x86_64/build.log"
         let before = try FileManager.default.attributesOfItem(atPath: log)[.modificationDate] as? Date
 
-        let again = try await TestSupport.runCLI(Self.buildArguments(cache: TestSupport.sharedCache, output: built.output) + ["--format", "json"])
+        let again = try await TestSupport.runCLI(try Self.buildArguments(cache: TestSupport.sharedCache, output: built.output) + ["--format", "json"])
         #expect(again.status == 0, "\(again.stderr)")
         let results = try JSONDecoder().decode([BuildResult].self, from: Data(again.stdout.utf8))
         #expect(results.map(\.upToDate) == [true, true])
@@ -143,37 +113,29 @@ struct BuildIntegrationTests {
         #expect(!again.stderr.contains("make vmlinux"))
         #expect(try FileManager.default.attributesOfItem(atPath: log)[.modificationDate] as? Date == before)
 
-        // Hold the build directory's lock as another build would; the command waits, says so,
-        // and goes on once the lock is free.
-        let lock = try await FileLock.acquire(TestSupport.sharedCache + "/builds/minimal/x86_64.lock")
-        let dir = try TestSupport.temporaryDirectory()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestSupport.executable)
-        process.arguments = Self.buildArguments(cache: TestSupport.sharedCache, output: built.output, target: "x86_64")
-        process.environment = Command.baseEnvironment().merging(["VMFACTORY_HOME": TestSupport.repositoryRoot]) { $1 }
-        _ = FileManager.default.createFile(atPath: dir + "/stderr", contents: nil)
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/stderr"))
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        var stderr = ""
-        let started = Date()
-        while !stderr.contains("waiting: another vmfactory is building minimal/x86_64"), Date().timeIntervalSince(started) < 60, process.isRunning {
-            usleep(50_000)
-            stderr = (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? ""
+        // In a cache of its own with a copy of the outputs: hold the build directory's lock as
+        // another build would; the command waits, says so, and goes on once the lock is free.
+        let cache = try await TestSupport.scopedCache()
+        let output = try TestSupport.temporaryDirectory("outputs")
+        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: output + "/minimal")
+        let lock = try await FileLock.acquire(cache + "/builds/minimal/x86_64.lock")
+        let stderr = TextOutput.memory()
+        let waiting = Task {
+            try await LoggedCLI.run(try Self.buildArguments(cache: cache, output: output, target: "x86_64"), stderr: stderr)
         }
-        #expect(stderr.contains("waiting: another vmfactory is building minimal/x86_64"), "\(stderr)")
-        #expect(process.isRunning, "the second build did not wait for the lock")
+        let waited = await TestSupport.eventually(within: 60) { stderr.text.contains("waiting: another vmfactory is building minimal/x86_64") }
+        #expect(waited, "\(stderr.text)")
         lock.release()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        #expect(try String(contentsOfFile: dir + "/stderr", encoding: .utf8).contains("up to date"))
-        try FileStore.removeTree(dir)
+        let status = try await waiting.value
+        #expect(status == 0)
+        #expect(stderr.text.contains("up to date"), "\(stderr.text)")
     }
 
     @Test("an artifact changed after the build is caught by its sha256 and built again")
     func tamperedArtifact() async throws {
         let built = try await SharedBuild.shared.get()
-        let copy = try TestSupport.temporaryDirectory()
+        let cache = try await TestSupport.scopedCache(copying: ["builds/minimal/x86_64", "configs"])
+        let copy = try TestSupport.temporaryDirectory("outputs")
         try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: copy + "/minimal")
         let image = copy + "/minimal/x86_64/bzImage"
         let original = try Data(contentsOf: URL(fileURLWithPath: image))
@@ -181,64 +143,56 @@ struct BuildIntegrationTests {
         tampered[0x1000] ^= 0xff
         try tampered.write(to: URL(fileURLWithPath: image))
 
-        let run = try await TestSupport.runCLI(Self.buildArguments(cache: TestSupport.sharedCache, output: copy, target: "x86_64") + ["--format", "json"])
+        let run = try await TestSupport.runCLI(try Self.buildArguments(cache: cache, output: copy, target: "x86_64") + ["--format", "json"])
         #expect(run.status == 0, "\(run.stderr)")
         #expect(run.stderr.contains("changed since it was built (bzImage has sha256"), "\(run.stderr)")
         let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
         #expect(results.first?.upToDate == false)
         #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == original)
-        #expect(try BuildManifest.load(copy + "/minimal/x86_64/manifest.json").verify(in: copy + "/minimal/x86_64").isEmpty)
-        try FileStore.removeTree(copy)
+        #expect(try await BuildManifest.load(copy + "/minimal/x86_64/manifest.json").verify(in: copy + "/minimal/x86_64").isEmpty)
     }
 
     @Test("a config that does not verify stops the build before make, naming the symbol")
     func unverifiedConfigIsNotBuilt() async throws {
         let dir = try TestSupport.temporaryDirectory()
+        let cache = try await TestSupport.scopedCache()
         try TestSupport.writeNoFuseRecipe(named: "nofuse-build", in: dir)
-        var arguments = ["build", "--recipe", dir + "/recipes/nofuse-build.yaml", "--offline", "--cache-dir", TestSupport.sharedCache, "--output-dir", dir + "/outputs"]
-        for source in TestSupport.kernelSourceDirs { arguments += ["--source-dir", source] }
-        let run = try await TestSupport.runCLI(arguments)
+        let arguments = ["build", "--recipe", dir + "/recipes/nofuse-build.yaml", "--offline", "--cache-dir", cache, "--output-dir", dir + "/outputs"] + (try TestSupport.sourceDirArguments())
+        let run = await TestSupport.runCommand(arguments, runner: TestSupport.runner)
         #expect(run.status == 1)
         #expect(run.stderr.contains("x86_64: 1 of ") && run.stderr.contains(" requested settings did not land; not building"), "\(run.stderr)")
         #expect(run.stderr.contains("CONFIG_VIRTIO_FS: requested y at"))
-        #expect(!FileStore.exists(TestSupport.sharedCache + "/builds/nofuse-build/x86_64/.vmfactory/build.log"))
+        #expect(!FileStore.exists(cache + "/builds/nofuse-build/x86_64/.vmfactory/build.log"))
         #expect(!FileStore.exists(dir + "/outputs/nofuse-build/x86_64"))
-        try FileStore.removeTree(TestSupport.sharedCache + "/builds/nofuse-build")
-        try FileStore.removeTree(dir)
     }
 
-    @Test("a build killed part-way leaves no complete-looking set; the next one finishes, from other paths, with the same bytes")
+    @Test("vmfactory killed part-way takes its make with it and leaves no complete-looking set; the next build finishes, from other paths, with the same bytes")
     func killedBuildResumesReproducibly() async throws {
         let built = try await SharedBuild.shared.get()
         let dir = try TestSupport.temporaryDirectory()
-        let cache = dir + "/cache", output = dir + "/outputs"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestSupport.executable)
-        process.arguments = Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache"]
-        process.environment = Command.baseEnvironment().merging(["VMFACTORY_HOME": TestSupport.repositoryRoot]) { $1 }
-        process.standardError = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let cache = try await TestSupport.scopedCache(), output = dir + "/outputs"
+        let command = Command(TestSupport.executable, try Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache"])
+        let vmfactory = try await ChildProcess.spawn(command, environment: TestSupport.environment, stdout: .null, stderr: .null)
 
         // Kill vmfactory itself (not its make) hard, a few hundred compile steps in.
-        let log = cache + "/builds/minimal/x86_64/.vmfactory/build.log"
-        let started = Date()
-        var steps = 0
-        while process.isRunning, steps < 300, Date().timeIntervalSince(started) < 900 {
-            usleep(200_000)
-            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            steps = text.split(separator: "\n").filter { BuildProgress.isStep($0) }.count
+        let work = cache + "/builds/minimal/x86_64/.vmfactory"
+        let going = await TestSupport.eventually(within: 900) {
+            let text = (try? String(contentsOfFile: work + "/build.log", encoding: .utf8)) ?? ""
+            return vmfactory.hasExited || text.split(separator: "\n").filter { BuildProgress.isStep($0) }.count >= 300
         }
-        #expect(steps >= 300, "the build never got going (\(steps) steps)")
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        #expect(process.terminationReason == .uncaughtSignal)
+        #expect(going && !vmfactory.hasExited, "the build never got going")
+        let group = try #require(pid_t((try FileStore.readText(work + "/make.pid")).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(MakeGuard.isRunning(group))
+        vmfactory.signalLeader(SIGKILL)
+        #expect(await vmfactory.wait() == .signaled(SIGKILL))
+        // The parent-death signal reaches make, which stops its compilers and exits.
+        let gone = await TestSupport.eventually(within: 10) { !MakeGuard.isRunning(group) }
+        #expect(gone, "make (process group \(group)) outlived vmfactory")
         #expect(!FileStore.exists(output + "/minimal/x86_64/manifest.json"))
         #expect(!FileStore.exists(output + "/minimal/x86_64/vmlinux"))
 
-        let rerun = try await TestSupport.runCLI(Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache", "--format", "json"])
+        let rerun = try await TestSupport.runCLI(try Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache", "--format", "json"])
         #expect(rerun.status == 0, "\(rerun.stderr)")
-        #expect(rerun.stderr.contains("stopping the make"), "the make left running was not stopped: \(rerun.stderr)")
         // The killed run had resolved and filed the config before make started.
         #expect(rerun.stderr.contains("reusing the config resolved earlier from the same inputs"), "\(rerun.stderr)")
         let results = try JSONDecoder().decode([BuildResult].self, from: Data(rerun.stdout.utf8))
@@ -250,7 +204,6 @@ struct BuildIntegrationTests {
         #expect(manifest.artifacts == reference.artifacts)
         #expect(manifest.kernel?.keys == reference.kernel?.keys)
         #expect(manifest == reference)
-        try FileStore.removeTree(dir)
     }
 }
 
@@ -259,6 +212,7 @@ extension BuildIntegrationTests {
     func initrdFastPath() async throws {
         let built = try await SharedBuild.shared.get()
         let dir = try TestSupport.temporaryDirectory()
+        let cache = try await TestSupport.scopedCache(copying: ["configs"])
         try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: dir + "/outputs/minimal")
         // The same recipe under the same name, with a gzip initrd.
         let minimal = try FileStore.readText(TestSupport.repositoryRoot + "/recipes/minimal.yaml")
@@ -266,9 +220,8 @@ extension BuildIntegrationTests {
         let before = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
 
         var arguments = ["initrd", "--recipe", dir + "/recipes/minimal.yaml", "--target", "x86_64", "--offline", "--format", "json",
-                         "--cache-dir", TestSupport.sharedCache, "--output-dir", dir + "/outputs"]
-        for source in TestSupport.kernelSourceDirs { arguments += ["--source-dir", source] }
-        let run = try await TestSupport.runCLI(arguments)
+                         "--cache-dir", cache, "--output-dir", dir + "/outputs"] + (try TestSupport.sourceDirArguments())
+        let run = await TestSupport.runCommand(arguments, runner: TestSupport.runner)
         #expect(run.status == 0, "\(run.stderr)")
         #expect(!run.stderr.contains("make vmlinux"))
         let manifest = try #require(try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8)).first?.manifest)
@@ -278,15 +231,14 @@ extension BuildIntegrationTests {
         #expect(manifest.artifacts(of: .initrd).map(\.name) == ["init", "initrd.cpio.gz"])
         let output = dir + "/outputs/minimal/x86_64"
         #expect(!FileStore.exists(output + "/initrd.cpio"))
-        #expect(manifest.verify(in: output).isEmpty)
+        #expect(try await manifest.verify(in: output).isEmpty)
         #expect(try BuildManifest.load(output + "/manifest.json") == manifest)
 
         // A full build of that recipe now finds both parts up to date.
         arguments[0] = "build"
-        let again = try await TestSupport.runCLI(arguments)
+        let again = await TestSupport.runCommand(arguments, runner: TestSupport.runner)
         #expect(again.status == 0, "\(again.stderr)")
         #expect(try JSONDecoder().decode([BuildResult].self, from: Data(again.stdout.utf8)).first?.upToDate == true)
-        try FileStore.removeTree(dir)
     }
 
     @Test("a filed config that make's syncconfig rewrites is caught: the config make used is checked and published, and the entry is dropped")
@@ -294,10 +246,11 @@ extension BuildIntegrationTests {
         let built = try await SharedBuild.shared.get()
         let reference = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
         let dir = try TestSupport.temporaryDirectory()
-        let factory = Factory(workspace: TestSupport.workspace(output: dir + "/outputs"), console: Console.recording())
+        let cache = try await TestSupport.scopedCache(copying: ["builds/minimal/x86_64", "configs"])
+        let factory = try TestSupport.factory(cache: cache, output: dir + "/outputs")
         let recipe = try factory.recipes.load("minimal")
         let key = try await factory.plan(recipe, target: .x86_64, options: BuildOptions()).configKey
-        let configs = ResolvedConfigCache(cacheDirectory: TestSupport.sharedCache)
+        let configs = ResolvedConfigCache(cacheDirectory: cache)
         #expect(configs.entry(key) != nil, "the shared build did not file its config")
 
         // File a config that differs from what Kconfig resolves here only by a line that
@@ -310,7 +263,7 @@ extension BuildIntegrationTests {
         configs.remove(key)
         try configs.store(config: dir + "/planted/config", log: dir + "/planted/config.log", key: key)
 
-        let run = try await TestSupport.runCLI(Self.buildArguments(cache: TestSupport.sharedCache, output: dir + "/outputs", target: "x86_64") + ["--format", "json"])
+        let run = await TestSupport.runCommand(try Self.buildArguments(cache: cache, output: dir + "/outputs", target: "x86_64") + ["--format", "json"], runner: TestSupport.runner)
         #expect(run.status == 0, "\(run.stderr)")
         #expect(run.stderr.contains("reusing the config resolved earlier from the same inputs"), "\(run.stderr)")
         #expect(run.stderr.contains("make changed the resolved config"), "\(run.stderr)")
@@ -319,6 +272,20 @@ extension BuildIntegrationTests {
         #expect(manifest.artifacts(of: .kernel) == reference.artifacts(of: .kernel))
         #expect(try FileStore.readText(dir + "/outputs/minimal/x86_64/config") == resolved)
         #expect(configs.entry(key) == nil)
-        try FileStore.removeTree(dir)
+    }
+}
+
+/// Runs the real executable with its stderr collected as it comes.
+enum LoggedCLI {
+    static func run(_ arguments: [String], stderr: TextOutput) async throws -> Int32 {
+        let child = try await ChildProcess.spawn(Command(TestSupport.executable, arguments), environment: TestSupport.environment, stdout: .null, stderr: .pipe)
+        await PipeReader.readLines(child.stderr!) { line in
+            stderr.writeLine(line)
+            return true
+        }
+        switch await child.wait() {
+        case .exited(let code): return code
+        case .signaled(let signal): return 128 + signal
+        }
     }
 }

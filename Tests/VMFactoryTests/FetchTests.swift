@@ -1,15 +1,19 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
-@Suite("Fetching pinned sources")
+@Suite("Fetching pinned sources", .tags(.unit), .scoped)
 struct FetchTests {
     /// Bytes that stand in for a source tarball, and their pin.
     static let payload = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
     static let payloadDigest = SHA256Digest.of(payload)
 
     func fetcher(cache: String, searchPath: [String] = [], useNetwork: Bool = true) -> SourceFetcher {
-        SourceFetcher(cache: SourceCache(cacheDirectory: cache), searchPath: searchPath, useApt: false, useNetwork: useNetwork, console: .recording())
+        SourceFetcher(cache: SourceCache(cacheDirectory: cache), searchPath: searchPath, useApt: false, useNetwork: useNetwork, runner: RefusingRunner(), console: .recording())
     }
 
     func cachedFiles(_ cache: String) -> [String] {
@@ -72,7 +76,7 @@ struct FetchTests {
         defer { server.stop() }
         let pin = SourcePin(sha256: Self.payloadDigest, urls: [server.url("/missing.tar.xz"), server.url("/wrong.tar.xz"), server.url("/linux.tar.xz")])
         let console = Console.recording()
-        let fetcher = SourceFetcher(cache: SourceCache(cacheDirectory: dir + "/cache"), searchPath: [], useApt: false, useNetwork: true, console: console)
+        let fetcher = SourceFetcher(cache: SourceCache(cacheDirectory: dir + "/cache"), searchPath: [], useApt: false, useNetwork: true, runner: RefusingRunner(), console: console)
 
         let fetched = try await fetcher.fetch(pin)
         #expect(fetched.origin == SourceOrigin(kind: .url, location: server.url("/linux.tar.xz")))
@@ -140,20 +144,21 @@ struct FetchTests {
         #expect(missing.message == "test.deb has no file usr/src/linux-source-6.1.tar.xz")
         #expect(missing.hint?.contains("usr/src/linux-test.tar.xz") == true)
     }
+}
 
-    @Test("vmfactory fetch finds the pinned tarball through --source-dir", .needsPinnedKernel)
+@Suite("Fetching the pinned source", .tags(.integration), .scoped, .needsPinnedKernel)
+struct FetchIntegrationTests {
+    @Test("vmfactory fetch finds the pinned tarball through --source-dir")
     func fetchCommand() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        var arguments = ["fetch", "--recipe", "minimal", "--cache-dir", dir + "/cache", "--offline", "--format", "json"]
-        for source in TestSupport.kernelSourceDirs { arguments += ["--source-dir", source] }
-        let result = try await TestSupport.runCLI(arguments)
+        let arguments = ["fetch", "--recipe", "minimal", "--cache-dir", dir + "/cache", "--offline", "--format", "json"] + (try TestSupport.sourceDirArguments())
+        let result = await TestSupport.runCommand(arguments)
         #expect(result.status == 0, "\(result.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         #expect(json["sha256"] as? String == TestSupport.pinnedSHA256.hex)
         #expect(json["cached"] as? Bool == false)
         #expect((json["origin"] as? [String: Any])?["kind"] as? String == "path")
         #expect(result.stderr.contains("verified from"))
-        #expect(try SHA256Digest.ofFile(at: dir + "/cache/sources/sha256/\(TestSupport.pinnedSHA256.hex)") == TestSupport.pinnedSHA256)
-        try FileStore.removeTree(dir)
+        #expect(try await TestSupport.sha256sum(dir + "/cache/sources/sha256/\(TestSupport.pinnedSHA256.hex)") == TestSupport.pinnedSHA256.hex)
     }
 }

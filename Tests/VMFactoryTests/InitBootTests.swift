@@ -1,10 +1,15 @@
 import Foundation
+import Synchronization
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
 /// Real boots under TCG of the kernels the build makes, with the init and initrds it writes.
 @Suite(
-    "Booting the init under QEMU", .needsPinnedKernel, .needsTool("make"), .needsTool("s390x-linux-gnu-gcc"),
+    "Booting the init under QEMU", .tags(.boot), .scoped, .needsPinnedKernel, .needsTool("make"), .needsTool("s390x-linux-gnu-gcc"),
     .needsTool("qemu-system-x86_64"), .needsTool("qemu-system-s390x"), .serialized
 )
 struct InitBootTests {
@@ -23,7 +28,7 @@ struct InitBootTests {
         let (_, manifest) = try await output(target)
         let line = (cmdline ?? manifest.kernel?.cmdline ?? "") + (extra.isEmpty ? "" : " " + extra)
         let machine = QEMUMachine(target: target, kernel: try await kernel(target), initrd: initrd, cmdline: line, accelerator: .tcg)
-        let run = try await BootRunner().run(machine.command, timeout: .seconds(90))
+        let run = try await TestSupport.bootRunner.run(machine.command, timeout: .seconds(90))
         #expect(run.ending == .exited, "QEMU did not exit by itself; console:\n\(run.console)\nstderr: \(run.stderr)")
         return run
     }
@@ -32,7 +37,7 @@ struct InitBootTests {
     static func initrd(_ target: Target, initrd: String, in directory: String) async throws -> String {
         let recipe = try TestSupport.recipe(named: "boot-\(target)", initrd: initrd, in: directory)
         let (directoryOfBuild, _) = try await output(target)
-        let (plan, _, _) = try await InitrdTests.build(recipe, target: target, config: directoryOfBuild + "/config", work: directory + "/work-\(target)")
+        let (plan, _, _) = try await InitrdIntegrationTests.build(recipe, target: target, config: directoryOfBuild + "/config", work: directory + "/work-\(target)")
         return directory + "/work-\(target)/" + plan.fileName
     }
 
@@ -77,7 +82,6 @@ struct InitBootTests {
         let missing = try await Self.boot(target, initrd: initrd, extra: "-- /bin/nope")
         #expect(missing.lines.map(\.text).contains("vmfactory-init: cannot run /bin/nope: No such file or directory"), "console:\n\(missing.console)")
         #expect(missing.lines.map(\.text).last == "vmfactory-init: exit 127")
-        try FileStore.removeTree(dir)
     }
 
     @Test("an init that simply exits: the kernel restarts without a panic, and quiet hides it", arguments: Target.allCases)
@@ -97,7 +101,6 @@ struct InitBootTests {
         let loud = try await Self.boot(target, initrd: dir + "/plain.cpio", cmdline: (manifest.kernel?.cmdline ?? "").replacingOccurrences(of: "quiet", with: ""))
         #expect(loud.console.contains("init exited with code 3"), "console:\n\(loud.console)")
         #expect(!loud.console.contains("Kernel panic"))
-        try FileStore.removeTree(dir)
     }
 
     @Test("an entrypoint that leaves orphans behind ends with every one reaped and no zombie", arguments: Target.allCases)
@@ -114,6 +117,102 @@ struct InitBootTests {
         #expect(texts.contains("zombies: 0"), "console:\n\(run.console)")
         #expect(texts.contains("vmfactory-init: reaped 3 orphaned processes (0 needed SIGKILL); none left"))
         #expect(texts.last == "vmfactory-init: exit 0")
-        try FileStore.removeTree(dir)
+    }
+
+    /// `vmfactory boot` of the shared x86_64 kernel with an initrd that runs `slow-printer`.
+    static func slowBoot(seconds: Int, in dir: String) async throws -> Command {
+        let printer = try await TestSupport.compileFixture("slow-printer", for: .x86_64, into: dir)
+        let initrd = try await Self.initrd(.x86_64, initrd: """
+              entrypoint: [/bin/slow-printer, "\(seconds)"]
+              files:
+                - {source: \(printer), destination: /bin/slow-printer, mode: "0755"}
+            """, in: dir)
+        let built = try await SharedBuild.shared.get()
+        return Command(TestSupport.executable, [
+            "boot", "--recipe", "minimal", "--target", "x86_64", "--accel", "tcg", "--timeout", "120s",
+            "--cache-dir", TestSupport.sharedCache, "--output-dir", built.output, "--initrd", initrd,
+        ])
+    }
+
+    @Test("vmfactory boot into a pipe streams each console line as it comes, not when QEMU exits")
+    func consoleStreamsIntoAPipe() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let command = try await Self.slowBoot(seconds: 6, in: dir)
+        let started = ContinuousClock.now
+        let vmfactory = try await ChildProcess.spawn(command, environment: TestSupport.environment, stdout: .pipe, stderr: .null)
+        let seen = Mutex<[(String, Double)]>([])
+        await PipeReader.readLines(vmfactory.stdout!) { line in
+            seen.withLock { $0.append((line, (ContinuousClock.now - started).seconds)) }
+            return true
+        }
+        #expect(await vmfactory.wait() == .exited(0))
+        let lines = seen.withLock { $0 }
+        let first = try #require(lines.first { $0.0 == "first" }, "\(lines)")
+        let second = try #require(lines.first { $0.0 == "second" }, "\(lines)")
+        // The guest waits 6 s between the two lines; the first was in the pipe long before.
+        #expect(second.1 - first.1 > 4, "first at \(first.1) s, second at \(second.1) s")
+    }
+
+    @Test("vmfactory killed with SIGKILL, or stopped with SIGTERM, takes QEMU with it within seconds", arguments: [SIGKILL, SIGTERM])
+    func noQEMUOutlivesVmfactory(_ signal: Int32) async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        // A guest that would otherwise run for a minute.
+        let command = try await Self.slowBoot(seconds: 60, in: dir)
+        let vmfactory = try await ChildProcess.spawn(command, environment: TestSupport.environment, stdout: .pipe, stderr: .null)
+        let firstLine = Mutex(false)
+        let reader = Task {
+            await PipeReader.readLines(vmfactory.stdout!) { line in
+                if line == "first" { firstLine.withLock { $0 = true } }
+                return true
+            }
+        }
+        #expect(await TestSupport.eventually(within: 60) { firstLine.withLock { $0 } }, "the guest never printed its first line")
+        let qemu = try #require(ProcessTable.children(of: vmfactory.pid).first { $0.command.contains("qemu-system-x86_64") }, "no QEMU below vmfactory")
+        vmfactory.signalLeader(signal)
+        let ended = await vmfactory.wait()
+        #expect(ended == (signal == SIGKILL ? .signaled(SIGKILL) : .exited(130)))
+        let gone = await TestSupport.eventually(within: 5) { !ProcessTable.isAlive(qemu.pid) }
+        #expect(gone, "QEMU (pid \(qemu.pid)) still runs after vmfactory ended")
+        if !gone { kill(qemu.pid, SIGKILL) }
+        await reader.value
+    }
+}
+
+/// Processes as /proc lists them.
+enum ProcessTable {
+    struct Entry {
+        var pid: pid_t
+        var parent: pid_t
+        var state: Character
+        var command: String
+    }
+
+    static func entries() -> [Entry] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { name in
+            guard let pid = pid_t(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 2, let parent = pid_t(fields[1]), let state = fields[0].first else { return nil }
+            let words = (FileManager.default.contents(atPath: "/proc/\(name)/cmdline") ?? Data()).split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return Entry(pid: pid, parent: parent, state: state, command: words.joined(separator: " "))
+        }
+    }
+
+    /// The children of `pid`, and theirs.
+    static func children(of pid: pid_t) -> [Entry] {
+        let all = entries()
+        var found: [Entry] = []
+        var parents: Set<pid_t> = [pid]
+        while true {
+            let next = all.filter { parents.contains($0.parent) && !found.map(\.pid).contains($0.pid) }
+            if next.isEmpty { return found }
+            found += next
+            parents = Set(next.map(\.pid))
+        }
+    }
+
+    /// Running, not a zombie.
+    static func isAlive(_ pid: pid_t) -> Bool {
+        entries().contains { $0.pid == pid && $0.state != "Z" && $0.state != "X" }
     }
 }

@@ -1,8 +1,12 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
-@Suite("Kernel build plans, keys, images and progress")
+@Suite("Kernel build plans, keys, images and progress", .tags(.unit), .scoped)
 struct KernelBuildTests {
     static let toolchain = Toolchain(
         compiler: "gcc (Debian 12.2.0-14+deb12u1) 12.2.0", linker: "GNU ld (GNU Binutils for Debian) 2.40",
@@ -10,13 +14,13 @@ struct KernelBuildTests {
     )
 
     static func plan(_ target: Target, ccache: String? = nil, epoch: Int = 1_704_067_200, jobs: Int = 2, toolchain: Toolchain = toolchain, recipe: Recipe? = nil) throws -> KernelBuildPlan {
-        let recipe = try recipe ?? RecipeLoader(library: TestSupport.library).load("minimal")
-        return KernelBuildPlan(
+        let recipe = try recipe ?? TestSupport.recipes.load("minimal")
+        return try KernelBuildPlan(KernelBuildPlan.Inputs(
             recipe: recipe, target: try #require(recipe.target(target)),
             treeKey: SourceTreeStore.key(source: recipe.source.sha256, series: recipe.patchSeries),
             toolchain: toolchain, sourceDateEpoch: epoch, jobs: jobs, ccache: ccache, hostMachine: "x86_64",
             buildDirectory: "/cache/builds/minimal/\(target)", outputDirectory: "/out/minimal/\(target)"
-        )
+        ))
     }
 
     @Test("make runs out of tree per target: the goals, ARCH, the cross compiler and the reproducibility settings")
@@ -49,7 +53,7 @@ struct KernelBuildTests {
     func timestamps() throws {
         #expect(try Self.plan(.x86_64, epoch: 0).buildTimestamp == "Thu Jan  1 00:00:00 UTC 1970")
         #expect(try Self.plan(.x86_64, epoch: 1_700_000_000).buildTimestamp == "Tue Nov 14 22:13:20 UTC 2023")
-        var recipe = try RecipeLoader(library: TestSupport.library).load("minimal")
+        var recipe = try TestSupport.recipes.load("minimal")
         recipe.sourceDateEpoch = nil
         #expect(try KernelBuildPlan.sourceDateEpoch(recipe: recipe, environment: ["SOURCE_DATE_EPOCH": "1234"]) == 1234)
         #expect(try KernelBuildPlan.sourceDateEpoch(recipe: recipe, environment: [:]) == 0)
@@ -69,23 +73,13 @@ struct KernelBuildTests {
             toolchain[keyPath: field] += " (patched)"
             variants.append(("toolchain", try plan(.x86_64, toolchain: toolchain)))
         }
-        var tree = base
-        tree.treeKey = .of("another tree")
-        variants.append(("source tree", tree))
-        var baseConfig = base
-        baseConfig.recipe.baseConfig = .allnoconfig
-        variants.append(("base config", baseConfig))
-        var fewer = base
-        fewer.target.fragments.removeLast()
-        variants.append(("one fragment fewer", fewer))
-        var reordered = base
-        reordered.target.fragments.swapAt(0, 1)
-        variants.append(("fragment order", reordered))
-        var edited = base
-        let original = edited.target.fragments[0]
+        variants.append(("source tree", try base.with { $0.treeKey = .of("another tree") }))
+        variants.append(("base config", try base.with { $0.recipe.baseConfig = .allnoconfig }))
+        variants.append(("one fragment fewer", try base.with { $0.target.fragments.removeLast() }))
+        variants.append(("fragment order", try base.with { $0.target.fragments.swapAt(0, 1) }))
+        let original = base.target.fragments[0]
         try TestSupport.write(try FileStore.readText(original.path) + "CONFIG_PRINTK=y\n", to: scratch + "/base.conf")
-        edited.target.fragments[0] = FragmentFile(name: original.name, path: scratch + "/base.conf")
-        variants.append(("fragment bytes", edited))
+        variants.append(("fragment bytes", try base.with { $0.target.fragments[0] = FragmentFile(name: original.name, path: scratch + "/base.conf") }))
         return variants
     }
 
@@ -94,19 +88,18 @@ struct KernelBuildTests {
         let base = try Self.plan(.x86_64)
         #expect(base.inputKey == (try Self.plan(.x86_64)).inputKey)
         // Where and how fast it builds, and ccache, do not change the bytes, so not the key.
-        var moved = base
-        moved.buildDirectory = "/elsewhere"
-        moved.outputDirectory = "/elsewhere/out"
-        moved.jobs = 64
-        moved.ccache = "/usr/bin/ccache"
+        let moved = try base.with {
+            $0.buildDirectory = "/elsewhere"
+            $0.outputDirectory = "/elsewhere/out"
+            $0.jobs = 64
+            $0.ccache = "/usr/bin/ccache"
+        }
         #expect(moved.inputKey == base.inputKey)
 
         let dir = try TestSupport.temporaryDirectory()
         var variants = try Self.configVariants(of: base, scratch: dir)
         variants.append(("epoch", try Self.plan(.x86_64, epoch: 1)))
-        var version = base
-        version.recipe.kernelVersion = "6.1.193"
-        variants.append(("kernel version", version))
+        variants.append(("kernel version", try base.with { $0.recipe.kernelVersion = "6.1.193" }))
 
         var keys: Set<SHA256Digest> = [base.inputKey]
         for (what, variant) in variants {
@@ -114,11 +107,10 @@ struct KernelBuildTests {
         }
         #expect(base.buildKey(resolvedConfig: .of("a")) == base.buildKey(resolvedConfig: .of("a")))
         #expect(base.buildKey(resolvedConfig: .of("a")) != base.buildKey(resolvedConfig: .of("b")))
-        try FileStore.removeTree(dir)
     }
 
     @Test("a manifest round-trips through JSON and catches an artifact that changed")
-    func manifestVerify() throws {
+    func manifestVerify() async throws {
         let dir = try TestSupport.temporaryDirectory()
         try TestSupport.write("kernel bytes", to: dir + "/bzImage")
         try TestSupport.write("ffffffff81000000 T _text\n", to: dir + "/System.map")
@@ -128,7 +120,7 @@ struct KernelBuildTests {
         let artifacts = try ["bzImage", "System.map"].map { name in
             BuildManifest.Artifact(part: .kernel, name: name, size: FileStore.fileSize(dir + "/" + name)!, sha256: try SHA256Digest.ofFile(at: dir + "/" + name))
         }
-        let builder = KernelBuilder(console: .recording(), cacheDirectory: "/cache")
+        let builder = KernelBuilder(runner: RefusingRunner(), console: .recording(), cacheDirectory: "/cache")
         let kernel = builder.kernelPart(plan, source: source, tree: tree, release: "6.1.192", resolvedConfig: .of("config"), verified: 48)
         let manifest = BuildManifest(
             schema: BuildManifest.currentSchema, recipe: .init(name: "minimal", sha256: plan.recipe.digest), target: .x86_64,
@@ -150,12 +142,11 @@ struct KernelBuildTests {
 
         let decoded = try JSONDecoder().decode(BuildManifest.self, from: try manifest.encoded())
         #expect(decoded == manifest)
-        #expect(decoded.verify(in: dir).isEmpty)
+        #expect(try await decoded.verify(in: dir).isEmpty)
         try TestSupport.write("kernel BYTES", to: dir + "/bzImage")
-        #expect(decoded.verify(in: dir) == ["bzImage has sha256 \(try SHA256Digest.ofFile(at: dir + "/bzImage")), the manifest says \(artifacts[0].sha256)"])
+        #expect(try await decoded.verify(in: dir) == ["bzImage has sha256 \(try await TestSupport.sha256sum(dir + "/bzImage")), the manifest says \(artifacts[0].sha256)"])
         try FileManager.default.removeItem(atPath: dir + "/System.map")
-        #expect(decoded.verify(in: dir).last == "System.map is missing")
-        try FileStore.removeTree(dir)
+        #expect(try await decoded.verify(in: dir).last == "System.map is missing")
     }
 
     /// A minimal ELF64 x86_64 file with one PT_NOTE segment holding `notes`.
@@ -199,7 +190,6 @@ struct KernelBuildTests {
         try TestSupport.write(Data(s390), to: dir + "/s390")
         #expect(try KernelImage.inspect(dir + "/s390", as: .s390Uncompressed).kind == .s390Uncompressed)
         #expect(throws: VMFactoryError.self) { try KernelImage.inspect(dir + "/bzImage", as: .s390Uncompressed) }
-        try FileStore.removeTree(dir)
     }
 
     @Test("progress counts kbuild's step lines as the log grows")
@@ -228,7 +218,6 @@ struct KernelBuildTests {
         #expect(progress.steps == 5)
         #expect(progress.summary == "[5/~5] OBJCOPY arch/x86/boot/vmlinux.bin")
         #expect(BuildProgress(logFile: log, estimate: nil).summary == "[0]")
-        try FileStore.removeTree(dir)
     }
 
     @Test("make runs under a shell that records its process group, and a make left running is stopped")
@@ -241,7 +230,7 @@ struct KernelBuildTests {
         // A stand-in for an orphaned make: a process group whose leader has O=<dir> in its
         // argv. Started like vmfactory starts make (its own group, a clean signal mask).
         let standIn = Task {
-            try await SubprocessRunner().run(Command("/bin/sh", ["-c", "echo $$ > \"$1\"; sleep 300 & wait", "O=\(dir)", pidFile]), output: .capture)
+            try await TestSupport.runner.run(Command("/bin/sh", ["-c", "echo $$ > \"$1\"; sleep 300 & wait", "O=\(dir)", pidFile]), output: .capture)
         }
         var waited = 0
         while (try? String(contentsOfFile: pidFile, encoding: .utf8)) == nil, waited < 500 {
@@ -265,21 +254,20 @@ struct KernelBuildTests {
         try TestSupport.write("\(getpid())\n", to: pidFile)
         await MakeGuard.stopLeftover(pidFile: pidFile, buildDirectory: dir, console: console)
         #expect(!FileStore.exists(pidFile))
-        try FileStore.removeTree(dir)
     }
 
     @Test("publishing swaps a complete set in, keeps bench reports, and clears leftovers of killed runs")
-    func publishing() throws {
+    func publishing() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let output = dir + "/out/minimal/x86_64"
         try TestSupport.write("old", to: output + "/bzImage")
         try TestSupport.write("{}", to: output + "/bench/report.json")
-        try TestSupport.write("stale", to: dir + "/out/minimal/.x86_64.partial-999999999-1/bzImage")
+        try TestSupport.write("stale", to: dir + "/out/minimal/.x86_64.999999999-1.partial/bzImage")
         try TestSupport.write("new", to: dir + "/build/bzImage")
         let plan = try Self.plan(.x86_64)
         let tree = SourceTree(key: plan.treeKey, path: "/src", sourceSHA256: plan.recipe.source.sha256, patches: [], seriesName: nil)
         let source = FetchedSource(path: "/x", sha256: plan.recipe.source.sha256, origin: nil, wasCached: true)
-        let kernel = KernelBuilder(console: .recording(), cacheDirectory: "/cache").kernelPart(
+        let kernel = KernelBuilder(runner: RefusingRunner(), console: .recording(), cacheDirectory: "/cache").kernelPart(
             plan, source: source, tree: tree, release: "6.1.192", resolvedConfig: .of(""), verified: 0
         )
         let manifest = BuildManifest(
@@ -287,11 +275,10 @@ struct KernelBuildTests {
             sourceDateEpoch: 0, kernel: kernel, initrd: nil, artifacts: [.init(part: .kernel, name: "bzImage", size: 3, sha256: .of("new"))], logs: []
         )
         OutputPublisher.removeLeftovers(of: output, console: .recording())
-        try OutputPublisher.publish(files: [("bzImage", dir + "/build/bzImage")], manifest: manifest, to: output)
+        try await OutputPublisher.publish(files: [("bzImage", dir + "/build/bzImage")], manifest: manifest, to: output)
         #expect(TestSupport.files(under: dir + "/out") == ["minimal", "minimal/x86_64", "minimal/x86_64/bench", "minimal/x86_64/bench/report.json", "minimal/x86_64/bzImage", "minimal/x86_64/manifest.json"])
         #expect(try FileStore.readText(output + "/bzImage") == "new")
-        #expect(try BuildManifest.load(output + "/manifest.json").verify(in: output).isEmpty)
-        try FileStore.removeTree(dir)
+        #expect(try await BuildManifest.load(output + "/manifest.json").verify(in: output).isEmpty)
     }
 }
 
@@ -309,34 +296,115 @@ extension CommandLineTests {
 
         // A build of minimal/x86_64 is running: its recipe's folder is left alone.
         let lock = try await FileLock.acquire(cache + "/builds/minimal/x86_64.lock")
-        let busy = try await TestSupport.runCLI(["clean", "--recipe", "minimal", "--cache-dir", cache])
+        let busy = await TestSupport.runCommand(["clean", "--recipe", "minimal", "--cache-dir", cache])
         #expect(busy.status == 0)
         #expect(busy.stderr.contains("is in use by another vmfactory (x86_64.lock); left alone"), "\(busy.stderr)")
         #expect(FileStore.exists(cache + "/builds/minimal/s390x/vmlinux"))
         lock.release()
 
-        let one = try await TestSupport.runCLI(["clean", "--recipe", "minimal", "--cache-dir", cache, "--format", "json"])
+        let one = await TestSupport.runCommand(["clean", "--recipe", "minimal", "--cache-dir", cache, "--format", "json"])
         #expect(one.status == 0, "\(one.stderr)")
-        let report = try JSONDecoder().decode(Factory.CleanReport.self, from: Data(one.stdout.utf8))
+        let report = try JSONDecoder().decode(CacheCleaner.Report.self, from: Data(one.stdout.utf8))
         #expect(report.removed == [cache + "/builds/minimal"])
         #expect(!FileStore.exists(cache + "/builds/minimal"))
         #expect(FileStore.exists(cache + "/builds/other/x86_64/vmlinux"))
         #expect(FileStore.exists(cache + "/trees/abc/linux/Makefile"))
 
-        let all = try await TestSupport.runCLI(["clean", "--all", "--cache-dir", cache])
+        let all = await TestSupport.runCommand(["clean", "--all", "--cache-dir", cache])
         #expect(all.status == 0, "\(all.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: cache).isEmpty)
-        let both = try await TestSupport.runCLI(["clean", "--all", "--recipe", "minimal", "--cache-dir", cache])
+        let both = await TestSupport.runCommand(["clean", "--all", "--recipe", "minimal", "--cache-dir", cache])
         #expect(both.status == 64)
-        try FileStore.removeTree(dir)
+        #expect(both.stderr.contains("give --recipe or --all, not both"), "\(both.stderr)")
     }
 
     @Test("build takes make's -jN spelling and refuses a job count out of range before it runs")
     func jobsOption() async throws {
         for spelling in [["-j0"], ["-j", "0"], ["--jobs", "0"], ["-j2000"]] {
-            let result = try await TestSupport.runCLI(["build", "--recipe", "minimal"] + spelling)
+            let result = await TestSupport.runCommand(["build", "--recipe", "minimal"] + spelling)
             #expect(result.status == 64, "\(spelling): \(result.stderr)")
             #expect(result.stderr.contains("--jobs takes a number from 1 to 1024"), "\(spelling): \(result.stderr)")
         }
+    }
+}
+
+extension KernelBuildTests {
+    static func targetPlan(wantsKernel: Bool = true, initrdFiles: [SHA256Digest] = []) throws -> TargetBuildPlan {
+        let kernel = try plan(.x86_64)
+        let initrd = InitrdPlan(
+            recipe: kernel.recipe, target: .x86_64, compiler: toolchain.compiler,
+            initInputs: [BuildManifest.Input(name: "init.c", path: "Sources/guest-init/init.c", sha256: .of("init.c"))],
+            fileDigests: initrdFiles, sourceDateEpoch: kernel.sourceDateEpoch
+        )
+        return TargetBuildPlan(kernel: kernel, initrd: initrd, wantsKernel: wantsKernel)
+    }
+
+    /// A published set as `plan` would have made it, or with other keys.
+    static func manifest(for plan: TargetBuildPlan, kernelInputs: SHA256Digest? = nil, initrdKey: SHA256Digest? = nil, kernel: Bool = true) throws -> BuildManifest {
+        let tree = SourceTree(key: plan.kernel.treeKey, path: "/src", sourceSHA256: plan.kernel.recipe.source.sha256, patches: [], seriesName: nil)
+        let source = FetchedSource(path: "/x", sha256: plan.kernel.recipe.source.sha256, origin: nil, wasCached: true)
+        var part = KernelBuilder(runner: RefusingRunner(), console: .recording(), cacheDirectory: "/cache").kernelPart(
+            plan.kernel, source: source, tree: tree, release: "6.1.192", resolvedConfig: .of("config"), verified: 1
+        )
+        if let kernelInputs { part.keys.inputs = kernelInputs }
+        let initrd = BuildManifest.InitrdPart(
+            compression: .none, hostname: "vmfactory", entrypoint: [], environment: [], initSources: plan.initrd.initInputs,
+            compiler: plan.initrd.compiler, flags: InitCompiler.flags, files: [], entries: 20, key: initrdKey ?? plan.initrd.key
+        )
+        return BuildManifest(
+            schema: BuildManifest.currentSchema, recipe: .init(name: "minimal", sha256: plan.kernel.recipe.digest), target: .x86_64,
+            sourceDateEpoch: plan.kernel.sourceDateEpoch, kernel: kernel ? part : nil, initrd: initrd, artifacts: [], logs: []
+        )
+    }
+
+    @Test("the build decision: what to keep, make or only configure, from the published manifest and the plan's keys")
+    func buildDecision() throws {
+        let plan = try Self.targetPlan()
+        let current = try Self.manifest(for: plan)
+        // Nothing published: build everything.
+        #expect(BuildDecision.candidates(current: nil, plan: plan).isEmpty)
+        #expect(BuildDecision.decide(plan: plan, intact: []) == BuildDecision(kernel: .build, keepInitrd: false))
+        // Both keys match: both parts are worth verifying; intact, the set is up to date.
+        #expect(BuildDecision.candidates(current: current, plan: plan) == [.kernel, .initrd])
+        let upToDate = BuildDecision.decide(plan: plan, intact: [.kernel, .initrd])
+        #expect(upToDate == BuildDecision(kernel: .keep, keepInitrd: true) && upToDate.upToDate)
+        // A file that no longer hashes as recorded: that part only is made again.
+        #expect(BuildDecision.decide(plan: plan, intact: [.initrd]) == BuildDecision(kernel: .build, keepInitrd: true))
+        // Another initrd key (a changed initrd section): the kernel is kept.
+        let otherInitrd = try Self.manifest(for: plan, initrdKey: .of("other"))
+        #expect(BuildDecision.candidates(current: otherInitrd, plan: plan) == [.kernel])
+        // Another input key (a changed fragment): the kernel is built, the initrd kept.
+        let otherKernel = try Self.manifest(for: plan, kernelInputs: .of("other"))
+        #expect(BuildDecision.candidates(current: otherKernel, plan: plan) == [.initrd])
+        // An older manifest schema counts as nothing published.
+        var old = current
+        old.schema = BuildManifest.currentSchema - 1
+        #expect(BuildDecision.candidates(current: old, plan: plan).isEmpty)
+
+        // `vmfactory initrd` keeps any intact kernel, whatever its key, and only configures
+        // when there is none.
+        let initrdOnly = try Self.targetPlan(wantsKernel: false)
+        #expect(BuildDecision.candidates(current: otherKernel, plan: initrdOnly).contains(.kernel))
+        #expect(BuildDecision.decide(plan: initrdOnly, intact: [.kernel]) == BuildDecision(kernel: .keep, keepInitrd: false))
+        let noKernel = try Self.manifest(for: initrdOnly, kernel: false)
+        #expect(!BuildDecision.candidates(current: noKernel, plan: initrdOnly).contains(.kernel))
+        #expect(BuildDecision.decide(plan: initrdOnly, intact: []) == BuildDecision(kernel: .resolveConfig, keepInitrd: false))
+    }
+
+    @Test("a log file that cannot be opened is an I/O error naming it, not a missing tool; a missing tool is named as one")
+    func runnerErrors() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        try TestSupport.write("a file, not a folder", to: dir + "/file")
+        let log = await #expect(throws: VMFactoryError.self) {
+            try await TestSupport.runner.run(Command("true", []), output: .logFile(dir + "/file/build.log"))
+        }
+        #expect(log?.code == .io, "\(String(describing: log))")
+        #expect(log?.message.contains(dir + "/file") == true)
+        let missing = await #expect(throws: VMFactoryError.self) {
+            try await TestSupport.runner.run(Command("vmfactory-no-such-tool", []), output: .capture)
+        }
+        #expect(missing?.code == .missingTool)
+        #expect(missing?.message.contains("vmfactory-no-such-tool") == true)
+        #expect(missing?.hint?.contains("vmfactory doctor") == true)
     }
 }

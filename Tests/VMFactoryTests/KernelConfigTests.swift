@@ -1,8 +1,12 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
-@Suite("Kernel config fragments, merging and Kconfig")
+@Suite("Kernel config fragments, merging and Kconfig", .tags(.unit), .scoped)
 struct KernelConfigTests {
     @Test("fragment lines parse into requests that remember their file and line")
     func fragmentParsing() throws {

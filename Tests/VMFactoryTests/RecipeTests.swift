@@ -1,10 +1,14 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
-@Suite("Recipes")
+@Suite("Recipes", .tags(.unit), .scoped)
 struct RecipeTests {
-    let loader = RecipeLoader(library: TestSupport.library)
+    let loader = TestSupport.recipes
 
     @Test("the minimal recipe decodes with every fragment and patch resolved")
     func minimalRecipe() throws {

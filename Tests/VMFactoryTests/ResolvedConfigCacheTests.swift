@@ -1,11 +1,15 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
 /// Answers every command with a failure and remembers what was asked: the configurator must
 /// not run make when it reuses a filed config.
-private final class RefusingRunner: ProcessRunner {
+private final class RecordingRefuser: ProcessRunner {
     private let asked = Mutex<[String]>([])
     var commands: [String] { asked.withLock { $0 } }
 
@@ -15,32 +19,29 @@ private final class RefusingRunner: ProcessRunner {
     }
 }
 
-@Suite("Filed resolved configs")
+@Suite("Filed resolved configs", .tags(.unit), .scoped)
 struct ResolvedConfigCacheTests {
     @Test("the config key follows what decides the config, and nothing else")
     func configKeys() throws {
         let base = try KernelBuildTests.plan(.x86_64)
         #expect(base.configKey == (try KernelBuildTests.plan(.x86_64)).configKey)
-        #expect(base.configKey == ResolvedConfigCache.key(recipe: base.recipe, target: base.target, treeKey: base.treeKey, toolchain: base.toolchain, hostMachine: "x86_64"))
         // Neither the build's time stamp, nor where, how fast or through what it compiles.
-        var moved = base
-        moved.buildDirectory = "/elsewhere"
-        moved.jobs = 64
-        moved.ccache = "/usr/bin/ccache"
-        moved.sourceDateEpoch = 1
+        let moved = try base.with {
+            $0.buildDirectory = "/elsewhere"
+            $0.jobs = 64
+            $0.ccache = "/usr/bin/ccache"
+            $0.sourceDateEpoch = 1
+        }
         #expect(moved.configKey == base.configKey)
 
         let dir = try TestSupport.temporaryDirectory()
         var variants = try KernelBuildTests.configVariants(of: base, scratch: dir)
-        var crossHost = base
-        crossHost.hostMachine = "aarch64"
-        variants.append(("cross compiling", crossHost))
+        variants.append(("cross compiling", try base.with { $0.hostMachine = "aarch64" }))
 
         var keys: Set<SHA256Digest> = [base.configKey]
         for (what, variant) in variants {
             #expect(keys.insert(variant.configKey).inserted, "changing the \(what) did not change the config key")
         }
-        try FileStore.removeTree(dir)
     }
 
     @Test("an entry appears whole, is kept once filed, and a broken one is replaced")
@@ -68,13 +69,12 @@ struct ResolvedConfigCacheTests {
 
         cache.remove(key)
         #expect(cache.entry(key) == nil)
-        try FileStore.removeTree(dir)
     }
 
     @Test("a filed config that holds every request goes into the build directory without running make; one that misses a request is dropped")
     func reuse() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let plan = try KernelBuildTests.plan(.x86_64)
+        let plan = try KernelBuildTests.plan(.x86_64).with { $0.buildDirectory = dir + "/build" }
         let cache = ResolvedConfigCache(cacheDirectory: dir + "/cache")
         let requests = try ConfigFragment.combine(plan.target.fragments).requests
         let resolved = KernelConfig(parsing: "CONFIG_CC_VERSION_TEXT=\"gcc\"\n").merging(requests).text
@@ -82,14 +82,13 @@ struct ResolvedConfigCacheTests {
         try TestSupport.write("make tinyconfig output\n", to: dir + "/filed/config.log")
         try cache.store(config: dir + "/filed/config", log: dir + "/filed/config.log", key: plan.configKey)
 
-        let runner = RefusingRunner()
+        let runner = RecordingRefuser()
         let console = Console.recording()
         let configurator = KernelConfigurator(runner: runner, console: console)
         let tree = SourceTree(key: plan.treeKey, path: dir + "/no-tree", sourceSHA256: .of("tarball"), patches: [], seriesName: nil)
-        let build = dir + "/build"
-        let verification = try await configurator.configure(
-            recipe: plan.recipe, target: plan.target, tree: tree, buildDirectory: build,
-            outputConfig: dir + "/work/config", logFile: dir + "/work/config.log", cache: cache, key: plan.configKey
+        let build = plan.buildDirectory
+        let verification = try await cache.resolve(
+            plan, tree: tree, outputConfig: dir + "/work/config", logFile: dir + "/work/config.log", fresh: false, configurator: configurator
         )
         #expect(runner.commands.isEmpty, "\(runner.commands)")
         #expect(verification.passed)
@@ -110,15 +109,13 @@ struct ResolvedConfigCacheTests {
         try TestSupport.write(broken, to: dir + "/filed/config")
         try cache.store(config: dir + "/filed/config", log: dir + "/filed/config.log", key: plan.configKey)
         let error = await #expect(throws: VMFactoryError.self) {
-            try await configurator.configure(
-                recipe: plan.recipe, target: plan.target, tree: tree, buildDirectory: build,
-                outputConfig: dir + "/work/config", logFile: dir + "/work/config.log", cache: cache, key: plan.configKey
+            try await cache.resolve(
+                plan, tree: tree, outputConfig: dir + "/work/config", logFile: dir + "/work/config.log", fresh: false, configurator: configurator
             )
         }
         #expect(error?.message.contains("make tinyconfig for x86_64 failed") == true, "\(String(describing: error))")
         #expect(runner.commands.count == 1 && runner.commands[0].hasSuffix(" tinyconfig"), "\(runner.commands)")
         #expect(cache.entry(plan.configKey) == nil)
         #expect(console.recordedLines.contains { $0.contains("misses 1 requested settings; resolving again") }, "\(console.recordedLines)")
-        try FileStore.removeTree(dir)
     }
 }

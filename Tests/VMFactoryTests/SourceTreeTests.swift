@@ -1,8 +1,12 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
 
-@Suite("Source trees and patch series")
+@Suite("Source trees and patch series", .tags(.unit), .scoped)
 struct SourceTreeTests {
     static let exitC = (1...40).map { "line \($0)\n" }.joined()
 
@@ -54,7 +58,7 @@ struct SourceTreeTests {
     }
 
     func store(_ cache: String) -> SourceTreeStore {
-        SourceTreeStore(cacheDirectory: cache, console: .recording())
+        SourceTreeStore(cacheDirectory: cache, runner: TestSupport.runner, console: .recording())
     }
 
     func treeEntries(_ cache: String) -> [String] {
@@ -82,9 +86,9 @@ struct SourceTreeTests {
         let changed = try Self.series(dir + "/other", [("0001-ten.patch", Self.goodPatch.replacingOccurrences(of: "Subject: change line 10", with: "Subject: other words"))])
         #expect(SourceTreeStore.key(source: tarball.sha256, series: changed) != tree.key)
         #expect(SourceTreeStore.key(source: tarball.sha256, series: nil) != tree.key)
-
-        try FileStore.removeTree(dir)
-        #expect(!FileStore.exists(dir))
+        // A read-only tree can still be removed.
+        try FileStore.removeTree(dir + "/cache")
+        #expect(!FileStore.exists(dir + "/cache"))
     }
 
     @Test("a failing patch is named with the file and hunk that failed, and leaves no tree", .needsTool("patch"))
@@ -102,7 +106,6 @@ struct SourceTreeTests {
         #expect(!error.message.contains("hunk #1"))
         #expect(error.hint?.contains("0002-bad.patch") == true)
         #expect(treeEntries(dir + "/cache").isEmpty, "left behind: \(treeEntries(dir + "/cache"))")
-        try FileStore.removeTree(dir)
     }
 
     @Test("an extraction that fails part-way leaves nothing that a later run reuses")
@@ -120,7 +123,6 @@ struct SourceTreeTests {
 
         let tree = try await store(dir + "/cache").prepare(tarball: good, series: nil)
         #expect(try String(contentsOfFile: tree.path + "/kernel/exit.c", encoding: .utf8).count == Self.exitC.count * 2000)
-        try FileStore.removeTree(dir)
     }
 
     @Test("a half-made tree left by a killed run is removed, never used")
@@ -129,66 +131,62 @@ struct SourceTreeTests {
         let tarball = try Self.fakeKernel(at: dir + "/linux-fake.tar.gz")
         let key = SourceTreeStore.key(source: tarball.sha256, series: nil)
         let dead = try await TestSupport.run("sh", ["-c", "echo $$"]).output.trimmingCharacters(in: .whitespacesAndNewlines)
-        let partial = dir + "/cache/trees/.partial-\(key.hex)-\(dead)-1"
+        let partial = dir + "/cache/trees/.\(key.hex).\(dead)-1.partial"
         try TestSupport.write("half\n", to: partial + "/linux/Makefile")
 
         let tree = try await store(dir + "/cache").prepare(tarball: tarball, series: nil)
         #expect(try String(contentsOfFile: tree.path + "/Makefile", encoding: .utf8) == "all:\n")
         #expect(!FileStore.exists(partial))
         #expect(treeEntries(dir + "/cache") == [key.hex])
-        try FileStore.removeTree(dir)
+    }
+}
+
+/// The pinned tarball extracted by the real command line, interrupted and resumed.
+@Suite("Preparing the pinned source tree", .tags(.integration), .scoped, .needsPinnedKernel, .needsTool("patch"))
+struct SourceTreeIntegrationTests {
+    /// Starts `vmfactory prepare` into `cache` and returns once its extraction has visibly begun.
+    static func prepareUntilExtracting(cache: String) async throws -> ChildProcess {
+        let command = Command(TestSupport.executable, ["prepare", "--recipe", "minimal", "--cache-dir", cache, "--offline"])
+        let vmfactory = try await ChildProcess.spawn(command, environment: TestSupport.environment, stdout: .null, stderr: .null)
+        let extracting = await TestSupport.eventually(within: 300) {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: cache + "/trees")) ?? []
+            guard let partial = names.first(where: { $0.hasSuffix(".partial") }) else { return vmfactory.hasExited }
+            return ((try? FileManager.default.contentsOfDirectory(atPath: cache + "/trees/" + partial + "/linux"))?.count ?? 0) >= 3
+        }
+        #expect(extracting && !vmfactory.hasExited, "extraction was never seen under \(cache)/trees")
+        return vmfactory
     }
 
-    @Test("vmfactory prepare killed during extraction leaves no finished tree; the next run succeeds", .needsPinnedKernel, .needsTool("patch"))
+    @Test("vmfactory prepare stopped during extraction: Ctrl-C exits 130 at once, SIGKILL leaves no finished tree; the next run succeeds")
     func killedDuringExtraction() async throws {
-        let dir = try TestSupport.temporaryDirectory()
-        let cache = dir + "/cache"
+        let cache = try TestSupport.temporaryDirectory("cache")
         // Let the verified tarball come from the cache quickly: copy it in through a first fetch.
-        var sourceArguments: [String] = []
-        for source in TestSupport.kernelSourceDirs { sourceArguments += ["--source-dir", source] }
-        let fetched = try await TestSupport.runCLI(["fetch", "--recipe", "minimal", "--cache-dir", cache, "--offline"] + sourceArguments)
+        let fetched = await TestSupport.runCommand(["fetch", "--recipe", "minimal", "--cache-dir", cache, "--offline"] + (try TestSupport.sourceDirArguments()))
         #expect(fetched.status == 0, "\(fetched.stderr)")
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestSupport.executable)
-        process.arguments = ["prepare", "--recipe", "minimal", "--cache-dir", cache, "--offline"]
-        process.environment = Command.baseEnvironment().merging(["VMFACTORY_HOME": TestSupport.repositoryRoot]) { $1 }
-        process.standardError = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        // Kill hard as soon as extraction has visibly started. The wait is a plain blocking
-        // poll on this thread, not a Task.sleep: on a busy two-core machine the test pool's
-        // threads may all be taken by other tests, and a sleeping task could wake up only
-        // after the whole extraction had finished.
-        let started = Date()
-        var extracting = false
-        while process.isRunning, Date().timeIntervalSince(started) < 300 {
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: cache + "/trees")) ?? []
-            if let partial = names.first(where: { $0.hasPrefix(".partial-") }),
-               ((try? FileManager.default.contentsOfDirectory(atPath: cache + "/trees/" + partial + "/linux"))?.count ?? 0) >= 3 {
-                extracting = true
-                break
-            }
-            usleep(20_000)
-        }
-        #expect(extracting, "extraction was never seen under \(cache)/trees")
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        #expect(process.terminationReason == .uncaughtSignal)
+        // Ctrl-C reaches the extraction between two entries, not after the last one.
+        let interrupted = try await Self.prepareUntilExtracting(cache: cache)
+        let signalled = ContinuousClock.now
+        interrupted.signalLeader(SIGINT)
+        #expect(await interrupted.wait() == .exited(130))
+        #expect((ContinuousClock.now - signalled).seconds < 3, "took \((ContinuousClock.now - signalled).seconds) s to stop")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: cache + "/trees").filter { !$0.hasSuffix(".lock") }.isEmpty)
 
+        let killed = try await Self.prepareUntilExtracting(cache: cache)
+        killed.signalLeader(SIGKILL)
+        #expect(await killed.wait() == .signaled(SIGKILL))
         let entries = try FileManager.default.contentsOfDirectory(atPath: cache + "/trees").filter { !$0.hasSuffix(".lock") }
         #expect(entries.count == 1)
-        #expect(entries.allSatisfy { $0.hasPrefix(".partial-") }, "a tree looks finished after a kill: \(entries)")
+        #expect(entries.allSatisfy { $0.hasSuffix(".partial") }, "a tree looks finished after a kill: \(entries)")
 
-        let rerun = try await TestSupport.runCLI(["prepare", "--recipe", "minimal", "--cache-dir", cache, "--offline", "--format", "json"])
+        let rerun = await TestSupport.runCommand(["prepare", "--recipe", "minimal", "--cache-dir", cache, "--offline", "--format", "json"], runner: TestSupport.runner)
         #expect(rerun.status == 0, "\(rerun.stderr)")
-        #expect(rerun.stderr.contains("removing an unfinished source tree left by an interrupted run"))
+        #expect(rerun.stderr.contains("removed an unfinished source tree left by an interrupted run"), "\(rerun.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(rerun.stdout.utf8)) as? [String: Any])
         let treePath = try #require(json["tree"] as? String)
         #expect(FileStore.isRegularFile(treePath + "/Makefile"))
         #expect(try String(contentsOfFile: treePath + "/kernel/exit.c", encoding: .utf8).contains("init exited with code"))
         let after = try FileManager.default.contentsOfDirectory(atPath: cache + "/trees").filter { !$0.hasSuffix(".lock") }
         #expect(after == [json["key"] as? String ?? "?"])
-        try FileStore.removeTree(dir)
     }
 }

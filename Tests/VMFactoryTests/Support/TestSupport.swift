@@ -1,6 +1,19 @@
 import Foundation
 import Testing
-@testable import VMFactory
+@testable import VMFactoryArchive
+@testable import VMFactoryBoot
+@testable import VMFactoryCommands
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
+
+extension Tag {
+    /// Values, parsers and small file work: seconds for all of them (`scripts/test --fast`).
+    @Tag static var unit: Self
+    /// Real tools on real inputs: make on the pinned kernel, patch, compilers, the CLI.
+    @Tag static var integration: Self
+    /// Real QEMU boots under TCG.
+    @Tag static var boot: Self
+}
 
 /// Paths and helpers shared by the tests.
 enum TestSupport {
@@ -11,31 +24,65 @@ enum TestSupport {
     }()
 
     static var library: Library { Library(root: repositoryRoot) }
+    static var recipes: RecipeLoader { RecipeLoader(library: library, currentDirectory: repositoryRoot) }
 
-    /// The folders where the pinned kernel tarball is found: `$VMFACTORY_SOURCE_PATH`, then
-    /// `../shared/kernel` beside the checkout (where CI puts it).
-    static let kernelSourceDirs: [String] = {
-        let fromEnvironment = (ProcessInfo.processInfo.environment["VMFACTORY_SOURCE_PATH"] ?? "").split(separator: ":").map(String.init)
-        return fromEnvironment + [URL(fileURLWithPath: repositoryRoot).deletingLastPathComponent().path + "/shared/kernel"]
+    /// CI runs with `CI=true`: there a missing tool or tarball fails the test run instead of
+    /// skipping the suites that need it.
+    static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+
+    /// What every child of the tests, and every command they run, sees of the host: the
+    /// base variables only, never a `SOURCE_DATE_EPOCH` or `VMFACTORY_SOURCE_PATH` of the
+    /// shell that started `swift test`.
+    static let environment: [String: String] = {
+        var environment = Command.baseEnvironment(from: ProcessInfo.processInfo.environment)
+        environment["VMFACTORY_HOME"] = repositoryRoot
+        return environment
     }()
+
+    static let runner = LocalProcessRunner(hostEnvironment: environment)
+    static let bootRunner = BootRunner(hostEnvironment: environment)
 
     static let pinnedTarballName = "linux-source-6.1_6.1.192-2.tar.xz"
     static let pinnedSHA256 = SHA256Digest(hex: "4d415b3d364834fd818270e88813e90323bbfce4f519a0e6bd4940ddcd7df693")!
 
-    static var hasPinnedKernel: Bool {
-        kernelSourceDirs.contains { FileStore.isRegularFile($0 + "/" + pinnedTarballName) }
+    /// Where the pinned tarball may be: `$VMFACTORY_SOURCE_PATH`, `../shared/kernel` beside the
+    /// checkout (CI puts it there), and `/usr/src`, where Debian's linux-source-6.1 puts it.
+    static let candidateSourceDirs: [String] = {
+        let fromEnvironment = (ProcessInfo.processInfo.environment["VMFACTORY_SOURCE_PATH"] ?? "").split(separator: ":").map(String.init)
+        return fromEnvironment + [URL(fileURLWithPath: repositoryRoot).deletingLastPathComponent().path + "/shared/kernel", "/usr/src"]
+    }()
+
+    /// The folder that holds a file with the pinned sha256 (whatever its name), found once.
+    static let pinnedKernelFolder: String? = {
+        for folder in candidateSourceDirs where FileStore.isDirectory(folder) {
+            let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
+            // Likely names first, so that a folder of other files is hashed only when needed.
+            let ordered = names.filter { $0 == pinnedTarballName || $0 == "linux-source-6.1.tar.xz" } + names.filter { $0.hasSuffix(".tar.xz") }
+            for name in ordered where FileStore.isRegularFile(folder + "/" + name) {
+                if (try? SHA256Digest.ofFile(at: folder + "/" + name)) == pinnedSHA256 { return folder }
+            }
+        }
+        return nil
+    }()
+
+    /// `--source-dir` for the pinned tarball; fails the test, saying where it looked, when
+    /// there is none (under CI the suites that need it run and fail instead of skipping).
+    static func kernelSourceDirs() throws -> [String] {
+        guard let folder = pinnedKernelFolder else {
+            throw VMFactoryError(
+                .notFound, "no file with sha256 \(pinnedSHA256) (the pinned \(pinnedTarballName)) in \(candidateSourceDirs.joined(separator: ", "))",
+                hint: "put the tarball in ../shared/kernel, or set VMFACTORY_SOURCE_PATH"
+            )
+        }
+        return [folder]
     }
 
-    /// A cache kept across test runs in .build, so the real tarball is extracted once per
-    /// checkout; CI's fresh clone starts it empty.
-    static let sharedCache: String = repositoryRoot + "/.build/test-cache"
+    static func sourceDirArguments() throws -> [String] {
+        try kernelSourceDirs().flatMap { ["--source-dir", $0] }
+    }
 
-    /// A fresh folder, removed when the test process ends.
-    static func temporaryDirectory(_ label: String = #function) throws -> String {
-        let safe = label.filter { $0.isLetter || $0.isNumber }
-        let path = NSTemporaryDirectory() + "vmfactory-tests/\(safe)-\(UUID().uuidString.prefix(8))"
-        try FileStore.createDirectory(path)
-        return path
+    static func hasTool(_ name: String) -> Bool {
+        Doctor.findExecutable(name, environment: environment) != nil
     }
 
     static func write(_ text: String, to path: String, mode: mode_t = 0o644) throws {
@@ -46,9 +93,16 @@ enum TestSupport {
         try FileStore.writeAtomically(data, to: path, mode: mode)
     }
 
-    /// A workspace on the real library whose outputs go to a temporary folder.
-    static func workspace(cache: String = sharedCache, output: String, offline: Bool = true) -> Workspace {
-        Workspace(library: library, cacheDirectory: cache, outputDirectory: output, sourceDirs: kernelSourceDirs, offline: offline, environment: [:])
+    /// A workspace on the real library.
+    static func workspace(cache: String, output: String, offline: Bool = true) throws -> Workspace {
+        Workspace(
+            library: library, cacheDirectory: cache, outputDirectory: output, sourceDirs: (try? kernelSourceDirs()) ?? [],
+            offline: offline, environment: environment, currentDirectory: repositoryRoot
+        )
+    }
+
+    static func factory(cache: String, output: String, console: Console = .recording(), runner: any ProcessRunner = runner) throws -> Factory {
+        Factory(workspace: try workspace(cache: cache, output: output), runner: runner, console: console)
     }
 
     /// The `vmfactory` executable built next to the test bundle.
@@ -61,59 +115,74 @@ enum TestSupport {
         return repositoryRoot + "/.build/debug/vmfactory"
     }()
 
-    /// Runs the real command line and returns its status, stdout and stderr.
-    static func runCLI(_ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, stdout: String, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        var env = Command.baseEnvironment()
-        env["VMFACTORY_HOME"] = repositoryRoot
-        for (key, value) in environment { env[key] = value }
-        process.environment = env
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        // The blocking reads and the wait run on threads of their own, never on the test
-        // pool's few threads, which other tests need to make progress.
-        let (o, e) = await withCheckedContinuation { (continuation: CheckedContinuation<(Data, Data), Never>) in
-            Thread.detachNewThread {
-                let group = DispatchGroup()
-                nonisolated(unsafe) var errData = Data()
-                group.enter()
-                Thread.detachNewThread {
-                    errData = err.fileHandleForReading.readDataToEndOfFile()
-                    group.leave()
-                }
-                let outData = out.fileHandleForReading.readDataToEndOfFile()
-                group.wait()
-                process.waitUntilExit()
-                continuation.resume(returning: (outData, errData))
-            }
+    /// What a command printed and how it ended.
+    struct Run: Sendable {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Parses and runs a command in this process, its output captured. Its context fails
+    /// closed: it runs no process unless `runner` is given, and sees only `environment`.
+    static func runCommand(_ arguments: [String], runner: any ProcessRunner = RefusingRunner(), environment extra: [String: String] = [:]) async -> Run {
+        let stdout = TextOutput.memory(), stderr = TextOutput.memory()
+        let context = CommandContext(
+            environment: environment.merging(extra) { $1 }, currentDirectory: repositoryRoot, executablePath: executable,
+            stdout: stdout, stderr: stderr, runner: runner, handlesSignals: false
+        )
+        let status = await VMFactoryCommand.run(arguments, in: context)
+        return Run(status: status, stdout: stdout.text, stderr: stderr.text)
+    }
+
+    /// Runs the real executable, for what needs a process of its own (signals, a kill).
+    static func runCLI(_ arguments: [String], environment extra: [String: String] = [:]) async throws -> Run {
+        let command = Command(executable, arguments, environment: extra)
+        let child = try await ChildProcess.spawn(command, environment: command.environment(on: environment), stdout: .pipe, stderr: .pipe)
+        async let out = PipeReader.readAll(child.stdout!)
+        async let err = PipeReader.readAll(child.stderr!)
+        let termination = await child.wait()
+        let status: Int32
+        switch termination {
+        case .exited(let code): status = code
+        case .signaled(let signal): status = 128 + signal
         }
-        return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        return Run(status: status, stdout: String(decoding: await out, as: UTF8.self), stderr: String(decoding: await err, as: UTF8.self))
     }
 
     static func run(_ executable: String, _ arguments: [String], in directory: String? = nil) async throws -> CommandResult {
-        var command = Command(executable, arguments)
-        command.workingDirectory = directory
-        return try await SubprocessRunner().run(command, output: .capture)
+        try await runner.run(Command(executable, arguments, workingDirectory: directory), output: .capture)
+    }
+
+    static func sha256sum(_ path: String) async throws -> String {
+        let result = try await run("sha256sum", [path])
+        return String(result.output.prefix(64))
     }
 
     static func files(under root: String) -> [String] {
         guard let enumerator = FileManager.default.enumerator(atPath: root) else { return [] }
         return enumerator.compactMap { $0 as? String }.sorted()
     }
+
+    /// Polls `condition` every 20 ms for at most `seconds`.
+    static func eventually(within seconds: Double, _ condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return condition()
+    }
 }
 
-/// Marks tests that need the pinned kernel tarball (CI has it beside the checkout).
+/// Marks tests that need the pinned kernel tarball or a host tool. Outside CI they are
+/// skipped, saying what is missing; under CI they run, and fail with that message.
 extension Trait where Self == ConditionTrait {
     static var needsPinnedKernel: Self {
-        .enabled(if: TestSupport.hasPinnedKernel, "needs \(TestSupport.pinnedTarballName) in ../shared/kernel or $VMFACTORY_SOURCE_PATH")
+        .enabled(if: TestSupport.isCI || TestSupport.pinnedKernelFolder != nil, "needs \(TestSupport.pinnedTarballName) (by sha256) in ../shared/kernel, /usr/src or $VMFACTORY_SOURCE_PATH")
     }
 
     static func needsTool(_ name: String) -> Self {
-        .enabled(if: Doctor.findExecutable(name) != nil, "needs \(name) on PATH; `vmfactory doctor` says which package has it")
+        .enabled(if: TestSupport.isCI || TestSupport.hasTool(name), "needs \(name) on PATH; `vmfactory doctor` says which package has it")
     }
 }
 
@@ -123,7 +192,7 @@ extension TestSupport {
         let source = repositoryRoot + "/Tests/fixtures/\(name).c"
         let output = directory + "/\(name)-\(target)"
         try FileStore.createDirectory(directory)
-        try await SubprocessRunner().runChecked(
+        try await runner.runChecked(
             Command(target.compiler(), ["-static", "-Os", "-s", "-Wall", "-Werror", "-o", output, source]),
             what: "compiling the fixture \(name) for \(target)"
         )
@@ -145,9 +214,7 @@ extension TestSupport {
         try write(lines.joined(separator: "\n") + "\ninitrd:\n" + initrd + "\n", to: path)
         return path
     }
-}
 
-extension TestSupport {
     /// `DIR/recipes/NAME.yaml`: the pinned kernel for x86_64 with a fragment of its own that asks
     /// for virtio-fs while turning FUSE off, so its configuration cannot verify.
     static func writeNoFuseRecipe(named name: String, in directory: String) throws {

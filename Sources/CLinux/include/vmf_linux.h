@@ -1,0 +1,42 @@
+// Linux calls that Swift's Glibc module does not export, or that must run between fork and
+// exec.
+#ifndef VMFACTORY_LINUX_H
+#define VMFACTORY_LINUX_H
+
+#include <sys/types.h>
+#include <stddef.h>
+
+/// How to start one child process.
+typedef struct {
+    /// The executable's path (no PATH search happens here).
+    const char *path;
+    /// NULL-terminated argument and environment vectors.
+    char *const *argv;
+    char *const *envp;
+    /// The child's working directory, or NULL for the parent's.
+    const char *working_directory;
+    /// The child's standard descriptors; -1 opens /dev/null.
+    int stdin_fd;
+    int stdout_fd;
+    int stderr_fd;
+    /// Non-zero: the child leads a new process group (setpgid(0, 0)).
+    int new_process_group;
+    /// Non-zero: the child leads a new session (setsid()), and so a new process group too.
+    int new_session;
+    /// The signal the kernel sends the child when the thread that forked it ends
+    /// (PR_SET_PDEATHSIG); 0 for none.
+    int parent_death_signal;
+} vmf_spawn_attributes;
+
+/// Forks and execs. On success returns 0 and stores the child's pid. On failure returns an
+/// errno value: from fork, or from the child's setup or execve, which the child reports
+/// through a close-on-exec pipe before it exits with status 127.
+int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid);
+
+/// pipe2(fds, O_CLOEXEC), which Swift's Glibc module does not export.
+int vmf_pipe_cloexec(int fds[2]);
+
+/// copy_file_range(2) between the current offsets of two descriptors.
+ssize_t vmf_copy_file_range(int from, int to, size_t length);
+
+#endif

@@ -1,0 +1,130 @@
+#define _GNU_SOURCE
+#include "vmf_linux.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+// Between fork and execve the child calls only async-signal-safe functions.
+static void report_and_exit(int pipe_fd) {
+    int error = errno;
+    ssize_t ignored = write(pipe_fd, &error, sizeof(error));
+    (void)ignored;
+    _exit(127);
+}
+
+static int bind_descriptor(int fd, int target) {
+    if (fd < 0) {
+        int null_fd = open("/dev/null", O_RDWR);
+        if (null_fd < 0) return -1;
+        if (null_fd != target) {
+            if (dup2(null_fd, target) < 0) return -1;
+            close(null_fd);
+        }
+        return 0;
+    }
+    if (fd == target) {
+        // dup2 onto itself keeps a close-on-exec flag; clear it.
+        int flags = fcntl(fd, F_GETFD);
+        return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+    }
+    return dup2(fd, target) < 0 ? -1 : 0;
+}
+
+int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return errno;
+
+    // The parent's descriptors for the child must not be clobbered by the dup2 calls for
+    // lower numbers: move any of them that sits at 0, 1 or 2 out of the way first.
+    int fds[3] = {attributes->stdin_fd, attributes->stdout_fd, attributes->stderr_fd};
+    pid_t parent = getpid();
+
+    // Signals stay blocked from fork until the child has reset every handler, so that no
+    // handler of the parent's runs in the child.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+
+    pid_t child = fork();
+    if (child < 0) {
+        int error = errno;
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
+        close(report[0]);
+        close(report[1]);
+        return error;
+    }
+    if (child == 0) {
+        // Ignored signals stay ignored across execve: give every child the defaults, so
+        // that SIGTERM and SIGINT reach make and QEMU even while vmfactory ignores them.
+        for (int signal_number = 1; signal_number < NSIG; signal_number++) {
+            if (signal_number == SIGKILL || signal_number == SIGSTOP) continue;
+            signal(signal_number, SIG_DFL);
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+
+        if (attributes->parent_death_signal != 0) {
+            if (prctl(PR_SET_PDEATHSIG, attributes->parent_death_signal, 0, 0, 0) != 0) report_and_exit(report[1]);
+            // The parent may have died between fork and prctl: then nobody would signal us.
+            if (getppid() != parent) _exit(127);
+        }
+        if (attributes->new_session) {
+            if (setsid() < 0) report_and_exit(report[1]);
+        } else if (attributes->new_process_group) {
+            if (setpgid(0, 0) != 0) report_and_exit(report[1]);
+        }
+        for (int index = 0; index < 3; index++) {
+            if (fds[index] >= 0 && fds[index] < 3 && fds[index] != index) {
+                int moved = fcntl(fds[index], F_DUPFD_CLOEXEC, 3);
+                if (moved < 0) report_and_exit(report[1]);
+                fds[index] = moved;
+            }
+        }
+        for (int index = 0; index < 3; index++) {
+            if (bind_descriptor(fds[index], index) != 0) report_and_exit(report[1]);
+        }
+        // Nothing else of the parent's reaches the program: a stray pipe end would keep a
+        // reader of another child waiting for an end of file.
+        syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+        if (attributes->working_directory != NULL && chdir(attributes->working_directory) != 0) report_and_exit(report[1]);
+        execve(attributes->path, attributes->argv, attributes->envp);
+        report_and_exit(report[1]);
+    }
+
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    close(report[1]);
+    int child_error = 0;
+    ssize_t count;
+    do {
+        count = read(report[0], &child_error, sizeof(child_error));
+    } while (count < 0 && errno == EINTR);
+    close(report[0]);
+    if (count == (ssize_t)sizeof(child_error)) {
+        // The child failed before execve and has exited: collect it here.
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+        return child_error != 0 ? child_error : ECHILD;
+    }
+    *pid = child;
+    return 0;
+}
+
+int vmf_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+ssize_t vmf_copy_file_range(int from, int to, size_t length) {
+    return copy_file_range(from, NULL, to, NULL, length, 0);
+}

@@ -1,0 +1,116 @@
+import Foundation
+import VMFactoryCore
+import VMFactoryKernel
+
+/// A QEMU invocation for booting a kernel and initrd, built as a value.
+public struct QEMUMachine: Sendable, Hashable {
+    public enum Accelerator: String, Sendable, Codable, CaseIterable {
+        case kvm, tcg
+    }
+
+    /// Where the guest console goes: the ISA UART (ttyS0) or a virtio console (hvc0) on
+    /// x86_64, the SCLP line-mode console (ttysclp0) on s390x.
+    public enum Console: String, Sendable, Codable, CaseIterable {
+        case serial, virtio, sclp
+
+        public var device: String {
+            switch self {
+            case .serial: return "ttyS0"
+            case .virtio: return "hvc0"
+            case .sclp: return "ttysclp0"
+            }
+        }
+    }
+
+    public var target: Target
+    public var kernel: String
+    public var initrd: String?
+    public var cmdline: String
+    /// QEMU's `-m`: `256M`, `1G`.
+    public var memory: String
+    public var cpus: Int
+    public var accelerator: Accelerator
+    public var console: Console
+    /// Deterministic virtual time under TCG: `-icount shift=0,sleep=off`.
+    public var icount: Bool
+    /// x86_64: QEMU's `isa-debug-exit` at 0xf4, so that the init's exit code becomes QEMU's
+    /// exit status (`code << 1 | 1`).
+    public var debugExit: Bool
+
+    public init(
+        target: Target, kernel: String, initrd: String? = nil, cmdline: String, memory: String = "256M", cpus: Int = 1,
+        accelerator: Accelerator = .tcg, console: Console? = nil, icount: Bool = false, debugExit: Bool = true
+    ) {
+        self.target = target
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.memory = memory
+        self.cpus = cpus
+        self.accelerator = accelerator
+        self.console = console ?? Self.defaultConsole(target)
+        self.icount = icount
+        self.debugExit = debugExit
+    }
+
+    public static func defaultConsole(_ target: Target) -> Console {
+        target == .s390x ? .sclp : .serial
+    }
+
+    /// The console a kernel command line names last (`console=ttyS0` or `console=hvc0`).
+    public static func console(fromCmdline cmdline: String, target: Target) -> Console {
+        let named = cmdline.split(separator: " ").filter { $0.hasPrefix("console=") }.last.map { String($0.dropFirst("console=".count)) }
+        return Console.allCases.first { $0.device == named?.split(separator: ",").first.map(String.init) } ?? defaultConsole(target)
+    }
+
+    public static let debugExitPort = 0xf4
+
+    /// QEMU's exit status for an init's `code` written to isa-debug-exit, and back.
+    public static func debugExitStatus(forCode code: Int32) -> Int32 { (code << 1) | 1 }
+    public static func code(fromDebugExitStatus status: Int32) -> Int32? { status & 1 == 1 ? status >> 1 : nil }
+
+    public var arguments: [String] {
+        var arguments: [String]
+        switch target {
+        case .x86_64:
+            // microvm: no PCI, no firmware tables, no option ROMs. rtc=on avoids a one-second
+            // wait in the kernel's clock setup; acpi=off leaves virtio-mmio devices on the
+            // command line, which QEMU adds itself.
+            arguments = ["-M", "microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on,isa-serial=\(console == .serial ? "on" : "off")"]
+        case .s390x:
+            arguments = ["-M", "s390-ccw-virtio"]
+        }
+        arguments += ["-accel", accelerator.rawValue]
+        if icount {
+            arguments += ["-icount", "shift=0,sleep=off"]
+        }
+        if accelerator == .kvm {
+            arguments += ["-cpu", "host"]
+        } else if target == .x86_64 {
+            arguments += ["-cpu", "max"]
+        }
+        arguments += [
+            "-m", memory, "-smp", String(cpus),
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        ]
+        switch console {
+        case .serial:
+            arguments += ["-serial", "stdio"]
+        case .virtio:
+            arguments += ["-chardev", "stdio,id=console", "-device", "virtio-serial-device", "-device", "virtconsole,chardev=console"]
+        case .sclp:
+            arguments += ["-chardev", "stdio,id=console", "-device", "sclpconsole,chardev=console"]
+        }
+        arguments += ["-kernel", kernel]
+        if let initrd { arguments += ["-initrd", initrd] }
+        arguments += ["-append", cmdline]
+        if debugExit, target == .x86_64 {
+            arguments += ["-device", "isa-debug-exit,iobase=0x\(String(Self.debugExitPort, radix: 16)),iosize=0x04"]
+        }
+        return arguments
+    }
+
+    public var command: Command {
+        Command(target.qemuSystem, arguments)
+    }
+}

@@ -1,0 +1,66 @@
+import ArgumentParser
+import Foundation
+import VMFactoryBoot
+import VMFactoryCore
+import VMFactoryKernel
+
+struct Boot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot the recipe's kernel and initrd in QEMU, stream the console, and exit with the guest's exit code.",
+        discussion: """
+            Words after -- become the init's entrypoint and arguments. x86_64 boots QEMU microvm, s390x \
+            s390-ccw-virtio. With --accel auto, KVM is used only after a short probe boot showed that it works on \
+            this host; otherwise TCG, saying why.
+            """
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
+    var recipe: String
+
+    @Option(help: "x86_64 or s390x.")
+    var target: SingleTarget
+
+    @OptionGroup var machine: MachineOptions
+
+    @Flag(help: "Print the QEMU command instead of running it.")
+    var printQemu = false
+
+    @Argument(parsing: .postTerminator, help: "The program and arguments for the init to run.")
+    var command: [String] = []
+
+    func run() async throws {
+        let recipe = self.recipe
+        let target = self.target.target
+        let options = machine.bootOptions(command: command)
+        let timeout = machine.timeout.duration
+        let printOnly = printQemu
+        let streaming = global.format == .text
+        let stdout = CommandContext.current.stdout
+        try await global.run { factory in
+            let loaded = try factory.recipes.load(recipe)
+            let booter = Booter(workspace: factory.workspace, runner: factory.runner, console: factory.console)
+            var options = options
+            if printOnly, options.accelerator == .auto {
+                // Printing runs nothing, not even the probe: the remembered answer, else TCG.
+                options.accelerator = booter.acceleratorProbe.remembered(for: target) == true ? .kvm : .tcg
+            }
+            let plan = try await booter.plan(loaded, target: target, options: options)
+            if printOnly {
+                return Output(text: plan.machine.command.description, value: plan.machine.command.argv)
+            }
+            for note in plan.notes { factory.console.note(note) }
+            factory.console.info("booting \(loaded.name)/\(target) under \(plan.machine.accelerator.rawValue.uppercased())")
+            // Each console line is written as it arrives, also into a pipe or a file.
+            let outcome = try await booter.boot(plan, timeout: timeout) { line in
+                if streaming { stdout.writeLine(line.text) }
+            }
+            var summary = String(format: "guest up after %.3f s", outcome.phases.marker ?? .nan)
+            if let exit = outcome.phases.exit { summary += String(format: ", QEMU exited after %.3f s", exit) }
+            if let code = outcome.guestExitCode { summary += ", exit code \(code)" }
+            factory.console.info(summary)
+            return Output(text: "", value: outcome, exitCode: outcome.guestExitCode ?? (outcome.phases.marker == nil ? 1 : 0))
+        }
+    }
+}

@@ -1,0 +1,36 @@
+import ArgumentParser
+import VMFactoryBoot
+import VMFactoryCore
+import VMFactoryKernel
+
+struct Clean: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove build directories, or with --all everything in the cache.",
+        discussion: "Outputs are never touched. Directories that a running build holds are left alone with a warning."
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "Remove only this recipe's build directories.")
+    var recipe: String?
+
+    @Flag(help: "Remove the whole cache: build directories, source trees, filed configs, ccache and downloaded sources.")
+    var all = false
+
+    func validate() throws {
+        if all && recipe != nil { throw ValidationError("--all already removes every recipe's builds; give --recipe or --all, not both") }
+    }
+
+    func run() async throws {
+        let recipe = self.recipe.map(RecipeLoader.name(of:))
+        let all = self.all
+        try await global.perform { context, console in
+            let cache = global.cacheDirectory(context)
+            let report = try await CacheCleaner(cacheDirectory: cache, console: console).clean(recipe: recipe, all: all)
+            let text = report.removed.isEmpty
+                ? "nothing to remove in \(cache)"
+                : report.removed.map { "removed \($0)" }.joined(separator: "\n") + "\nfreed \(ByteCount.format(report.bytes))"
+            return Output(text: text, value: report)
+        }
+    }
+}

@@ -1,0 +1,74 @@
+import ArgumentParser
+import Foundation
+import VMFactoryCore
+
+/// What a command runs with: the environment and current folder it reads, where its output
+/// goes, and how it runs processes. The executable uses the process's own; tests give their
+/// own, so that nothing of the host (a `SOURCE_DATE_EPOCH`, a `VMFACTORY_HOME`) leaks in by
+/// accident.
+public struct CommandContext: Sendable {
+    public var environment: [String: String]
+    public var currentDirectory: String
+    /// Where the recipe library is looked for first (the checkout the binary was built in).
+    public var executablePath: String
+    public var stdout: TextOutput
+    public var stderr: TextOutput
+    public var runner: any ProcessRunner
+    /// SIGINT and SIGTERM cancel the command. Only the real process installs handlers.
+    public var handlesSignals: Bool
+
+    public init(
+        environment: [String: String], currentDirectory: String, executablePath: String,
+        stdout: TextOutput, stderr: TextOutput, runner: any ProcessRunner, handlesSignals: Bool
+    ) {
+        self.environment = environment
+        self.currentDirectory = currentDirectory
+        self.executablePath = executablePath
+        self.stdout = stdout
+        self.stderr = stderr
+        self.runner = runner
+        self.handlesSignals = handlesSignals
+    }
+
+    /// The running process's environment, folder, streams and a real process runner.
+    public static var process: CommandContext {
+        let environment = ProcessInfo.processInfo.environment
+        return CommandContext(
+            environment: environment, currentDirectory: FileManager.default.currentDirectoryPath,
+            executablePath: CommandLine.arguments.first ?? "", stdout: .standardOutput, stderr: .standardError,
+            runner: LocalProcessRunner(hostEnvironment: environment), handlesSignals: true
+        )
+    }
+
+    /// The context the command being run sees.
+    @TaskLocal public static var current: CommandContext = .process
+}
+
+extension VMFactoryCommand {
+    /// Parses `arguments` and runs the command in `context`; returns the exit status, as the
+    /// executable would exit with it. Help and usage errors are written to the context's
+    /// outputs like ArgumentParser writes them.
+    public static func run(_ arguments: [String], in context: CommandContext) async -> Int32 {
+        do {
+            var command = try parseAsRoot(arguments)
+            try await CommandContext.$current.withValue(context) {
+                if var asynchronous = command as? any AsyncParsableCommand {
+                    try await asynchronous.run()
+                } else {
+                    try command.run()
+                }
+            }
+            return 0
+        } catch {
+            let code = exitCode(for: error).rawValue
+            let message = fullMessage(for: error)
+            if !message.isEmpty { (code == 0 ? context.stdout : context.stderr).writeLine(message) }
+            return code
+        }
+    }
+
+    /// The executable's entry point.
+    public static func runProcess() async -> Never {
+        Foundation.exit(await run(Array(CommandLine.arguments.dropFirst()), in: .process))
+    }
+}

@@ -1,0 +1,12 @@
+import ArgumentParser
+
+/// The root command. The executable only calls `main()`; tests parse and run it in-process.
+public struct VMFactoryCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "vmfactory",
+        abstract: "Builds pinned, verified, reproducible guest kernels and initrds for microVMs.",
+        subcommands: [Recipes.self, Fetch.self, Prepare.self, Config.self, Build.self, Initrd.self, Boot.self, Bench.self, Clean.self, Doctor.self]
+    )
+
+    public init() {}
+}

@@ -1,0 +1,100 @@
+import Crypto
+import Foundation
+
+/// A SHA-256 digest as lowercase hex.
+public struct SHA256Digest: Hashable, Sendable, Codable, CustomStringConvertible, Comparable {
+    public let hex: String
+
+    /// Accepts 64 hexadecimal digits in either case.
+    public init?(hex: String) {
+        let lowered = hex.lowercased()
+        guard lowered.utf8.count == 64, lowered.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
+            return nil
+        }
+        self.hex = lowered
+    }
+
+    init(_ digest: SHA256.Digest) {
+        self.hex = digest.map { String(format: "%02x", $0) }.joined()
+    }
+
+    public var description: String { hex }
+    public var short: String { String(hex.prefix(12)) }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.hex < rhs.hex }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        guard let digest = SHA256Digest(hex: text) else {
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: "not a sha256 digest: \(text)")
+        }
+        self = digest
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(hex)
+    }
+
+    public static func of(_ data: some DataProtocol) -> SHA256Digest {
+        SHA256Digest(SHA256.hash(data: data))
+    }
+
+    public static func of(_ string: String) -> SHA256Digest {
+        of(Data(string.utf8))
+    }
+
+    /// Hashes a file by streaming it, never holding it whole in memory. For small files
+    /// (fragments, patches); large ones take the async form.
+    public static func ofFile(at path: String, cancellation: BlockingWork.Cancellation? = nil) throws -> SHA256Digest {
+        var hasher = StreamingHasher()
+        try FileStore.forEachChunk(ofFile: path, cancellation: cancellation) { hasher.update($0) }
+        return hasher.finalize()
+    }
+
+    /// Hashes a file on a thread of its own, stopping when the calling task is cancelled.
+    public static func ofFile(at path: String) async throws -> SHA256Digest {
+        try await BlockingWork.run("hashing \(FileStore.displayPath(path))") { cancellation in
+            try ofFile(at: path, cancellation: cancellation)
+        }
+    }
+}
+
+/// Incremental SHA-256 for bytes that are streamed once: downloads, copies, extraction input.
+public struct StreamingHasher {
+    private var hasher = SHA256()
+    public private(set) var byteCount: Int64 = 0
+
+    public init() {}
+
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        hasher.update(bufferPointer: bytes)
+        byteCount += Int64(bytes.count)
+    }
+
+    public mutating func update(_ data: Data) {
+        hasher.update(data: data)
+        byteCount += Int64(data.count)
+    }
+
+    public func finalize() -> SHA256Digest {
+        SHA256Digest(hasher.finalize())
+    }
+}
+
+/// Builds a key from named parts, so that reordering or renaming a part changes the key.
+public struct KeyBuilder: Sendable {
+    private var text: String
+
+    public init(_ domain: String) {
+        text = domain + "\n"
+    }
+
+    public mutating func add(_ name: String, _ value: String) {
+        // Length-prefixed so that no value can forge a neighbouring part.
+        text += "\(name) \(value.utf8.count) \(value)\n"
+    }
+
+    public var digest: SHA256Digest { .of(text) }
+}

@@ -1,0 +1,55 @@
+import Foundation
+import Synchronization
+
+/// Runs blocking work (hashing, copying, decompressing, extracting) on a thread of its own,
+/// never on the cooperative pool, which has only as many threads as cores. Cancelling the
+/// calling task raises a flag that the work checks between chunks.
+public enum BlockingWork {
+    /// Set when the task that started the work is cancelled.
+    public final class Cancellation: Sendable {
+        private let cancelled = Atomic<Bool>(false)
+        /// What the work is, for the message: "extracting linux-source-6.1.tar.xz".
+        public let what: String
+
+        init(what: String) { self.what = what }
+
+        func cancel() { cancelled.store(true, ordering: .relaxed) }
+
+        public var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
+
+        /// Throws the `interrupted` error once the task was cancelled.
+        public func check() throws {
+            if isCancelled { throw VMFactoryError(.interrupted, "interrupted while \(what)") }
+        }
+    }
+
+    public static func run<T: Sendable>(_ what: String, _ body: @escaping @Sendable (Cancellation) throws -> T) async throws -> T {
+        let cancellation = Cancellation(what: what)
+        try cancellation.check()
+        let result: Result<T, any Error> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let thread = Thread {
+                    continuation.resume(returning: Result { try body(cancellation) })
+                }
+                thread.name = "vmfactory-work"
+                thread.start()
+            }
+        } onCancel: {
+            cancellation.cancel()
+        }
+        if Task.isCancelled { throw VMFactoryError(.interrupted, "interrupted while \(what)") }
+        return try result.get()
+    }
+}
+
+extension Duration {
+    public var seconds: Double {
+        let (whole, fraction) = components
+        return Double(whole) + Double(fraction) / 1e18
+    }
+
+    /// For Dispatch deadlines.
+    public var timeInterval: DispatchTimeInterval {
+        .nanoseconds(Int(min(seconds * 1e9, Double(Int.max / 2))))
+    }
+}

@@ -1,0 +1,255 @@
+import CLinux
+import Foundation
+import Synchronization
+
+/// A child process that cannot outlive vmfactory.
+///
+/// Every child is forked by one thread that lives as long as the process and asks the kernel
+/// for a parent-death signal (`PR_SET_PDEATHSIG`): the kernel sends it when the forking
+/// thread ends, so it must be a thread that ends only with vmfactory, never one of the
+/// thread pools' workers, which come and go. Whatever ends vmfactory (Ctrl-C, SIGTERM,
+/// SIGKILL, a crash), its children get the signal. Each child also leads a process group of
+/// its own, so that a stop reaches what the child started (make's compilers, for example).
+public final class ChildProcess: Sendable {
+    /// A standard descriptor of the child.
+    public enum Stdio: Sendable {
+        /// `/dev/null`.
+        case null
+        /// An open descriptor of ours, which the child shares (a log file, our own stdout).
+        case descriptor(Int32)
+        /// A new pipe; our end is in `stdin`, `stdout` or `stderr`.
+        case pipe
+        /// stderr only: wherever stdout goes, interleaved with it.
+        case sameAsStdout
+    }
+
+    public let pid: pid_t
+    public let command: Command
+    /// Our ends of the pipes asked for; the owner closes them.
+    public let stdin: Int32?
+    public let stdout: Int32?
+    public let stderr: Int32?
+
+    private struct State {
+        var termination: CommandResult.Termination?
+        var waiters: [CheckedContinuation<CommandResult.Termination, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    private init(pid: pid_t, command: Command, stdin: Int32?, stdout: Int32?, stderr: Int32?) {
+        self.pid = pid
+        self.command = command
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+    }
+
+    /// Starts `command` with `environment` as its complete environment.
+    /// - Parameters:
+    ///   - newSession: the child leads a session (for a terminal of its own); otherwise a
+    ///     process group.
+    ///   - parentDeathSignal: what the child gets when vmfactory ends; the command's own
+    ///     `deathSignal` unless given.
+    public static func spawn(
+        _ command: Command, environment: [String: String],
+        stdin: Stdio = .null, stdout: Stdio, stderr: Stdio,
+        newSession: Bool = false, parentDeathSignal: Int32? = nil
+    ) async throws -> ChildProcess {
+        let parentDeathSignal = parentDeathSignal ?? command.deathSignal
+        let path = try resolveExecutable(command.executable, path: environment["PATH"] ?? "/usr/bin:/bin")
+        var pipes: [Int32] = []
+        func descriptor(_ stdio: Stdio, childReads: Bool) throws -> (child: Int32, ours: Int32?) {
+            switch stdio {
+            case .null, .sameAsStdout: return (-1, nil)
+            case .descriptor(let fd): return (fd, nil)
+            case .pipe:
+                var ends: [Int32] = [-1, -1]
+                guard vmf_pipe_cloexec(&ends) == 0 else { throw VMFactoryError.io("cannot create a pipe for", path: command.executable) }
+                pipes += ends
+                return childReads ? (ends[0], ends[1]) : (ends[1], ends[0])
+            }
+        }
+        let input = try descriptor(stdin, childReads: true)
+        let output = try descriptor(stdout, childReads: false)
+        let error: (child: Int32, ours: Int32?)
+        if case .sameAsStdout = stderr { error = (output.child, nil) } else { error = try descriptor(stderr, childReads: false) }
+        let childEnds = [input.child, output.child, error.child]
+        defer {
+            // The child has its copies; ours of the child's ends go, so that our reads see
+            // an end of file when the child exits.
+            for fd in pipes where childEnds.contains(fd) { close(fd) }
+        }
+
+        let argv = command.argv
+        let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        let workingDirectory = command.workingDirectory
+        let result: Result<pid_t, VMFactoryError> = await SpawnThread.shared.perform {
+            withCStrings(argv) { argvPointers in
+                withCStrings(envp) { envpPointers in
+                    path.withCString { pathPointer in
+                        let spawn = { (directory: UnsafePointer<CChar>?) -> Result<pid_t, VMFactoryError> in
+                            var attributes = vmf_spawn_attributes(
+                                path: pathPointer, argv: argvPointers, envp: envpPointers, working_directory: directory,
+                                stdin_fd: input.child, stdout_fd: output.child, stderr_fd: error.child,
+                                new_process_group: newSession ? 0 : 1, new_session: newSession ? 1 : 0,
+                                parent_death_signal: parentDeathSignal
+                            )
+                            var pid: pid_t = 0
+                            let status = vmf_spawn(&attributes, &pid)
+                            if status == 0 { return .success(pid) }
+                            return .failure(Self.spawnError(command, path: path, errno: status))
+                        }
+                        if let workingDirectory { return workingDirectory.withCString { spawn($0) } }
+                        return spawn(nil)
+                    }
+                }
+            }
+        }
+        switch result {
+        case .failure(let failure):
+            for fd in [input.ours, output.ours, error.ours].compactMap({ $0 }) { close(fd) }
+            throw failure
+        case .success(let pid):
+            let child = ChildProcess(pid: pid, command: command, stdin: input.ours, stdout: output.ours, stderr: error.ours)
+            child.startReaping()
+            return child
+        }
+    }
+
+    static func spawnError(_ command: Command, path: String, errno code: Int32) -> VMFactoryError {
+        let reason = String(cString: strerror(code))
+        if code == ENOENT || code == EACCES || code == ENOEXEC {
+            if let directory = command.workingDirectory, !FileStore.isDirectory(directory) {
+                return VMFactoryError(.io, "cannot run \(command.executable) in \(directory): \(reason)", hint: "the working directory is missing")
+            }
+            return VMFactoryError(
+                .missingTool, "cannot run \(path): \(reason)",
+                hint: "run `vmfactory doctor` to see which host tools are missing", details: ["command: \(command)"]
+            )
+        }
+        return VMFactoryError(.processFailed, "cannot start \(command.executable): \(reason)", details: ["command: \(command)"])
+    }
+
+    /// The absolute path of `name`: itself when it holds a slash, else the first executable
+    /// file of that name in `path`.
+    public static func resolveExecutable(_ name: String, path: String) throws -> String {
+        if name.contains("/") { return name }
+        for folder in path.split(separator: ":") where !folder.isEmpty {
+            let candidate = folder + "/" + name
+            if access(candidate, X_OK) == 0, FileStore.isRegularFile(candidate) { return candidate }
+        }
+        throw VMFactoryError(
+            .missingTool, "cannot run \(name): it is not installed (not found on PATH)",
+            hint: "run `vmfactory doctor` to see which host tools are missing and the apt-get line that adds them"
+        )
+    }
+
+    /// Collects the child's exit status on a thread of its own (waitpid blocks).
+    private func startReaping() {
+        let pid = self.pid
+        Thread.detachNewThread { [self] in
+            var status: Int32 = 0
+            var result: pid_t
+            repeat { result = waitpid(pid, &status, 0) } while result < 0 && errno == EINTR
+            let termination: CommandResult.Termination
+            if result < 0 {
+                termination = .exited(-1)
+            } else if status & 0x7f == 0 {
+                termination = .exited((status >> 8) & 0xff)
+            } else {
+                termination = .signaled(status & 0x7f)
+            }
+            let waiters = state.withLock { state in
+                state.termination = termination
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            for waiter in waiters { waiter.resume(returning: termination) }
+        }
+    }
+
+    /// How the child ended; waits until it has.
+    public func wait() async -> CommandResult.Termination {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> CommandResult.Termination? in
+                if let termination = state.termination { return termination }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+    }
+
+    public var hasExited: Bool { state.withLock { $0.termination != nil } }
+
+    /// Sends `signal` to the child's whole process group.
+    public func signal(_ signal: Int32) {
+        kill(-pid, signal)
+    }
+
+    /// Sends `signal` to the child alone (the command in the guest of a run, not its group).
+    public func signalLeader(_ signal: Int32) {
+        guard !hasExited else { return }
+        kill(pid, signal)
+    }
+
+    /// SIGTERM to the group now, SIGKILL to what is left of it after `grace`. The group id
+    /// stays reserved while any member lives, so the late SIGKILL cannot hit a stranger.
+    public func terminate(grace: Duration) {
+        signal(SIGTERM)
+        DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) { [self] in
+            signal(SIGKILL)
+        }
+    }
+
+    /// Waits for the child; when the calling task is cancelled meanwhile, stops it (SIGTERM,
+    /// then SIGKILL after `grace`) and still waits for it to be gone.
+    public func wait(stoppingOnCancel grace: Duration) async -> CommandResult.Termination {
+        await withTaskCancellationHandler {
+            await wait()
+        } onCancel: {
+            terminate(grace: grace)
+        }
+    }
+}
+
+/// The one thread that forks every child; see `ChildProcess`.
+final class SpawnThread: @unchecked Sendable {
+    static let shared = SpawnThread()
+
+    private let condition = NSCondition()
+    private var jobs: [() -> Void] = []
+
+    private init() {
+        let thread = Thread { [self] in run() }
+        thread.name = "vmfactory-spawn"
+        thread.start()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty { condition.wait() }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            job()
+        }
+    }
+
+    func perform<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            condition.lock()
+            jobs.append { continuation.resume(returning: body()) }
+            condition.signal()
+            condition.unlock()
+        }
+    }
+}
+
+/// Calls `body` with a NULL-terminated C array of `strings`.
+func withCStrings<T>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> T) -> T {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { for pointer in pointers { free(pointer) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+}

@@ -1,0 +1,61 @@
+import Foundation
+
+/// Reads a pipe on a thread of its own: a blocking read never occupies one of the
+/// cooperative pool's few threads.
+public enum PipeReader {
+    /// Everything until the end of file, at most `limit` bytes kept (the rest is read and
+    /// dropped, so that the writer never blocks). Closes `fd`.
+    public static func readAll(_ fd: Int32, limit: Int = 64 << 20) async -> Data {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var data = Data()
+                forEachChunk(fd) { chunk in
+                    if data.count < limit { data.append(contentsOf: chunk.prefix(limit - data.count)) }
+                    return true
+                }
+                close(fd)
+                continuation.resume(returning: data)
+            }
+        }
+    }
+
+    /// Hands each line (without its newline and trailing carriage returns) to `onLine` as soon
+    /// as it is complete, until the end of file or until `onLine` returns false. Closes `fd`.
+    public static func readLines(_ fd: Int32, _ onLine: @escaping @Sendable (String) -> Bool) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                var pending: [UInt8] = []
+                func emit(_ bytes: ArraySlice<UInt8>) -> Bool {
+                    var text = String(decoding: bytes, as: UTF8.self)
+                    while text.hasSuffix("\r") { text.removeLast() }
+                    return onLine(text)
+                }
+                var going = true
+                forEachChunk(fd) { chunk in
+                    pending.append(contentsOf: chunk)
+                    while going, let newline = pending.firstIndex(of: 0x0a) {
+                        going = emit(pending[..<newline])
+                        pending.removeSubrange(...newline)
+                    }
+                    return going
+                }
+                if going, !pending.isEmpty { _ = emit(pending[...]) }
+                close(fd)
+                continuation.resume()
+            }
+        }
+    }
+
+    /// Blocking reads until the end of file or until `body` returns false.
+    static func forEachChunk(_ fd: Int32, _ body: (UnsafeRawBufferPointer) -> Bool) {
+        let size = 1 << 16
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let count = read(fd, buffer.baseAddress, size)
+            if count < 0, errno == EINTR { continue }
+            if count <= 0 { return }
+            if !body(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) { return }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+import Foundation
+import VMFactoryCore
+
+/// One target's build, resolved before anything runs: the kernel's plan and the initrd's,
+/// each with its keys, from one identification of the toolchain.
+public struct TargetBuildPlan: Sendable {
+    public let kernel: KernelBuildPlan
+    public let initrd: InitrdPlan
+    /// False for `vmfactory initrd`, which keeps whatever kernel the set holds.
+    public let wantsKernel: Bool
+
+    public var target: Target { kernel.target.target }
+    public var outputDirectory: String { kernel.outputDirectory }
+    public var label: String { "\(kernel.recipe.name)/\(target)" }
+}
+
+/// What a build does with each part of a target's set, decided from the manifest the output
+/// folder holds and the plan's keys. A pure function of its inputs; the file checks it needs
+/// are done before (`candidates`), the steps that carry it out after.
+public struct BuildDecision: Sendable, Equatable {
+    public enum KernelAction: Sendable, Equatable {
+        /// The published kernel matches and is intact: its files go into the new set.
+        case keep
+        /// Configure and compile.
+        case build
+        /// No kernel to go with the initrd (`vmfactory initrd` before any build): resolve the
+        /// config only, for the decompressor check.
+        case resolveConfig
+    }
+
+    public var kernel: KernelAction
+    /// Whether the published init and initrd match and are intact.
+    public var keepInitrd: Bool
+
+    /// Nothing to make and nothing to publish.
+    public var upToDate: Bool { kernel == .keep && keepInitrd }
+
+    /// The parts of `current` whose keys match the plan, so that their files are worth
+    /// checking: the kernel when its input key matches (or, for `vmfactory initrd`, when
+    /// there is one), the initrd when its key does.
+    public static func candidates(current: BuildManifest?, plan: TargetBuildPlan) -> Set<BuildManifest.Part> {
+        guard let current, current.schema == BuildManifest.currentSchema else { return [] }
+        var parts: Set<BuildManifest.Part> = []
+        if let kernel = current.kernel, !plan.wantsKernel || kernel.keys.inputs == plan.kernel.inputKey { parts.insert(.kernel) }
+        if current.initrd?.key == plan.initrd.key { parts.insert(.initrd) }
+        return parts
+    }
+
+    /// `intact`: the candidates whose files still have their recorded sha256.
+    public static func decide(plan: TargetBuildPlan, intact: Set<BuildManifest.Part>) -> BuildDecision {
+        let kernel: KernelAction = intact.contains(.kernel) ? .keep : plan.wantsKernel ? .build : .resolveConfig
+        return BuildDecision(kernel: kernel, keepInitrd: intact.contains(.initrd))
+    }
+}
+
+extension Factory {
+    /// Builds each target in turn: kernel, init and initrd. A part whose published artifacts
+    /// already match every input is verified and kept; the others are made again, and the
+    /// whole set is published at once.
+    public func build(_ recipe: Recipe, targets: [Target], options: BuildOptions = BuildOptions()) async throws -> [BuildResult] {
+        let source = PreparedSource(factory: self, recipe: recipe)
+        var results: [BuildResult] = []
+        for target in targets {
+            let plan = try await targetPlan(recipe, target: target, options: options, wantsKernel: true)
+            results.append(try await build(plan, source: source))
+        }
+        return results
+    }
+
+    /// Makes only the init and the initrd of each target (`vmfactory initrd`). The kernel
+    /// artifacts of an earlier build stay in the set as they are.
+    public func buildInitrd(_ recipe: Recipe, targets: [Target]) async throws -> [BuildResult] {
+        let source = PreparedSource(factory: self, recipe: recipe)
+        var results: [BuildResult] = []
+        for target in targets {
+            let plan = try await targetPlan(recipe, target: target, options: BuildOptions(), wantsKernel: false)
+            results.append(try await build(plan, source: source))
+        }
+        return results
+    }
+
+    func targetPlan(_ recipe: Recipe, target: Target, options: BuildOptions, wantsKernel: Bool) async throws -> TargetBuildPlan {
+        let kernel = try await plan(recipe, target: target, options: options)
+        let initrd = try InitrdBuilder(library: workspace.library, runner: runner, console: console)
+            .plan(recipe, target: target, compiler: kernel.toolchain.compiler, sourceDateEpoch: kernel.sourceDateEpoch)
+        return TargetBuildPlan(kernel: kernel, initrd: initrd, wantsKernel: wantsKernel)
+    }
+
+    /// Decides under the build directory's lock, then carries the decision out.
+    func build(_ plan: TargetBuildPlan, source: PreparedSource) async throws -> BuildResult {
+        let start = ContinuousClock.now
+        let lock = try await FileLock.acquire(plan.kernel.buildDirectory + ".lock") {
+            console.info("waiting: another vmfactory is building \(plan.label) in \(FileStore.displayPath(plan.kernel.buildDirectory))")
+        }
+        defer { lock.release() }
+
+        let output = plan.outputDirectory
+        let current = try? BuildManifest.load(output + "/" + BuildManifest.fileName)
+        var intact: Set<BuildManifest.Part> = []
+        for part in BuildDecision.candidates(current: current, plan: plan) {
+            let problems = try await current!.verify(in: output, part: part)
+            if problems.isEmpty {
+                intact.insert(part)
+            } else {
+                console.warning("\(FileStore.displayPath(output)) changed since it was built (\(problems.joined(separator: "; "))); building the \(part) again")
+            }
+        }
+        let decision = BuildDecision.decide(plan: plan, intact: intact)
+        if let current, decision.upToDate {
+            console.info("build \(plan.label): up to date (\(current.artifacts.count) artifacts verified by sha256)")
+            return BuildResult(target: plan.target, upToDate: true, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: current)
+        }
+        let manifest = try await carryOut(decision, plan: plan, current: current, source: source)
+        return BuildResult(target: plan.target, upToDate: false, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: manifest)
+    }
+
+    /// Makes or keeps each part as decided, then publishes the whole set.
+    func carryOut(_ decision: BuildDecision, plan: TargetBuildPlan, current: BuildManifest?, source: PreparedSource) async throws -> BuildManifest {
+        let work = KernelBuilder.workDirectory(plan.kernel)
+        try FileStore.createDirectory(work)
+        var set = OutputSet()
+        let resolvedConfig: String
+        switch decision.kernel {
+        case .keep:
+            set.keep(.kernel, of: current!, in: plan.outputDirectory, logs: true)
+            resolvedConfig = plan.outputDirectory + "/config"
+        case .build:
+            let (fetched, tree) = try await source.get()
+            let built = try await KernelBuilder(runner: runner, console: console, cacheDirectory: workspace.cacheDirectory).build(plan.kernel, tree: tree, source: fetched)
+            set.add(built.outcome, kernel: built.part, logs: ["build.log", "config.log"])
+            resolvedConfig = built.resolvedConfig
+        case .resolveConfig:
+            let (_, tree) = try await source.get()
+            let verification = try await configs.resolve(
+                plan.kernel, tree: tree, outputConfig: work + "/config", logFile: work + "/config.log", fresh: false,
+                configurator: KernelConfigurator(runner: runner, console: console)
+            )
+            try verification.requirePassed()
+            resolvedConfig = work + "/config"
+        }
+        if decision.keepInitrd {
+            set.keep(.initrd, of: current!, in: plan.outputDirectory, logs: false)
+        } else {
+            let made = try await InitrdBuilder(library: workspace.library, runner: runner, console: console)
+                .build(plan.initrd, resolvedConfig: resolvedConfig, workDirectory: work)
+            set.add(made.outcome, initrd: made.part)
+        }
+        let recipe = plan.kernel.recipe
+        let manifest = BuildManifest(
+            schema: BuildManifest.currentSchema, recipe: .init(name: recipe.name, sha256: recipe.digest),
+            target: plan.target, sourceDateEpoch: plan.kernel.sourceDateEpoch,
+            kernel: set.kernel, initrd: set.initrd, artifacts: set.artifacts, logs: set.logs
+        )
+        OutputPublisher.removeLeftovers(of: plan.outputDirectory, console: console)
+        try await OutputPublisher.publish(files: set.files, manifest: manifest, to: plan.outputDirectory)
+        return manifest
+    }
+}
+
+/// The parts of a set being put together, kept from the published set or newly made.
+struct OutputSet {
+    var kernel: BuildManifest.KernelPart?
+    var initrd: BuildManifest.InitrdPart?
+    var artifacts: [BuildManifest.Artifact] = []
+    /// Name in the output folder, and where the file is now.
+    var files: [(name: String, path: String)] = []
+    var logs: [String] = []
+
+    /// Takes `part` of the published set `current` as it is, with its logs when asked.
+    mutating func keep(_ part: BuildManifest.Part, of current: BuildManifest, in output: String, logs withLogs: Bool) {
+        switch part {
+        case .kernel: kernel = current.kernel
+        case .initrd: initrd = current.initrd
+        }
+        for artifact in current.artifacts(of: part) {
+            artifacts.append(artifact)
+            files.append((artifact.name, output + "/" + artifact.name))
+        }
+        guard withLogs else { return }
+        for log in current.logs where FileStore.isRegularFile(output + "/" + log) {
+            files.append((log, output + "/" + log))
+            logs.append(log)
+        }
+    }
+
+    mutating func add(_ outcome: PartOutcome, kernel part: BuildManifest.KernelPart, logs newLogs: [String]) {
+        kernel = part
+        artifacts += outcome.artifacts
+        files += outcome.files
+        logs += newLogs
+    }
+
+    mutating func add(_ outcome: PartOutcome, initrd part: BuildManifest.InitrdPart) {
+        initrd = part
+        artifacts += outcome.artifacts
+        files += outcome.files
+    }
+}
+
+/// The recipe's source tree, prepared on first use and shared by the targets of one build.
+actor PreparedSource {
+    let factory: Factory
+    let recipe: Recipe
+    private var prepared: (FetchedSource, SourceTree)?
+
+    init(factory: Factory, recipe: Recipe) {
+        self.factory = factory
+        self.recipe = recipe
+    }
+
+    /// Runs in the calling task, so that cancelling it (Ctrl-C) stops the preparation.
+    func get() async throws -> (FetchedSource, SourceTree) {
+        if let prepared { return prepared }
+        let result = try await factory.prepare(recipe)
+        prepared = result
+        return result
+    }
+}

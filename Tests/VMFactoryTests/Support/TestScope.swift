@@ -1,0 +1,106 @@
+import Foundation
+import Testing
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
+
+/// Each test's own folder, removed when the test ends, passed or failed. Every suite carries
+/// the `.scoped` trait; `TestSupport.temporaryDirectory()` makes folders inside it.
+struct TestScope: TestTrait, SuiteTrait, TestScoping {
+    var isRecursive: Bool { true }
+
+    @TaskLocal static var root: String?
+
+    /// Where the scopes of this test process live; scopes of test processes that are gone
+    /// (killed before they could clean up) are removed on first use.
+    static let processRoot: String = {
+        let base = NSTemporaryDirectory() + "vmfactory-tests"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] {
+            guard let pid = name.split(separator: "-").first.flatMap({ pid_t($0) }), pid != getpid() else { continue }
+            if kill(pid, 0) != 0, errno == ESRCH { try? FileStore.removeTree(base + "/" + name) }
+        }
+        return base + "/\(getpid())-\(UUID().uuidString.prefix(8))"
+    }()
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        let safe = test.name.filter { $0.isLetter || $0.isNumber }.prefix(40)
+        let root = Self.processRoot + "/\(safe)-\(UUID().uuidString.prefix(8))"
+        try FileStore.createDirectory(root)
+        defer { try? FileStore.removeTree(root) }
+        try await Self.$root.withValue(root) { try await function() }
+    }
+}
+
+extension Trait where Self == TestScope {
+    /// Temporary folders and cache state that belong to the test and go with it.
+    static var scoped: Self { TestScope() }
+}
+
+extension TestSupport {
+    /// A fresh folder inside the running test's scope.
+    static func temporaryDirectory(_ label: String = #function) throws -> String {
+        guard let root = TestScope.root else {
+            throw VMFactoryError(.internalError, "temporaryDirectory() outside a scoped test", hint: "add the .scoped trait to the suite")
+        }
+        let safe = label.filter { $0.isLetter || $0.isNumber }.prefix(40)
+        let path = root + "/\(safe)-\(UUID().uuidString.prefix(8))"
+        try FileStore.createDirectory(path)
+        return path
+    }
+
+    /// The cache the shared kernel build uses, kept across test runs in .build so that the
+    /// pinned tarball is extracted and the kernels compiled once per checkout (CI's fresh
+    /// clone starts it empty). Tests read it; none writes into it but the shared build.
+    static let sharedCache: String = repositoryRoot + "/.build/test-cache"
+
+    /// A cache of the test's own that shares the shared cache's verified sources and source
+    /// trees (read-only, content-addressed), and holds copies of `copying` (paths below the
+    /// cache, such as `builds/minimal/x86_64` or `configs`) so that the test can change them.
+    static func scopedCache(copying: [String] = []) async throws -> String {
+        let cache = try temporaryDirectory("cache")
+        for folder in ["sources/sha256", "trees"] {
+            let shared = sharedCache + "/" + folder
+            try FileStore.createDirectory(cache + "/" + folder)
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: shared)) ?? [] where !name.hasPrefix(".") && !name.hasSuffix(".lock") {
+                try FileManager.default.createSymbolicLink(atPath: cache + "/" + folder + "/" + name, withDestinationPath: shared + "/" + name)
+            }
+        }
+        for path in copying where FileStore.exists(sharedCache + "/" + path) {
+            try FileStore.createDirectory(URL(fileURLWithPath: cache + "/" + path).deletingLastPathComponent().path)
+            try await runner.runChecked(Command("cp", ["-a", "--reflink=auto", sharedCache + "/" + path, cache + "/" + path]), what: "copying \(path) of the shared cache")
+        }
+        return cache
+    }
+}
+
+/// The minimal recipe built once for both targets in the shared test cache, by the real
+/// command line; the tests look at it and copy what they change.
+actor SharedBuild {
+    static let shared = SharedBuild()
+
+    struct Built: Sendable {
+        var output: String
+        var results: [BuildResult]
+        var stderr: String
+    }
+
+    private var task: Task<Built, any Error>?
+
+    /// The outputs of the shared build, in this test process's folder.
+    static let output = TestScope.processRoot + "/shared-outputs"
+
+    func get() async throws -> Built {
+        if task == nil {
+            task = Task {
+                let run = try await TestSupport.runCLI(try SharedBuild.buildArguments(cache: TestSupport.sharedCache, output: SharedBuild.output) + ["--format", "json"])
+                guard run.status == 0 else { throw VMFactoryError(.processFailed, "vmfactory build failed: \(run.stderr)\n\(run.stdout)") }
+                let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
+                return Built(output: SharedBuild.output, results: results, stderr: run.stderr)
+            }
+        }
+        return try await task!.value
+    }
+
+    static func buildArguments(cache: String, output: String, target: String = "all") throws -> [String] {
+        ["build", "--recipe", "minimal", "--target", target, "--offline", "--cache-dir", cache, "--output-dir", output] + (try TestSupport.sourceDirArguments())
+    }
+}
