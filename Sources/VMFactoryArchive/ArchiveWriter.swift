@@ -9,12 +9,10 @@ public final class ArchiveWriter {
     public enum Format: Sendable {
         case paxTar
         case cpioNewc
-        /// An `ar` archive, the container of a .deb.
-        case arSVR4
     }
 
     public enum Compression: String, Sendable, CaseIterable {
-        case none, gzip, xz, zstd, lz4
+        case none, gzip, zstd, lz4
     }
 
     public enum Kind: Sendable, Hashable {
@@ -66,10 +64,19 @@ public final class ArchiveWriter {
     private static func writeEntries(_ entries: [Entry], to path: String, format: Format, compression: Compression) throws {
         guard let handle = archive_write_new() else { throw VMFactoryError(.archiveFailed, "archive_write_new failed") }
         defer { archive_write_free(handle) }
+        try configure(handle, format: format, compression: compression)
+        try archiveCheck(archive_write_open_filename(handle, path), handle, "cannot create \(path)")
+        // cpio identifies hard links by inode; number entries so that none collide.
+        for (index, item) in entries.enumerated() {
+            try write(item, inode: Int64(index + 1), to: handle)
+        }
+        try archiveCheck(archive_write_close(handle), handle, "cannot finish \(path)")
+    }
+
+    private static func configure(_ handle: OpaquePointer, format: Format, compression: Compression) throws {
         switch format {
         case .paxTar: try archiveCheck(archive_write_set_format_pax_restricted(handle), handle, "tar format")
         case .cpioNewc: try archiveCheck(archive_write_set_format_cpio_newc(handle), handle, "cpio format")
-        case .arSVR4: try archiveCheck(archive_write_set_format_ar_svr4(handle), handle, "ar format")
         }
         switch compression {
         case .none: break
@@ -77,7 +84,6 @@ public final class ArchiveWriter {
             try archiveCheck(archive_write_add_filter_gzip(handle), handle, "gzip")
             // gzip headers carry a time stamp and a file name unless told not to.
             archive_write_set_filter_option(handle, "gzip", "timestamp", nil)
-        case .xz: try archiveCheck(archive_write_add_filter_xz(handle), handle, "xz")
         case .zstd: try archiveCheck(archive_write_add_filter_zstd(handle), handle, "zstd")
         case .lz4:
             // Written by LZ4Legacy from the uncompressed archive.
@@ -87,49 +93,44 @@ public final class ArchiveWriter {
             // cpio and bare archives need no block padding beyond the format's own.
             archive_write_set_bytes_in_last_block(handle, 1)
         }
-        try archiveCheck(archive_write_open_filename(handle, path), handle, "cannot create \(path)")
+    }
 
-        var inode: Int64 = 1
-        for item in entries {
-            guard let entry = archive_entry_new() else { throw VMFactoryError(.archiveFailed, "archive_entry_new failed") }
-            defer { archive_entry_free(entry) }
-            archive_entry_set_pathname(entry, item.path)
-            archive_entry_set_uid(entry, item.uid)
-            archive_entry_set_gid(entry, item.gid)
-            archive_entry_set_mtime(entry, time_t(item.mtime), 0)
-            archive_entry_set_nlink(entry, item.kind == .directory ? 2 : 1)
-            // cpio identifies hard links by inode; number entries so that none collide.
-            archive_entry_set_ino64(entry, inode)
-            inode += 1
-            // cpio records a size for every entry; only regular files have data.
-            archive_entry_set_size(entry, 0)
-            var payload: Data? = nil
-            switch item.kind {
-            case .file(let data):
-                archive_entry_set_filetype(entry, EntryType.regular.rawValue)
-                archive_entry_set_size(entry, Int64(data.count))
-                payload = data
-            case .directory:
-                archive_entry_set_filetype(entry, EntryType.directory.rawValue)
-            case .symlink(let target):
-                archive_entry_set_filetype(entry, EntryType.symlink.rawValue)
-                archive_entry_set_symlink(entry, target)
-            case .hardlink(let target):
-                archive_entry_set_filetype(entry, EntryType.regular.rawValue)
-                archive_entry_set_hardlink(entry, target)
-            case .characterDevice(let major, let minor):
-                archive_entry_set_filetype(entry, EntryType.characterDevice.rawValue)
-                archive_entry_set_rdevmajor(entry, UInt(major))
-                archive_entry_set_rdevminor(entry, UInt(minor))
-            }
-            archive_entry_set_perm(entry, item.mode & 0o7777)
-            try archiveCheck(archive_write_header(handle, entry), handle, "cannot add \(item.path)")
-            if let payload, !payload.isEmpty {
-                let written = payload.withUnsafeBytes { archive_write_data(handle, $0.baseAddress, $0.count) }
-                if written < 0 { try archiveCheck(Int32(truncatingIfNeeded: written), handle, "cannot write \(item.path)") }
-            }
+    private static func write(_ item: Entry, inode: Int64, to handle: OpaquePointer) throws {
+        guard let entry = archive_entry_new() else { throw VMFactoryError(.archiveFailed, "archive_entry_new failed") }
+        defer { archive_entry_free(entry) }
+        archive_entry_set_pathname(entry, item.path)
+        archive_entry_set_uid(entry, item.uid)
+        archive_entry_set_gid(entry, item.gid)
+        archive_entry_set_mtime(entry, time_t(item.mtime), 0)
+        archive_entry_set_nlink(entry, item.kind == .directory ? 2 : 1)
+        archive_entry_set_ino64(entry, inode)
+        // cpio records a size for every entry; only regular files have data.
+        archive_entry_set_size(entry, 0)
+        var payload: Data? = nil
+        switch item.kind {
+        case .file(let data):
+            archive_entry_set_filetype(entry, EntryType.regular.rawValue)
+            archive_entry_set_size(entry, Int64(data.count))
+            payload = data
+        case .directory:
+            archive_entry_set_filetype(entry, EntryType.directory.rawValue)
+        case .symlink(let target):
+            archive_entry_set_filetype(entry, EntryType.symlink.rawValue)
+            archive_entry_set_symlink(entry, target)
+        case .hardlink(let target):
+            archive_entry_set_filetype(entry, EntryType.regular.rawValue)
+            archive_entry_set_hardlink(entry, target)
+        case .characterDevice(let major, let minor):
+            archive_entry_set_filetype(entry, EntryType.characterDevice.rawValue)
+            archive_entry_set_rdevmajor(entry, UInt(major))
+            archive_entry_set_rdevminor(entry, UInt(minor))
         }
-        try archiveCheck(archive_write_close(handle), handle, "cannot finish \(path)")
+        archive_entry_set_perm(entry, item.mode & 0o7777)
+        try archiveCheck(archive_write_header(handle, entry), handle, "cannot add \(item.path)")
+        if let payload, !payload.isEmpty {
+            let written = payload.withUnsafeBytes { archive_write_data(handle, $0.baseAddress, $0.count) }
+            if written < 0 { try archiveCheck(Int32(truncatingIfNeeded: written), handle, "cannot write \(item.path)") }
+        }
     }
 }
 

@@ -97,17 +97,28 @@ struct MachineOptions: ParsableArguments {
 
 extension AcceleratorProbe.Choice: ExpressibleByArgument {}
 
-/// `--recipe` and `--target`, for the commands that work per target.
-struct RecipeTargets: ParsableArguments {
+/// `--recipe`: a recipe name from recipes/ or a path.
+struct RecipeOption: ParsableArguments {
     @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
     var recipe: String
+
+    /// Runs `body` on the recipe, loaded and checked (see `GlobalOptions.run`).
+    func run(_ global: GlobalOptions, _ body: @escaping @Sendable (Factory, Recipe) async throws -> Output) async throws {
+        let recipe = self.recipe
+        try await global.run { factory in try await body(factory, try factory.recipes.load(recipe)) }
+    }
+}
+
+/// `--recipe` and `--target`, for the commands that work per target.
+struct RecipeTargets: ParsableArguments {
+    @OptionGroup var recipe: RecipeOption
 
     @Option(help: "x86_64, s390x or all.")
     var target: TargetSelection = .all
 
-    /// The recipe, loaded and checked, and the targets selected in it.
-    func load(_ factory: Factory) throws -> (Recipe, [Target]) {
-        let loaded = try factory.recipes.load(recipe)
-        return (loaded, try target.resolve(in: loaded))
+    /// Runs `body` on the recipe and the targets selected in it.
+    func run(_ global: GlobalOptions, _ body: @escaping @Sendable (Factory, Recipe, [Target]) async throws -> Output) async throws {
+        let target = self.target
+        try await recipe.run(global) { factory, recipe in try await body(factory, recipe, try target.resolve(in: recipe)) }
     }
 }

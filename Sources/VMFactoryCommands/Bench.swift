@@ -18,8 +18,7 @@ struct Bench: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
-    var recipe: String
+    @OptionGroup var recipe: RecipeOption
 
     @Option(help: "x86_64 or s390x.")
     var target: SingleTarget
@@ -49,7 +48,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let recipe = self.recipe, target = self.target.target
+        let target = self.target.target
         let boot = machine.bootOptions(icount: icount)
         var options = BenchOptions()
         options.runs = runs
@@ -58,9 +57,8 @@ struct Bench: AsyncParsableCommand {
         options.timeout = machine.timeout.duration
         let benchOptions = options
         let explain = self.explain
-        try await global.run { factory in
-            let loaded = try factory.recipes.load(recipe)
-            let benchmark = Benchmark(booter: Booter(workspace: factory.workspace, runner: factory.runner, console: factory.console), recipes: factory.recipes)
+        try await recipe.run(global) { factory, loaded in
+            let benchmark = Benchmark(Booter(factory))
             if explain {
                 let (text, explanation) = try await benchmark.explain(loaded, target: target, boot: boot, timeout: benchOptions.timeout)
                 return Output(text: text, value: explanation)

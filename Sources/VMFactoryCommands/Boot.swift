@@ -16,8 +16,7 @@ struct Boot: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
-    var recipe: String
+    @OptionGroup var recipe: RecipeOption
 
     @Option(help: "x86_64 or s390x.")
     var target: SingleTarget
@@ -31,16 +30,14 @@ struct Boot: AsyncParsableCommand {
     var command: [String] = []
 
     func run() async throws {
-        let recipe = self.recipe
         let target = self.target.target
         let options = machine.bootOptions(command: command)
         let timeout = machine.timeout.duration
         let printOnly = printQemu
         let streaming = global.format == .text
         let stdout = CommandContext.current.stdout
-        try await global.run { factory in
-            let loaded = try factory.recipes.load(recipe)
-            let booter = Booter(workspace: factory.workspace, runner: factory.runner, console: factory.console)
+        try await recipe.run(global) { factory, loaded in
+            let booter = Booter(factory)
             var options = options
             if printOnly, options.accelerator == .auto {
                 // Printing runs nothing, not even the probe: the remembered answer, else TCG.

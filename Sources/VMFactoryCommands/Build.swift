@@ -30,12 +30,9 @@ struct Build: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let selection = self.selection
         let options = BuildOptions(jobs: jobs, useCcache: !noCcache)
-        try await global.run { factory in
-            let (loaded, targets) = try selection.load(factory)
-            let results = try await factory.build(loaded, targets: targets, options: options)
-            return BuildReport.output(results)
+        try await selection.run(global) { factory, recipe, targets in
+            BuildReport.output(try await factory.build(recipe, targets: targets, options: options))
         }
     }
 }

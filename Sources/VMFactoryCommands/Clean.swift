@@ -26,7 +26,7 @@ struct Clean: AsyncParsableCommand {
         let all = self.all
         try await global.perform { context, console in
             let cache = global.cacheDirectory(context)
-            let report = try await CacheCleaner(cacheDirectory: cache, console: console).clean(recipe: recipe, all: all)
+            let report = try await CacheCleaner.clean(cache, recipe: recipe, all: all, console: console)
             let text = report.removed.isEmpty
                 ? "nothing to remove in \(cache)"
                 : report.removed.map { "removed \($0)" }.joined(separator: "\n") + "\nfreed \(ByteCount.format(report.bytes))"

@@ -14,10 +14,8 @@ struct Config: AsyncParsableCommand {
     @OptionGroup var selection: RecipeTargets
 
     func run() async throws {
-        let selection = self.selection
-        try await global.run { factory in
-            let (loaded, targets) = try selection.load(factory)
-            let results = try await factory.configure(loaded, targets: targets)
+        try await selection.run(global) { factory, recipe, targets in
+            let results = try await factory.configure(recipe, targets: targets)
             var lines: [String] = []
             for result in results {
                 if result.passed {

@@ -8,24 +8,13 @@ struct Fetch: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
-    var recipe: String
-
-    struct Result: Encodable {
-        var path: String
-        var sha256: String
-        var origin: SourceOrigin?
-        var cached: Bool
-    }
+    @OptionGroup var recipe: RecipeOption
 
     func run() async throws {
-        let recipe = self.recipe
-        try await global.run { factory in
-            let loaded = try factory.recipes.load(recipe)
-            let source = try await factory.fetch(loaded)
-            let result = Result(path: source.path, sha256: source.sha256.hex, origin: source.origin, cached: source.wasCached)
+        try await recipe.run(global) { factory, recipe in
+            let source = try await factory.fetch(recipe)
             let from = source.origin.map { " (from \($0))" } ?? ""
-            return Output(text: "\(source.path)\n  sha256 \(source.sha256)\(source.wasCached ? ", already cached" : "")\(from)", value: result)
+            return Output(text: "\(source.path)\n  sha256 \(source.sha256)\(source.wasCached ? ", already cached" : "")\(from)", value: source)
         }
     }
 }

@@ -14,10 +14,8 @@ struct Initrd: AsyncParsableCommand {
     @OptionGroup var selection: RecipeTargets
 
     func run() async throws {
-        let selection = self.selection
-        try await global.run { factory in
-            let (loaded, targets) = try selection.load(factory)
-            return BuildReport.output(try await factory.buildInitrd(loaded, targets: targets))
+        try await selection.run(global) { factory, recipe, targets in
+            BuildReport.output(try await factory.buildInitrd(recipe, targets: targets))
         }
     }
 }

@@ -8,8 +8,7 @@ struct Prepare: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "A recipe name from recipes/ or a path to a YAML recipe.")
-    var recipe: String
+    @OptionGroup var recipe: RecipeOption
 
     struct Result: Encodable {
         var tree: String
@@ -19,10 +18,8 @@ struct Prepare: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let recipe = self.recipe
-        try await global.run { factory in
-            let loaded = try factory.recipes.load(recipe)
-            let (source, tree) = try await factory.prepare(loaded)
+        try await recipe.run(global) { factory, recipe in
+            let (source, tree) = try await factory.prepare(recipe)
             let result = Result(tree: tree.path, key: tree.key.hex, source: source.sha256.hex, patches: tree.patches.map(\.name))
             return Output(text: tree.path, value: result)
         }

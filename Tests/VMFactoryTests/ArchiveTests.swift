@@ -1,10 +1,7 @@
 import Foundation
 import Testing
 @testable import VMFactoryArchive
-@testable import VMFactoryBoot
-@testable import VMFactoryCommands
 @testable import VMFactoryCore
-@testable import VMFactoryKernel
 
 @Suite("Extracting archives safely", .tags(.unit), .scoped)
 struct ArchiveTests {

@@ -5,7 +5,6 @@ import FoundationXML
 import Testing
 @testable import VMFactoryArchive
 @testable import VMFactoryBoot
-@testable import VMFactoryCommands
 @testable import VMFactoryCore
 @testable import VMFactoryKernel
 

@@ -1,8 +1,5 @@
 import Foundation
 import Testing
-@testable import VMFactoryArchive
-@testable import VMFactoryBoot
-@testable import VMFactoryCommands
 @testable import VMFactoryCore
 @testable import VMFactoryKernel
 

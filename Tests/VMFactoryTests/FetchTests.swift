@@ -1,8 +1,6 @@
 import Foundation
 import Testing
 @testable import VMFactoryArchive
-@testable import VMFactoryBoot
-@testable import VMFactoryCommands
 @testable import VMFactoryCore
 @testable import VMFactoryKernel
 

@@ -3,7 +3,6 @@ import Synchronization
 import Testing
 @testable import VMFactoryArchive
 @testable import VMFactoryBoot
-@testable import VMFactoryCommands
 @testable import VMFactoryCore
 @testable import VMFactoryKernel
 

@@ -1,9 +1,6 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import VMFactoryArchive
-@testable import VMFactoryBoot
-@testable import VMFactoryCommands
 @testable import VMFactoryCore
 @testable import VMFactoryKernel
 
@@ -26,13 +23,7 @@ struct ResolvedConfigCacheTests {
         let base = try KernelBuildTests.plan(.x86_64)
         #expect(base.configKey == (try KernelBuildTests.plan(.x86_64)).configKey)
         // Neither the build's time stamp, nor where, how fast or through what it compiles.
-        let moved = try base.with {
-            $0.buildDirectory = "/elsewhere"
-            $0.jobs = 64
-            $0.ccache = "/usr/bin/ccache"
-            $0.sourceDateEpoch = 1
-        }
-        #expect(moved.configKey == base.configKey)
+        #expect(try KernelBuildTests.relocated(base).with { $0.sourceDateEpoch = 1 }.configKey == base.configKey)
 
         let dir = try TestSupport.temporaryDirectory()
         var variants = try KernelBuildTests.configVariants(of: base, scratch: dir)

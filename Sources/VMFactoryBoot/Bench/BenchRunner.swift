@@ -10,15 +10,6 @@ public struct BenchCandidate: Sendable, Codable, Equatable {
     public var initrd: String?
     public var initrdSHA256: SHA256Digest?
     public var cmdline: String
-
-    public init(label: String, kernel: String, kernelSHA256: SHA256Digest?, initrd: String?, initrdSHA256: SHA256Digest?, cmdline: String) {
-        self.label = label
-        self.kernel = kernel
-        self.kernelSHA256 = kernelSHA256
-        self.initrd = initrd
-        self.initrdSHA256 = initrdSHA256
-        self.cmdline = cmdline
-    }
 }
 
 /// One boot of a benchmark: the host times of its phases, the guest's own clocks, and the
@@ -62,19 +53,6 @@ public struct BenchReport: Sendable, Codable {
         public var console: String
         public var machine: [String]
         public var notes: [String]
-
-        public init(hostCPU: String, hostCores: Int, qemu: String, accelerator: QEMUMachine.Accelerator, icount: Bool, vcpus: Int, memory: String, console: String, machine: [String], notes: [String]) {
-            self.hostCPU = hostCPU
-            self.hostCores = hostCores
-            self.qemu = qemu
-            self.accelerator = accelerator
-            self.icount = icount
-            self.vcpus = vcpus
-            self.memory = memory
-            self.console = console
-            self.machine = machine
-            self.notes = notes
-        }
     }
 
     public var schema = 1
@@ -88,19 +66,6 @@ public struct BenchReport: Sendable, Codable {
     public var samples: [BenchSample]
     public var summaries: [CandidateSummary]
     public var comparisons: [Comparison]
-
-    public init(recipe: String, target: Target, marker: String, runs: Int, warmup: Int, environment: Environment, candidates: [BenchCandidate], samples: [BenchSample], summaries: [CandidateSummary], comparisons: [Comparison]) {
-        self.recipe = recipe
-        self.target = target
-        self.marker = marker
-        self.runs = runs
-        self.warmup = warmup
-        self.environment = environment
-        self.candidates = candidates
-        self.samples = samples
-        self.summaries = summaries
-        self.comparisons = comparisons
-    }
 
     /// The phases that have at least one value, in their natural order.
     public var phaseNames: [String] {
@@ -136,12 +101,6 @@ public struct BenchRunner: Sendable {
     public var timeout: Duration
     public var console: Console
     public var bootRunner: BootRunner
-
-    public init(timeout: Duration, console: Console, bootRunner: BootRunner) {
-        self.timeout = timeout
-        self.console = console
-        self.bootRunner = bootRunner
-    }
 
     public func run(_ machines: [(BenchCandidate, QEMUMachine)], marker: String, runs: Int, warmup: Int) async throws -> [BenchSample] {
         var samples: [BenchSample] = []

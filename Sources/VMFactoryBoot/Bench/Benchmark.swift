@@ -19,14 +19,11 @@ public struct BenchOptions: Sendable {
 /// the environment they ran in.
 public struct Benchmark: Sendable {
     public var booter: Booter
-    public var recipes: RecipeLoader
 
-    public init(booter: Booter, recipes: RecipeLoader) {
-        self.booter = booter
-        self.recipes = recipes
-    }
+    public init(_ booter: Booter) { self.booter = booter }
 
     var console: Console { booter.console }
+    var recipes: RecipeLoader { booter.factory.recipes }
 
     /// Boots `recipe`'s kernel and each `--compare` kernel `options.runs` times and writes the
     /// reports into the recipe's output folder.

@@ -52,18 +52,17 @@ public struct BootOutcome: Sendable, Codable {
 
 /// Plans and runs boots of a recipe's built kernel, for `vmfactory boot` and `bench`.
 public struct Booter: Sendable {
-    public var workspace: Workspace
-    public var runner: any ProcessRunner
-    public var console: Console
+    /// The workspace, runner and console the kernel pipeline uses.
+    public var factory: Factory
 
-    public init(workspace: Workspace, runner: any ProcessRunner, console: Console) {
-        self.workspace = workspace
-        self.runner = runner
-        self.console = console
-    }
+    public init(_ factory: Factory) { self.factory = factory }
+
+    public var workspace: Workspace { factory.workspace }
+    public var runner: any ProcessRunner { factory.runner }
+    public var console: Console { factory.console }
 
     /// Runs QEMU with the workspace's host environment.
-    public var bootRunner: BootRunner { BootRunner(hostEnvironment: workspace.hostEnvironment) }
+    public var bootRunner: BootRunner { BootRunner(baseEnvironment: Command.baseEnvironment(from: workspace.hostEnvironment)) }
 
     public var acceleratorProbe: AcceleratorProbe {
         AcceleratorProbe(cacheDirectory: workspace.cacheDirectory, console: console, runner: runner, bootRunner: bootRunner)

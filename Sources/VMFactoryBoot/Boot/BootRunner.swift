@@ -47,14 +47,10 @@ public struct BootRun: Sendable, Codable {
 /// guest hang the caller: after `timeout`, when `stop` says the run has seen enough, or when
 /// the task is cancelled (Ctrl-C), QEMU's process group gets SIGTERM, then SIGKILL.
 public struct BootRunner: Sendable {
+    /// What QEMU's environment is made from (`Command.baseEnvironment`).
     public var baseEnvironment: [String: String]
     /// Between SIGTERM and SIGKILL.
-    public var gracePeriod: Duration
-
-    public init(hostEnvironment: [String: String], gracePeriod: Duration = .milliseconds(500)) {
-        self.baseEnvironment = Command.baseEnvironment(from: hostEnvironment)
-        self.gracePeriod = gracePeriod
-    }
+    public var gracePeriod: Duration = .milliseconds(500)
 
     public func run(
         _ command: Command, timeout: Duration,

@@ -42,6 +42,19 @@ public enum BlockingWork {
     }
 }
 
+extension BlockingWork {
+    /// Runs `body` on a thread of its own to the end, cancelled or not: clean-up that must
+    /// finish (removing a half-made tree after Ctrl-C).
+    public static func finish(_ body: @escaping @Sendable () -> Void) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                body()
+                continuation.resume()
+            }
+        }
+    }
+}
+
 extension Duration {
     public var seconds: Double {
         let (whole, fraction) = components

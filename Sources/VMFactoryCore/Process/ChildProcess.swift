@@ -55,10 +55,46 @@ public final class ChildProcess: Sendable {
         stdin: Stdio = .null, stdout: Stdio, stderr: Stdio,
         newSession: Bool = false, parentDeathSignal: Int32? = nil
     ) async throws -> ChildProcess {
-        let parentDeathSignal = parentDeathSignal ?? command.deathSignal
         let path = try resolveExecutable(command.executable, path: environment["PATH"] ?? "/usr/bin:/bin")
-        var pipes: [Int32] = []
-        func descriptor(_ stdio: Stdio, childReads: Bool) throws -> (child: Int32, ours: Int32?) {
+        let descriptors = try Descriptors(stdin: stdin, stdout: stdout, stderr: stderr, for: command)
+        let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        let attributes = (newSession: newSession, deathSignal: parentDeathSignal ?? command.deathSignal)
+        let result: Result<pid_t, VMFactoryError> = await SpawnThread.shared.perform {
+            fork(command, path: path, envp: envp, descriptors: descriptors, newSession: attributes.newSession, deathSignal: attributes.deathSignal)
+        }
+        // The child has its copies of its ends; ours go, so that our reads see an end of file
+        // when the child exits.
+        descriptors.closeChildEnds()
+        switch result {
+        case .failure(let failure):
+            descriptors.closeOurEnds()
+            throw failure
+        case .success(let pid):
+            let child = ChildProcess(pid: pid, command: command, stdin: descriptors.stdin.ours, stdout: descriptors.stdout.ours, stderr: descriptors.stderr.ours)
+            child.startReaping()
+            return child
+        }
+    }
+
+    /// The child's three standard descriptors, and our ends of the pipes among them.
+    struct Descriptors: Sendable {
+        var stdin: (child: Int32, ours: Int32?) = (-1, nil)
+        var stdout: (child: Int32, ours: Int32?) = (-1, nil)
+        var stderr: (child: Int32, ours: Int32?) = (-1, nil)
+        private var pipes: [Int32] = []
+
+        init(stdin: Stdio, stdout: Stdio, stderr: Stdio, for command: Command) throws {
+            do {
+                self.stdin = try make(stdin, childReads: true, command)
+                self.stdout = try make(stdout, childReads: false, command)
+                if case .sameAsStdout = stderr { self.stderr = (self.stdout.child, nil) } else { self.stderr = try make(stderr, childReads: false, command) }
+            } catch {
+                for fd in pipes { close(fd) }
+                throw error
+            }
+        }
+
+        private mutating func make(_ stdio: Stdio, childReads: Bool, _ command: Command) throws -> (child: Int32, ours: Int32?) {
             switch stdio {
             case .null, .sameAsStdout: return (-1, nil)
             case .descriptor(let fd): return (fd, nil)
@@ -69,50 +105,35 @@ public final class ChildProcess: Sendable {
                 return childReads ? (ends[0], ends[1]) : (ends[1], ends[0])
             }
         }
-        let input = try descriptor(stdin, childReads: true)
-        let output = try descriptor(stdout, childReads: false)
-        let error: (child: Int32, ours: Int32?)
-        if case .sameAsStdout = stderr { error = (output.child, nil) } else { error = try descriptor(stderr, childReads: false) }
-        let childEnds = [input.child, output.child, error.child]
-        defer {
-            // The child has its copies; ours of the child's ends go, so that our reads see
-            // an end of file when the child exits.
-            for fd in pipes where childEnds.contains(fd) { close(fd) }
+
+        func closeChildEnds() {
+            for fd in pipes where [stdin.child, stdout.child, stderr.child].contains(fd) { close(fd) }
         }
 
-        let argv = command.argv
-        let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-        let workingDirectory = command.workingDirectory
-        let result: Result<pid_t, VMFactoryError> = await SpawnThread.shared.perform {
-            withCStrings(argv) { argvPointers in
-                withCStrings(envp) { envpPointers in
-                    path.withCString { pathPointer in
-                        let spawn = { (directory: UnsafePointer<CChar>?) -> Result<pid_t, VMFactoryError> in
-                            var attributes = vmf_spawn_attributes(
-                                path: pathPointer, argv: argvPointers, envp: envpPointers, working_directory: directory,
-                                stdin_fd: input.child, stdout_fd: output.child, stderr_fd: error.child,
-                                new_process_group: newSession ? 0 : 1, new_session: newSession ? 1 : 0,
-                                parent_death_signal: parentDeathSignal
-                            )
-                            var pid: pid_t = 0
-                            let status = vmf_spawn(&attributes, &pid)
-                            if status == 0 { return .success(pid) }
-                            return .failure(Self.spawnError(command, path: path, errno: status))
-                        }
-                        if let workingDirectory { return workingDirectory.withCString { spawn($0) } }
-                        return spawn(nil)
+        func closeOurEnds() {
+            for fd in [stdin.ours, stdout.ours, stderr.ours].compactMap({ $0 }) { close(fd) }
+        }
+    }
+
+    /// Runs on the spawn thread: the C strings, and `vmf_spawn`.
+    private static func fork(_ command: Command, path: String, envp: [String], descriptors: Descriptors, newSession: Bool, deathSignal: Int32) -> Result<pid_t, VMFactoryError> {
+        withCStrings(command.argv) { argv in
+            withCStrings(envp) { envp in
+                path.withCString { pathPointer in
+                    let spawn = { (directory: UnsafePointer<CChar>?) -> Result<pid_t, VMFactoryError> in
+                        var attributes = vmf_spawn_attributes(
+                            path: pathPointer, argv: argv, envp: envp, working_directory: directory,
+                            stdin_fd: descriptors.stdin.child, stdout_fd: descriptors.stdout.child, stderr_fd: descriptors.stderr.child,
+                            new_process_group: newSession ? 0 : 1, new_session: newSession ? 1 : 0, parent_death_signal: deathSignal
+                        )
+                        var pid: pid_t = 0
+                        let status = vmf_spawn(&attributes, &pid)
+                        return status == 0 ? .success(pid) : .failure(spawnError(command, path: path, errno: status))
                     }
+                    if let directory = command.workingDirectory { return directory.withCString { spawn($0) } }
+                    return spawn(nil)
                 }
             }
-        }
-        switch result {
-        case .failure(let failure):
-            for fd in [input.ours, output.ours, error.ours].compactMap({ $0 }) { close(fd) }
-            throw failure
-        case .success(let pid):
-            let child = ChildProcess(pid: pid, command: command, stdin: input.ours, stdout: output.ours, stderr: error.ours)
-            child.startReaping()
-            return child
         }
     }
 

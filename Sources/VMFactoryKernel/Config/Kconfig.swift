@@ -155,82 +155,94 @@ struct KconfigParser {
             let stripped = Self.stripComment(line).trimmingCharacters(in: .whitespaces)
             if stripped.isEmpty { continue }
             let (keyword, rest) = Self.splitKeyword(stripped)
-            switch keyword {
-            case "config", "menuconfig":
-                finishEntry()
-                let definition = Kconfig.Definition(file: relative, line: lineNumber, dependencies: inheritedConditions(), hasPrompt: false, promptCondition: nil)
-                current = .config(symbol: rest, definition: definition)
-            case "choice":
-                finishEntry()
-                blocks.append(.group(kind: "choice", conditions: []))
-                current = .group
-            case "menu":
-                finishEntry()
-                blocks.append(.group(kind: "menu", conditions: []))
-                current = .group
-            case "endchoice", "endmenu", "endif":
-                finishEntry()
-                if !blocks.isEmpty { blocks.removeLast() }
-                current = .none
-            case "if":
-                finishEntry()
-                blocks.append(.condition(KconfigExpressionParser.parse(substitute(rest))))
-                current = .none
-            case "comment":
-                finishEntry()
-                current = .comment
-            case "source", "osource", "rsource", "orsource":
-                finishEntry()
-                current = .none
-                let target = substitute(Self.unquote(rest))
-                let resolved = keyword.hasPrefix("r") || keyword.hasPrefix("or")
-                    ? URL(fileURLWithPath: relative).deletingLastPathComponent().appendingPathComponent(target).relativePath
-                    : target
-                try parseFile(resolved, optional: keyword.hasPrefix("o"))
-            case "mainmenu":
-                continue
-            case "help", "---help---":
+            if try apply(keyword, rest, file: relative, line: lineNumber) {
                 inHelp = true
                 helpIndent = nil
-            case "depends":
-                let expressionText = rest.hasPrefix("on ") ? String(rest.dropFirst(3)) : rest
-                guard let expression = KconfigExpressionParser.parse(substitute(expressionText)) else { continue }
-                switch current {
-                case .config(let symbol, var definition):
-                    definition.dependencies.append(expression)
-                    current = .config(symbol: symbol, definition: definition)
-                case .group:
-                    if case .group(let kind, var conditions) = blocks.last {
-                        conditions.append(expression)
-                        blocks[blocks.count - 1] = .group(kind: kind, conditions: conditions)
-                    }
-                default:
-                    break
-                }
-            case "bool", "tristate", "string", "int", "hex", "prompt", "def_bool", "def_tristate":
-                guard case .config(let symbol, var definition) = current else { continue }
-                let isDefault = keyword.hasPrefix("def_")
-                if !isDefault, rest.hasPrefix("\"") || rest.hasPrefix("'") {
-                    definition.hasPrompt = true
-                    if let range = Self.conditionRange(rest) {
-                        definition.promptCondition = KconfigExpressionParser.parse(substitute(String(rest[range])))
-                    }
-                }
-                current = .config(symbol: symbol, definition: definition)
-            case "select", "imply":
-                guard case .config(let symbol, _) = current else { continue }
-                let words = rest.split(separator: " ", maxSplits: 1)
-                guard let selected = words.first.map(String.init) else { continue }
-                var condition: KconfigExpression? = nil
-                if words.count > 1, words[1].hasPrefix("if ") {
-                    condition = KconfigExpressionParser.parse(substitute(String(words[1].dropFirst(3))))
-                }
-                selectedBy[selected, default: []].append(Kconfig.Selection(by: symbol, condition: condition, isImply: keyword == "imply"))
-            default:
-                continue
             }
         }
         finishEntry()
+    }
+
+    /// One statement of a Kconfig file; returns true when it starts a help text.
+    ///
+    /// Longer than the other functions on purpose: one case per Kconfig keyword, so that the
+    /// dispatch reads like the language's own list of statements (Documentation/kbuild/
+    /// kconfig-language.rst); split up, the cases that share `current` would be scattered.
+    private mutating func apply(_ keyword: String, _ rest: String, file relative: String, line lineNumber: Int) throws -> Bool {
+        switch keyword {
+        case "config", "menuconfig":
+            finishEntry()
+            let definition = Kconfig.Definition(file: relative, line: lineNumber, dependencies: inheritedConditions(), hasPrompt: false, promptCondition: nil)
+            current = .config(symbol: rest, definition: definition)
+        case "choice":
+            finishEntry()
+            blocks.append(.group(kind: "choice", conditions: []))
+            current = .group
+        case "menu":
+            finishEntry()
+            blocks.append(.group(kind: "menu", conditions: []))
+            current = .group
+        case "endchoice", "endmenu", "endif":
+            finishEntry()
+            if !blocks.isEmpty { blocks.removeLast() }
+            current = .none
+        case "if":
+            finishEntry()
+            blocks.append(.condition(KconfigExpressionParser.parse(substitute(rest))))
+            current = .none
+        case "comment":
+            finishEntry()
+            current = .comment
+        case "source", "osource", "rsource", "orsource":
+            finishEntry()
+            current = .none
+            let target = substitute(Self.unquote(rest))
+            let resolved = keyword.hasPrefix("r") || keyword.hasPrefix("or")
+                ? URL(fileURLWithPath: relative).deletingLastPathComponent().appendingPathComponent(target).relativePath
+                : target
+            try parseFile(resolved, optional: keyword.hasPrefix("o"))
+        case "mainmenu":
+            return false
+        case "help", "---help---":
+            return true
+        case "depends":
+            let expressionText = rest.hasPrefix("on ") ? String(rest.dropFirst(3)) : rest
+            guard let expression = KconfigExpressionParser.parse(substitute(expressionText)) else { return false }
+            switch current {
+            case .config(let symbol, var definition):
+                definition.dependencies.append(expression)
+                current = .config(symbol: symbol, definition: definition)
+            case .group:
+                if case .group(let kind, var conditions) = blocks.last {
+                    conditions.append(expression)
+                    blocks[blocks.count - 1] = .group(kind: kind, conditions: conditions)
+                }
+            default:
+                break
+            }
+        case "bool", "tristate", "string", "int", "hex", "prompt", "def_bool", "def_tristate":
+            guard case .config(let symbol, var definition) = current else { return false }
+            let isDefault = keyword.hasPrefix("def_")
+            if !isDefault, rest.hasPrefix("\"") || rest.hasPrefix("'") {
+                definition.hasPrompt = true
+                if let range = Self.conditionRange(rest) {
+                    definition.promptCondition = KconfigExpressionParser.parse(substitute(String(rest[range])))
+                }
+            }
+            current = .config(symbol: symbol, definition: definition)
+        case "select", "imply":
+            guard case .config(let symbol, _) = current else { return false }
+            let words = rest.split(separator: " ", maxSplits: 1)
+            guard let selected = words.first.map(String.init) else { return false }
+            var condition: KconfigExpression? = nil
+            if words.count > 1, words[1].hasPrefix("if ") {
+                condition = KconfigExpressionParser.parse(substitute(String(words[1].dropFirst(3))))
+            }
+            selectedBy[selected, default: []].append(Kconfig.Selection(by: symbol, condition: condition, isImply: keyword == "imply"))
+        default:
+            return false
+        }
+        return false
     }
 
     private mutating func finishEntry() {

@@ -52,12 +52,6 @@ public struct InitrdBuilder: Sendable {
     public var runner: any ProcessRunner
     public var console: Console
 
-    public init(library: Library, runner: any ProcessRunner, console: Console) {
-        self.library = library
-        self.runner = runner
-        self.console = console
-    }
-
     /// `compiler` is the first line of the target compiler's `--version` (the kernel
     /// toolchain's `compiler`).
     public func plan(_ recipe: Recipe, target: Target, compiler: String, sourceDateEpoch: Int) throws -> InitrdPlan {

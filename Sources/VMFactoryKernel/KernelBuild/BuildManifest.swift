@@ -53,19 +53,9 @@ public struct BuildManifest: Sendable, Codable, Equatable {
         public var name: String
         public var size: Int64
         public var sha256: SHA256Digest
-        public var kind: KernelImage.Kind?
-        public var pvhEntry: String?
-        public var bootProtocol: String?
-
-        public init(part: Part, name: String, size: Int64, sha256: SHA256Digest, kind: KernelImage.Kind? = nil, pvhEntry: String? = nil, bootProtocol: String? = nil) {
-            self.part = part
-            self.name = name
-            self.size = size
-            self.sha256 = sha256
-            self.kind = kind
-            self.pvhEntry = pvhEntry
-            self.bootProtocol = bootProtocol
-        }
+        public var kind: KernelImage.Kind? = nil
+        public var pvhEntry: String? = nil
+        public var bootProtocol: String? = nil
     }
 
     /// What the kernel build recorded.

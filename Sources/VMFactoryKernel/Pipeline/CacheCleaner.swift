@@ -3,15 +3,7 @@ import VMFactoryCore
 
 /// The cache's housekeeping: `vmfactory clean`. Needs no recipe library, so it works
 /// outside a checkout.
-public struct CacheCleaner: Sendable {
-    public var cacheDirectory: String
-    public var console: Console
-
-    public init(cacheDirectory: String, console: Console) {
-        self.cacheDirectory = cacheDirectory
-        self.console = console
-    }
-
+public enum CacheCleaner {
     /// What `clean` removed.
     public struct Report: Sendable, Codable {
         public var removed: [String]
@@ -22,7 +14,7 @@ public struct CacheCleaner: Sendable {
     /// with `all` everything in the cache: build directories, source trees, filed configs,
     /// ccache and the downloaded sources. Directories in use by a running build are left
     /// alone with a warning.
-    public func clean(recipe: String?, all: Bool) async throws -> Report {
+    public static func clean(_ cacheDirectory: String, recipe: String?, all: Bool, console: Console) async throws -> Report {
         let builds = cacheDirectory + "/builds"
         let candidates: [String]
         if all {

@@ -53,17 +53,9 @@ public struct SourcePin: Sendable, Codable, Hashable {
     /// The tarball's usual file name, for messages and for a quick look in source directories.
     public var fileName: String?
     public var apt: AptSource?
-    public var urls: [String]
+    public var urls: [String] = []
     /// Absolute paths of files that may hold the bytes.
-    public var paths: [String]
-
-    public init(sha256: SHA256Digest, fileName: String? = nil, apt: AptSource? = nil, urls: [String] = [], paths: [String] = []) {
-        self.sha256 = sha256
-        self.fileName = fileName
-        self.apt = apt
-        self.urls = urls
-        self.paths = paths
-    }
+    public var paths: [String] = []
 }
 
 /// A Debian package that carries the source tarball as one of its files.

@@ -11,11 +11,6 @@ public struct RecipeLoader: Sendable {
     /// Recipe paths on the command line are relative to this folder.
     public var currentDirectory: String
 
-    public init(library: Library, currentDirectory: String) {
-        self.library = library
-        self.currentDirectory = currentDirectory
-    }
-
     /// Whether `--recipe` names a file rather than a recipe of the library.
     public static func isPath(_ nameOrPath: String) -> Bool {
         nameOrPath.contains("/") || nameOrPath.hasSuffix(".yaml") || nameOrPath.hasSuffix(".yml")

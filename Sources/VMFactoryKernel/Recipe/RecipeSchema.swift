@@ -23,7 +23,8 @@ extension StrictDocument {
 struct RecipeDocument: StrictDocument {
     var description: String
     var kernel: KernelDocument
-    var targets: OrderedTargets
+    /// Target name to its settings, in the order written.
+    var targets: OrderedMapping<TargetDocument>
     /// Seconds since 1970 that stand for "when" in every reproducible output.
     var sourceDateEpoch: Int?
     var initrd: InitrdDocument?
@@ -36,7 +37,7 @@ struct RecipeDocument: StrictDocument {
     init(strict container: KeyedDecodingContainer<CodingKeys>) throws {
         description = try container.decode(String.self, forKey: .description)
         kernel = try container.decode(KernelDocument.self, forKey: .kernel)
-        targets = try container.decode(OrderedTargets.self, forKey: .targets)
+        targets = try container.decode(OrderedMapping<TargetDocument>.self, forKey: .targets)
         sourceDateEpoch = try container.decodeIfPresent(Int.self, forKey: .sourceDateEpoch)
         initrd = try container.decodeIfPresent(InitrdDocument.self, forKey: .initrd)
     }
@@ -46,7 +47,7 @@ struct InitrdDocument: StrictDocument {
     var compression: String?
     var hostname: String?
     var entrypoint: [String]?
-    var env: OrderedStrings?
+    var env: OrderedMapping<String>?
     var files: [InitrdFileDocument]
 
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -57,7 +58,7 @@ struct InitrdDocument: StrictDocument {
         compression = try container.decodeIfPresent(String.self, forKey: .compression)
         hostname = try container.decodeIfPresent(String.self, forKey: .hostname)
         entrypoint = try container.decodeIfPresent([String].self, forKey: .entrypoint)
-        env = try container.decodeIfPresent(OrderedStrings.self, forKey: .env)
+        env = try container.decodeIfPresent(OrderedMapping<String>.self, forKey: .env)
         files = try container.decodeIfPresent([InitrdFileDocument].self, forKey: .files) ?? []
     }
 }
@@ -83,14 +84,14 @@ struct InitrdFileDocument: StrictDocument {
     }
 }
 
-/// A mapping of strings to strings, in the order written.
-struct OrderedStrings: Decodable {
-    var entries: [(key: String, value: String)]
+/// A mapping from names to values, in the order written.
+struct OrderedMapping<Value: Decodable>: Decodable {
+    var entries: [(key: String, value: Value)]
 
     init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: AnyCodingKey.self)
         entries = try container.allKeys.map { key in
-            (key.stringValue, try container.decode(String.self, forKey: key))
+            (key.stringValue, try container.decode(Value.self, forKey: key))
         }
     }
 }
@@ -230,18 +231,6 @@ struct TargetDocument: Decodable {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         self.cmdline = try container.decodeIfPresent(String.self, forKey: .cmdline)
         self.fragments = try container.decodeIfPresent([String].self, forKey: .fragments) ?? []
-    }
-}
-
-/// `targets:` as a mapping from target name to its settings, in the order written.
-struct OrderedTargets: Decodable {
-    var entries: [(name: String, document: TargetDocument)]
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: AnyCodingKey.self)
-        entries = try container.allKeys.map { key in
-            (key.stringValue, try container.decode(TargetDocument.self, forKey: key))
-        }
     }
 }
 

@@ -32,9 +32,29 @@ struct RecipeValidator {
             throw locator.error(at: at("kernel", "version"), "must not be empty")
         }
 
-        let targets = try validateTargets(document.targets)
         let source = try validateSource(document.kernel.source)
         let base = try validateBase(document.kernel.config.base)
+        let recipes = try validateTargetRecipes(document)
+        var series: PatchSeries? = nil
+        if let patches = document.kernel.patches {
+            series = try validatePatches(patches)
+        }
+
+        var recipe = Recipe(
+            name: name, path: recipePath, digest: digest, description: document.description,
+            kernelVersion: document.kernel.version, source: source, baseConfig: base,
+            patchSeries: series, targets: recipes, sourceDateEpoch: document.sourceDateEpoch
+        )
+        if let initrd = document.initrd {
+            recipe.initrd = try validateInitrd(initrd)
+        }
+        return recipe
+    }
+
+    /// Each target with its command line and its fragment files: the common list first, then
+    /// the target's own.
+    private func validateTargetRecipes(_ document: RecipeDocument) throws -> [TargetRecipe] {
+        let targets = try validateTargets(document.targets)
         let fragmentDirs = try document.kernel.config.fragmentDirs.enumerated().map { index, dir in
             let path = FileStore.absolute(dir, relativeTo: recipeDirectory)
             guard FileStore.isDirectory(path) else {
@@ -42,8 +62,6 @@ struct RecipeValidator {
             }
             return path
         } + [library.fragmentsDirectory]
-
-        // Fragments for every target: the common list first, then the target's own.
         let commonNames = document.kernel.config.fragments
         for (index, fragment) in commonNames.enumerated() {
             let found = Target.allCases.contains { !fragmentFiles(fragment, for: $0, in: fragmentDirs).isEmpty }
@@ -69,21 +87,7 @@ struct RecipeValidator {
             let cmdline = [commonCmdline, document.cmdline].compactMap { $0 }.joined(separator: " ")
             recipes.append(TargetRecipe(target: target, cmdline: cmdline, fragments: files))
         }
-
-        var series: PatchSeries? = nil
-        if let patches = document.kernel.patches {
-            series = try validatePatches(patches)
-        }
-
-        var recipe = Recipe(
-            name: name, path: recipePath, digest: digest, description: document.description,
-            kernelVersion: document.kernel.version, source: source, baseConfig: base,
-            patchSeries: series, targets: recipes, sourceDateEpoch: document.sourceDateEpoch
-        )
-        if let initrd = document.initrd {
-            recipe.initrd = try validateInitrd(initrd)
-        }
-        return recipe
+        return recipes
     }
 
     /// Paths the initrd always has; a recipe's file may not take their place.
@@ -123,8 +127,16 @@ struct RecipeValidator {
             }
             spec.environment.append((key, value))
         }
+        spec.files = try validateInitrdFiles(document.files)
+        return spec
+    }
+
+    /// Host files for the initrd: each source a file relative to the recipe, each destination
+    /// an absolute path of its own that vmfactory does not make itself.
+    private func validateInitrdFiles(_ documents: [InitrdFileDocument]) throws -> [InitrdSpec.File] {
+        var files: [InitrdSpec.File] = []
         var destinations = Set<String>()
-        for (index, file) in document.files.enumerated() {
+        for (index, file) in documents.enumerated() {
             let source = FileStore.absolute(file.source, relativeTo: recipeDirectory)
             guard FileStore.isRegularFile(source) else {
                 throw locator.error(at: at("initrd", "files", index, "source"), "no such file: \(source)")
@@ -147,24 +159,24 @@ struct RecipeValidator {
                 }
                 mode = value
             }
-            spec.files.append(InitrdSpec.File(source: source, destination: destination, mode: mode))
+            files.append(InitrdSpec.File(source: source, destination: destination, mode: mode))
         }
-        return spec
+        return files
     }
 
-    private func validateTargets(_ targets: OrderedTargets) throws -> [(Target, TargetDocument)] {
+    private func validateTargets(_ targets: OrderedMapping<TargetDocument>) throws -> [(Target, TargetDocument)] {
         if targets.entries.isEmpty {
             throw locator.error(at: at("targets"), "must name at least one target (known: \(Target.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
         return try targets.entries.map { entry in
-            guard let target = Target(rawValue: entry.name) else {
+            guard let target = Target(rawValue: entry.key) else {
                 throw locator.error(
-                    at: at("targets", entry.name),
-                    "unknown target '\(entry.name)' (known: \(Target.allCases.map(\.rawValue).joined(separator: ", ")))",
+                    at: at("targets", entry.key),
+                    "unknown target '\(entry.key)' (known: \(Target.allCases.map(\.rawValue).joined(separator: ", ")))",
                     key: true
                 )
             }
-            return (target, entry.document)
+            return (target, entry.value)
         }
     }
 

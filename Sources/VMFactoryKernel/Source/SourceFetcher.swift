@@ -3,11 +3,16 @@ import VMFactoryArchive
 import VMFactoryCore
 
 /// A verified source file in the cache, and where its bytes first came from.
-public struct FetchedSource: Sendable {
+public struct FetchedSource: Sendable, Codable {
     public var path: String
     public var sha256: SHA256Digest
     public var origin: SourceOrigin?
     public var wasCached: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case path, sha256, origin
+        case wasCached = "cached"
+    }
 }
 
 /// Gets the pinned bytes of a source, trying in order: the cache; the recipe's own paths and
@@ -46,10 +51,9 @@ public struct SourceFetcher: Sendable {
         cache.removeStaleTemporaries()
         var attempts: [String] = []
         let label = pin.fileName ?? digest.short
-
         for candidate in localCandidates(pin) {
+            let origin = SourceOrigin(kind: .path, location: candidate.path)
             do {
-                let origin = SourceOrigin(kind: .path, location: candidate.path)
                 let path = try await copyIntoCache(candidate.path, pin: pin, origin: origin, label: label)
                 return FetchedSource(path: path, sha256: digest, origin: origin, wasCached: false)
             } catch let error as VMFactoryError where error.code == .digestMismatch {
@@ -58,56 +62,58 @@ public struct SourceFetcher: Sendable {
                     console.warning(error.message)
                     attempts.append(error.message)
                 }
-            } catch {
-                attempts.append("\(candidate.path): \(error)")
-            }
-        }
-
-        if let apt = pin.apt {
-            if useApt {
-                do {
-                    return try await fetchFromApt(apt, pin: pin, label: label)
-                } catch let error as VMFactoryError where error.code == .interrupted {
-                    throw error
-                } catch {
-                    attempts.append("apt \(apt.package)=\(apt.version): \((error as? VMFactoryError)?.message ?? "\(error)")")
-                }
-            } else {
-                attempts.append("apt \(apt.package)=\(apt.version): skipped (offline)")
-            }
-        }
-
-        for url in pin.urls {
-            guard let parsed = URL(string: url) else { continue }
-            if parsed.isFileURL {
-                do {
-                    let origin = SourceOrigin(kind: .url, location: url)
-                    let path = try await copyIntoCache(parsed.path, pin: pin, origin: origin, label: label)
-                    return FetchedSource(path: path, sha256: digest, origin: origin, wasCached: false)
-                } catch {
-                    attempts.append("\(url): \((error as? VMFactoryError)?.message ?? "\(error)")")
-                }
-                continue
-            }
-            guard useNetwork else {
-                attempts.append("\(url): skipped (offline)")
-                continue
-            }
-            do {
-                return try await download(parsed, pin: pin, label: label)
             } catch let error as VMFactoryError where error.code == .interrupted {
                 throw error
             } catch {
-                attempts.append("\(url): \((error as? VMFactoryError)?.message ?? "\(error)")")
+                attempts.append("\(candidate.path): \(VMFactoryError(error).message)")
             }
         }
-
+        if let apt = pin.apt {
+            if !useApt {
+                attempts.append("apt \(apt.package)=\(apt.version): skipped (offline)")
+            } else if let found = try await attempt("apt \(apt.package)=\(apt.version)", &attempts, { try await fetchFromApt(apt, pin: pin, label: label) }) {
+                return found
+            }
+        }
+        for url in pin.urls {
+            if let found = try await fetch(url, pin: pin, label: label, attempts: &attempts) { return found }
+        }
         throw VMFactoryError(
             .fetchFailed, "cannot obtain \(label) (sha256 \(digest))",
             hint: "put the file in a folder and pass --source-dir FOLDER (or add it to VMFACTORY_SOURCE_PATH)"
                 + (pin.apt.map { "; or run `apt-get update` so that `apt-get download \($0.package)=\($0.version)` works" } ?? ""),
             details: ["searched: " + (searchPath.isEmpty ? "(no folders)" : searchPath.joined(separator: ", "))] + attempts
         )
+    }
+
+    /// A `file:` URL is copied like a local file; others are downloaded unless offline.
+    private func fetch(_ url: String, pin: SourcePin, label: String, attempts: inout [String]) async throws -> FetchedSource? {
+        guard let parsed = URL(string: url) else { return nil }
+        if parsed.isFileURL {
+            return try await attempt(url, &attempts) {
+                let origin = SourceOrigin(kind: .url, location: url)
+                let path = try await copyIntoCache(parsed.path, pin: pin, origin: origin, label: label)
+                return FetchedSource(path: path, sha256: pin.sha256, origin: origin, wasCached: false)
+            }
+        }
+        guard useNetwork else {
+            attempts.append("\(url): skipped (offline)")
+            return nil
+        }
+        return try await attempt(url, &attempts) { try await download(parsed, pin: pin, label: label) }
+    }
+
+    /// One way of getting the bytes: a failure is noted for the final error and the next way is
+    /// tried, except an interruption, which ends the fetch.
+    private func attempt(_ what: String, _ attempts: inout [String], _ body: () async throws -> FetchedSource) async throws -> FetchedSource? {
+        do {
+            return try await body()
+        } catch let error as VMFactoryError where error.code == .interrupted {
+            throw error
+        } catch {
+            attempts.append("\(what): \(VMFactoryError(error).message)")
+            return nil
+        }
     }
 
     /// Recipe paths first, then in each search folder: the file named like the pin, files a

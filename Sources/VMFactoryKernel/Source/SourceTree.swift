@@ -69,7 +69,7 @@ public struct SourceTreeStore: Sendable {
             try FileStore.rename(partial, to: directory(for: key))
             return tree
         } catch {
-            try? FileStore.removeTree(partial)
+            await BlockingWork.finish { try? FileStore.removeTree(partial) }
             throw error
         }
     }

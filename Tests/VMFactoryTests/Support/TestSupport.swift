@@ -40,7 +40,7 @@ enum TestSupport {
     }()
 
     static let runner = LocalProcessRunner(hostEnvironment: environment)
-    static let bootRunner = BootRunner(hostEnvironment: environment)
+    static let bootRunner = BootRunner(baseEnvironment: Command.baseEnvironment(from: environment))
 
     static let pinnedTarballName = "linux-source-6.1_6.1.192-2.tar.xz"
     static let pinnedSHA256 = SHA256Digest(hex: "4d415b3d364834fd818270e88813e90323bbfce4f519a0e6bd4940ddcd7df693")!
