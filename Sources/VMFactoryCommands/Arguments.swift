@@ -58,6 +58,12 @@ struct MachineOptions: ParsableArguments {
     @Flag(help: "Boot the kernel without an initrd; it ends in the VFS panic (the kernel-only measurement).")
     var noInitrd = false
 
+    @Option(help: "A kernel command line to boot with instead of the recipe's (every kernel compared gets it).")
+    var cmdline: String?
+
+    @Option(help: "Another runtime's usual kernel command line instead of the recipe's: firecracker, kata or qemu.")
+    var cmdlinePreset: RuntimeCmdline?
+
     @Option(help: "Words added to the kernel command line (repeatable).")
     var append: [String] = []
 
@@ -77,11 +83,22 @@ struct MachineOptions: ParsableArguments {
         if noInitrd && initrd != nil { throw ValidationError("--no-initrd and --initrd cannot be used together") }
         if cpus < 1 || cpus > 64 { throw ValidationError("--cpus takes a number from 1 to 64") }
         if memory.isEmpty || !memory.first!.isNumber { throw ValidationError("--memory takes a size such as 256M or 1G") }
+        if cmdline != nil && cmdlinePreset != nil { throw ValidationError("--cmdline and --cmdline-preset cannot be used together") }
+    }
+
+    /// `--cmdline`, or the preset's line for `target`.
+    func baseCmdline(for target: Target) throws -> String? {
+        guard let preset = cmdlinePreset else { return cmdline }
+        guard let line = preset.cmdline(for: target) else {
+            throw VMFactoryError(.invalidArgument, "--cmdline-preset \(preset.rawValue): \(preset.runtimeName) runs no \(target) guests", hint: "choose another preset, or give the line with --cmdline")
+        }
+        return line
     }
 
     /// The domain's boot options from these flags.
-    func bootOptions(command: [String] = [], icount: Bool = false) -> BootOptions {
+    func bootOptions(target: Target, command: [String] = [], icount: Bool = false) throws -> BootOptions {
         var options = BootOptions()
+        options.cmdline = try baseCmdline(for: target)
         options.kernel = kernel
         options.initrd = initrd
         options.noInitrd = noInitrd
@@ -96,6 +113,7 @@ struct MachineOptions: ParsableArguments {
 }
 
 extension AcceleratorProbe.Choice: ExpressibleByArgument {}
+extension RuntimeCmdline: ExpressibleByArgument {}
 
 /// `--recipe`: a recipe name from recipes/ or a path.
 struct RecipeOption: ParsableArguments {

@@ -49,7 +49,7 @@ struct Bench: AsyncParsableCommand {
 
     func run() async throws {
         let target = self.target.target
-        let boot = machine.bootOptions(icount: icount)
+        let machine = self.machine, icount = self.icount
         var options = BenchOptions()
         options.runs = runs
         options.warmup = warmup
@@ -58,6 +58,7 @@ struct Bench: AsyncParsableCommand {
         let benchOptions = options
         let explain = self.explain
         try await recipe.run(global) { factory, loaded in
+            let boot = try machine.bootOptions(target: target, icount: icount)
             let benchmark = Benchmark(Booter(factory))
             if explain {
                 let (text, explanation) = try await benchmark.explain(loaded, target: target, boot: boot, timeout: benchOptions.timeout)

@@ -31,14 +31,14 @@ struct Boot: AsyncParsableCommand {
 
     func run() async throws {
         let target = self.target.target
-        let options = machine.bootOptions(command: command)
+        let machine = self.machine, command = self.command
         let timeout = machine.timeout.duration
         let printOnly = printQemu
         let streaming = global.format == .text
         let stdout = CommandContext.current.stdout
         try await recipe.run(global) { factory, loaded in
             let booter = Booter(factory)
-            var options = options
+            var options = try machine.bootOptions(target: target, command: command)
             if printOnly, options.accelerator == .auto {
                 // Printing runs nothing, not even the probe: the remembered answer, else TCG.
                 options.accelerator = booter.acceleratorProbe.remembered(for: target) == true ? .kvm : .tcg

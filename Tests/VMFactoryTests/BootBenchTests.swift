@@ -110,6 +110,19 @@ struct BootBenchUnitTests {
         #expect(gap.hint?.contains("initrd") == true)
     }
 
+    @Test("report.svg marks its axes at round values inside each panel and draws each kernel's median")
+    func chartTicks() throws {
+        #expect(ChartLayout.ticks(from: 0.2401, to: 0.2719) == [0.25, 0.26, 0.27])
+        #expect(ChartLayout.ticks(from: 0.19, to: 1.61) == [0.5, 1.0, 1.5])
+        #expect(ChartLayout.ticks(from: 1.2, to: 1.21) == [1.202, 1.204, 1.206, 1.208])
+        for (from, to) in [(0.0123, 0.0129), (0.05, 2.5), (1.2, 1.21)] {
+            let ticks = ChartLayout.ticks(from: from, to: to)
+            #expect((2...6).contains(ticks.count), "\(from)-\(to): \(ticks)")
+            #expect(ticks.allSatisfy { $0 > from && $0 < to })
+        }
+        #expect(ChartLayout.label(0.25) == "250" && ChartLayout.label(0.0125) == "12.5" && ChartLayout.label(0.00125) == "1.25")
+    }
+
     @Test("statistics agree with values computed by hand")
     func statistics() throws {
         let summary = try #require(Summary([4, 1, 3, 2, 10, 6, 5, 9, 8, 7]))
@@ -261,5 +274,28 @@ struct BenchBootTests {
         #expect(run.status == 1)
         #expect(run.stderr.contains("QEMU ended with status"), "\(run.stderr)")
         #expect(run.stderr.contains("QEMU said:"))
+    }
+
+    /// The limits in Tests/budgets/boot.json.
+    struct Budget: Decodable {
+        var preset: RuntimeCmdline
+        var readySeconds: [String: Double]
+    }
+
+    @Test("with another runtime's plain command line, the guest reaches the ready line within the budget kept in Tests/budgets/boot.json (icount: deterministic)", arguments: Target.allCases)
+    func bootBudget(_ target: Target) async throws {
+        let budget = try JSONDecoder().decode(Budget.self, from: FileStore.readData(TestSupport.repositoryRoot + "/Tests/budgets/boot.json"))
+        let limit = try #require(budget.readySeconds[target.rawValue])
+        let built = try await SharedBuild.shared.get()
+        let dir = try TestSupport.temporaryDirectory()
+        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: dir + "/minimal")
+        let run = await TestSupport.runCommand(Self.arguments("bench", output: dir, [
+            "--target", target.rawValue, "--icount", "--runs", "1", "--warmup", "0", "--cmdline-preset", budget.preset.rawValue, "--format", "json",
+        ]), runner: TestSupport.runner)
+        #expect(run.status == 0, "\(run.stderr)")
+        let report = try JSONDecoder().decode(BenchReport.self, from: Data(run.stdout.utf8))
+        #expect(report.candidates.first?.cmdline.hasPrefix(try #require(budget.preset.cmdline(for: target))) == true)
+        let ready = try #require(report.samples.first?.phases.guestReady, "no ready line: \(report.samples.first?.console.map(\.text) ?? [])")
+        #expect(ready <= limit, "\(target): \(ready) s of guest time to the ready line, the budget is \(limit) s")
     }
 }

@@ -44,7 +44,9 @@ struct BuildIntegrationTests {
             #expect(kernel.cmdline.hasPrefix("quiet panic=-1"))
             #expect(kernel.source.sha256 == TestSupport.pinnedSHA256)
             #expect(kernel.patchSeries == "linux-6.1-microvm")
-            #expect(kernel.patches.count == 2)
+            // Every line of the series file that is not a comment, in its order.
+            let series = try FileStore.readText(TestSupport.repositoryRoot + "/patches/linux-6.1-microvm/series")
+            #expect(kernel.patches.map(\.name) == series.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") })
             for patch in kernel.patches {
                 #expect(patch.sha256.hex == (try await TestSupport.sha256sum(TestSupport.repositoryRoot + "/" + patch.path)), "\(patch.path)")
             }

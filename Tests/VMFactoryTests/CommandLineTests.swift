@@ -155,4 +155,37 @@ struct CommandLineTests {
         #expect(result.stdout.contains("-kernel \(dir)/vmlinux -initrd \(dir)/initrd"))
         #expect(result.stdout.contains("loglevel=3"))
     }
+
+    @Test("--cmdline and --cmdline-preset replace the recipe's command line; a runtime without guests of the target is refused")
+    func cmdlineOptions() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        try TestSupport.write("kernel", to: dir + "/vmlinux")
+        try TestSupport.write("initrd", to: dir + "/initrd")
+        func printed(_ target: String, _ extra: [String]) async -> TestSupport.Run {
+            await TestSupport.runCommand([
+                "boot", "--recipe", "minimal", "--target", target, "--kernel", dir + "/vmlinux", "--initrd", dir + "/initrd",
+                "--accel", "tcg", "--print-qemu", "--output-dir", dir + "/outputs", "--format", "json",
+            ] + extra)
+        }
+        func argv(_ run: TestSupport.Run) throws -> [String] { try JSONDecoder().decode([String].self, from: Data(run.stdout.utf8)) }
+        func append(_ run: TestSupport.Run) throws -> String? {
+            let words = try argv(run)
+            return words.firstIndex(of: "-append").map { words[$0 + 1] }
+        }
+        #expect(try append(await printed("x86_64", ["--cmdline", "console=ttyS0 quiet", "--append", "loglevel=3"])) == "console=ttyS0 quiet loglevel=3")
+        #expect(try append(await printed("x86_64", ["--cmdline-preset", "firecracker"])) == "console=ttyS0 reboot=k panic=1 pci=off")
+        // Kata's virtio console: virtio-serial over MMIO on x86_64, over channel I/O on s390x.
+        let kata = try argv(await printed("x86_64", ["--cmdline-preset", "kata"]))
+        #expect(kata.contains("virtio-serial-device") && kata.contains("virtconsole,chardev=console") && !kata.contains("-serial"))
+        #expect(kata[kata.firstIndex(of: "-append")! + 1].hasPrefix("tsc=reliable no_timer_check "))
+        let kataS390 = try argv(await printed("s390x", ["--cmdline-preset", "kata"]))
+        #expect(kataS390.contains("virtio-serial-ccw") && !kataS390.contains("sclpconsole,chardev=console"))
+        #expect(try append(await printed("s390x", ["--cmdline-preset", "qemu"])) == "console=ttysclp0 panic=-1 quiet")
+
+        let firecracker = await printed("s390x", ["--cmdline-preset", "firecracker"])
+        #expect(firecracker.status == 1)
+        #expect(firecracker.stdout.contains("Firecracker runs no s390x guests"), "\(firecracker.stdout)")
+        let both = await printed("x86_64", ["--cmdline", "x", "--cmdline-preset", "qemu"])
+        #expect(both.status == 64)
+    }
 }

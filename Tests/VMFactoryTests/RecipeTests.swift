@@ -19,11 +19,12 @@ struct RecipeTests {
         #expect(recipe.digest == (try SHA256Digest.ofFile(at: TestSupport.repositoryRoot + "/recipes/minimal.yaml")))
 
         let x86 = try #require(recipe.target(.x86_64))
-        #expect(x86.cmdline == "quiet panic=-1 console=ttyS0 reboot=t nolapic_timer")
+        #expect(x86.cmdline == "quiet panic=-1 console=ttyS0 reboot=t")
         let x86Files = x86.fragments.map { $0.path.replacingOccurrences(of: TestSupport.repositoryRoot + "/", with: "") }
         // A common file and a per-arch file of the same name combine, common first.
         #expect(x86Files.contains("kernel-configs/common/console.conf"))
         #expect(x86Files.contains("kernel-configs/x86_64/console.conf"))
+        #expect(x86Files.contains("kernel-configs/common/fast-boot.conf") && x86Files.contains("kernel-configs/x86_64/fast-boot.conf"))
         #expect(try #require(x86Files.firstIndex(of: "kernel-configs/common/console.conf")) < (try #require(x86Files.firstIndex(of: "kernel-configs/x86_64/console.conf"))))
         #expect(x86Files.contains("kernel-configs/x86_64/pvh.conf"))
         #expect(!x86Files.contains { $0.hasPrefix("kernel-configs/s390x/") })
@@ -36,6 +37,9 @@ struct RecipeTests {
         #expect(series.patches.map(\.name) == [
             "0001-exit-restart-instead-of-panicking-when-init-exits.patch",
             "0002-reboot-log-restart-halt-and-power-off-at-notice-level.patch",
+            "0003-x86-apic-calibrate-the-local-APIC-timer-against-the-TSC-in-a-millisecond.patch",
+            "0004-x86-io_apic-skip-the-timer-check-under-any-hypervisor.patch",
+            "0005-x86-mm-free-the-kernel-image-s-alignment-gaps-without-poisoning-them.patch",
         ])
     }
 

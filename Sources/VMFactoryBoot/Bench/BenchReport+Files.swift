@@ -70,59 +70,124 @@ extension BenchReport {
         return lines.joined(separator: "\n")
     }
 
-    /// The cumulative distribution of each phase, one line per kernel.
+    /// The cumulative distribution of each phase, one panel per phase and one line per
+    /// kernel, each kernel's median marked. Ticks sit at round values inside the panel, so
+    /// that the labels of neighbouring panels never meet.
     public var svg: String {
         let phases = phaseNames
-        let panelWidth = 420.0, panelHeight = 220.0, margin = 50.0
-        let columns = 2
-        let rows = max(1, (phases.count + columns - 1) / columns)
-        let width = Double(columns) * (panelWidth + margin) + margin
-        let height = Double(rows) * (panelHeight + margin * 1.6) + margin + 20 * Double(candidates.count)
-        let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+        let layout = ChartLayout(panels: phases.count, legendRows: candidates.count)
         var out = [
-            #"<svg xmlns="http://www.w3.org/2000/svg" width="\#(Int(width))" height="\#(Int(height))" font-family="sans-serif" font-size="11">"#,
+            #"<svg xmlns="http://www.w3.org/2000/svg" width="\#(Int(layout.width))" height="\#(Int(layout.height))" font-family="sans-serif" font-size="11">"#,
             #"<rect width="100%" height="100%" fill="white"/>"#,
-            #"<text x="\#(margin)" y="22" font-size="14">Boot latency, \#(escape(recipe))/\#(target.rawValue): cumulative distribution per phase (\#(environment.accelerator.rawValue)\#(environment.icount ? ", icount" : ""))</text>"#,
+            #"<text x="\#(layout.margin)" y="24" font-size="14">Boot latency, \#(escape(recipe))/\#(target.rawValue): cumulative distribution per phase (\#(environment.accelerator.rawValue)\#(environment.icount ? ", icount" : ""))</text>"#,
         ]
         for (index, phase) in phases.enumerated() {
-            let x0 = margin + Double(index % columns) * (panelWidth + margin)
-            let y0 = 40 + Double(index / columns) * (panelHeight + margin * 1.6)
             let series = candidates.map { candidate in
                 samples.filter { $0.candidate == candidate.label && !$0.warmup && $0.ok }.compactMap { $0.phases.value(phase) }.sorted()
             }
-            let all = series.flatMap { $0 }
-            guard let low = all.min(), let high = all.max() else { continue }
-            let span = max(high - low, 1e-6)
-            let from = low - span * 0.05, to = high + span * 0.05
-            func px(_ value: Double) -> Double { x0 + (value - from) / (to - from) * panelWidth }
-            func py(_ fraction: Double) -> Double { y0 + 20 + (1 - fraction) * (panelHeight - 20) }
-            out.append(#"<text x="\#(x0)" y="\#(y0 + 12)" font-size="12">\#(escape(title(phase)))</text>"#)
-            out.append(#"<rect x="\#(x0)" y="\#(y0 + 20)" width="\#(panelWidth)" height="\#(panelHeight - 20)" fill="none" stroke="gray"/>"#)
-            for tick in 0...4 {
-                let value = from + (to - from) * Double(tick) / 4
-                out.append(#"<text x="\#(px(value))" y="\#(y0 + panelHeight + 14)" text-anchor="middle">\#(Self.ms(value)) ms</text>"#)
-            }
-            out.append(#"<text x="\#(x0 - 6)" y="\#(py(1) + 4)" text-anchor="end">1</text><text x="\#(x0 - 6)" y="\#(py(0) + 4)" text-anchor="end">0</text>"#)
-            for (number, values) in series.enumerated() where !values.isEmpty {
-                var points: [String] = [String(format: "%.1f,%.1f", px(values[0]), py(0))]
-                for (rank, value) in values.enumerated() {
-                    points.append(String(format: "%.1f,%.1f", px(value), py(Double(rank) / Double(values.count))))
-                    points.append(String(format: "%.1f,%.1f", px(value), py(Double(rank + 1) / Double(values.count))))
-                }
-                out.append(#"<polyline fill="none" stroke-width="2" stroke="\#(colors[number % colors.count])" points="\#(points.joined(separator: " "))"/>"#)
-            }
+            out += panel(phase, series: series, origin: layout.origin(of: index), size: layout.panel)
         }
-        let legendY = height - 20 * Double(candidates.count)
         for (number, candidate) in candidates.enumerated() {
-            let y = legendY + 20 * Double(number)
-            out.append(#"<rect x="\#(margin)" y="\#(y - 9)" width="18" height="4" fill="\#(colors[number % colors.count])"/>"#)
-            out.append(#"<text x="\#(margin + 26)" y="\#(y - 4)">\#(escape(candidate.label))</text>"#)
+            let y = layout.legendTop + 20 * Double(number)
+            out.append(#"<rect x="\#(layout.margin)" y="\#(y - 9)" width="18" height="4" fill="\#(ChartLayout.color(number))"/>"#)
+            out.append(#"<text x="\#(layout.margin + 26)" y="\#(y - 4)">\#(escape(candidate.label)) (dashed: its median)</text>"#)
         }
         out.append("</svg>")
         return out.joined(separator: "\n") + "\n"
     }
 
+    /// One phase: frame, round ticks, axis titles, a step line and a median per kernel.
+    func panel(_ phase: String, series: [[Double]], origin: (x: Double, y: Double), size: (width: Double, height: Double)) -> [String] {
+        let all = series.flatMap { $0 }
+        guard let low = all.min(), let high = all.max() else { return [] }
+        let span = max(high - low, 1e-6)
+        let from = low - span * 0.08, to = high + span * 0.08
+        let (x0, top) = origin
+        let plotTop = top + 22, plotHeight = size.height - 22
+        func px(_ value: Double) -> Double { x0 + (value - from) / (to - from) * size.width }
+        func py(_ fraction: Double) -> Double { plotTop + (1 - fraction) * plotHeight }
+        var out = [
+            #"<text x="\#(x0)" y="\#(top + 12)" font-size="12" font-weight="bold">\#(escape(title(phase)))</text>"#,
+            #"<rect x="\#(x0)" y="\#(plotTop)" width="\#(size.width)" height="\#(plotHeight)" fill="none" stroke="gray"/>"#,
+        ]
+        for tick in ChartLayout.ticks(from: from, to: to) {
+            out.append(#"<line x1="\#(px(tick))" y1="\#(py(0))" x2="\#(px(tick))" y2="\#(py(0) + 4)" stroke="gray"/>"#)
+            out.append(#"<text x="\#(px(tick))" y="\#(py(0) + 16)" text-anchor="middle">\#(ChartLayout.label(tick))</text>"#)
+        }
+        let clock = phase.hasPrefix("guest") ? "guest clock" : "host clock, from QEMU's spawn"
+        out.append(#"<text x="\#(x0 + size.width / 2)" y="\#(py(0) + 32)" text-anchor="middle">milliseconds (\#(clock))</text>"#)
+        for fraction in [0.0, 0.5, 1.0] {
+            out.append(#"<text x="\#(x0 - 6)" y="\#(py(fraction) + 4)" text-anchor="end">\#(fraction == 0.5 ? "0.5" : String(Int(fraction)))</text>"#)
+        }
+        out.append(#"<text transform="translate(\#(x0 - 34) \#(plotTop + plotHeight / 2)) rotate(-90)" text-anchor="middle">fraction of boots</text>"#)
+        for (number, values) in series.enumerated() where !values.isEmpty {
+            var points: [String] = [String(format: "%.1f,%.1f", px(values[0]), py(0))]
+            for (rank, value) in values.enumerated() {
+                points.append(String(format: "%.1f,%.1f", px(value), py(Double(rank) / Double(values.count))))
+                points.append(String(format: "%.1f,%.1f", px(value), py(Double(rank + 1) / Double(values.count))))
+            }
+            let color = ChartLayout.color(number)
+            out.append(#"<polyline fill="none" stroke-width="2" stroke="\#(color)" points="\#(points.joined(separator: " "))"/>"#)
+            let median = Summary.median(values)
+            out.append(#"<line x1="\#(px(median))" y1="\#(plotTop)" x2="\#(px(median))" y2="\#(py(0))" stroke="\#(color)" stroke-dasharray="4 3"/>"#)
+            // A white outline keeps the label readable where it crosses a line.
+            out.append(#"<text x="\#(px(median) + 3)" y="\#(plotTop + 12 + 12 * Double(number))" fill="\#(color)" stroke="white" stroke-width="3" paint-order="stroke">\#(Self.ms(median))</text>"#)
+        }
+        return out
+    }
+
     func escape(_ text: String) -> String {
         text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+}
+
+/// Where the panels of `report.svg` go, and the round values its axes are marked at.
+struct ChartLayout {
+    let margin = 60.0
+    let panel = (width: 400.0, height: 210.0)
+    /// Room between panels for the y axis title and the tick labels below.
+    let gap = (horizontal: 90.0, vertical: 70.0)
+    let columns = 2
+    let rows: Int
+    let legendRows: Int
+
+    init(panels: Int, legendRows: Int) {
+        rows = max(1, (panels + columns - 1) / columns)
+        self.legendRows = legendRows
+    }
+
+    var width: Double { margin + Double(columns) * panel.width + Double(columns - 1) * gap.horizontal + margin / 2 }
+    var legendTop: Double { 46 + Double(rows) * (panel.height + gap.vertical) + 10 }
+    var height: Double { legendTop + 20 * Double(legendRows) + 10 }
+
+    func origin(of index: Int) -> (x: Double, y: Double) {
+        (margin + Double(index % columns) * (panel.width + gap.horizontal), 46 + Double(index / columns) * (panel.height + gap.vertical))
+    }
+
+    static let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    static func color(_ number: Int) -> String { colors[number % colors.count] }
+
+    /// Two to six round values (1, 2, 2.5 or 5 times a power of ten, in milliseconds)
+    /// strictly inside `from...to` (seconds): the step is the first round value of at least a
+    /// fifth of the span, and no round value is more than twice the one before.
+    static func ticks(from: Double, to: Double) -> [Double] {
+        let span = (to - from) * 1000
+        let raw = span / 5
+        let power = pow(10, floor(log10(raw)))
+        let step = [1.0, 2.0, 2.5, 5.0, 10.0].map { $0 * power }.first { $0 >= raw * 0.999 } ?? 10 * power
+        var ticks: [Double] = []
+        var value = (ceil(from * 1000 / step) * step)
+        while value < to * 1000 {
+            if value > from * 1000 { ticks.append(value / 1000) }
+            value += step
+        }
+        return ticks
+    }
+
+    /// A tick's value in milliseconds with as few digits as it needs.
+    static func label(_ seconds: Double) -> String {
+        let ms = seconds * 1000
+        if ms == ms.rounded() { return String(Int(ms)) }
+        return ms >= 10 ? String(format: "%.1f", ms) : String(format: "%.2f", ms)
     }
 }

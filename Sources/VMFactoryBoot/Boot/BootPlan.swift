@@ -10,6 +10,8 @@ public struct BootOptions: Sendable {
     public var initrd: String?
     /// Boot the kernel alone; it ends in the VFS panic (the kernel-only measurement).
     public var noInitrd = false
+    /// The kernel command line to start from instead of the recipe's (a runtime's own line).
+    public var cmdline: String?
     /// Words added to the kernel command line.
     public var append: [String] = []
     public var memory = "256M"
@@ -109,7 +111,7 @@ public struct Booter: Sendable {
     public func plan(_ recipe: Recipe, target: Target, options: BootOptions) async throws -> BootPlan {
         let targetRecipe = try recipe.requireTarget(target)
         let (kernel, initrd, manifest) = try images(recipe, target: target, options: options)
-        let base = manifest?.kernel?.cmdline ?? targetRecipe.cmdline
+        let base = options.cmdline ?? manifest?.kernel?.cmdline ?? targetRecipe.cmdline
         let cmdline = Self.cmdline(base: base, append: options.append, command: options.command)
         var machine = QEMUMachine(
             target: target, kernel: kernel, initrd: initrd, cmdline: cmdline, memory: options.memory, cpus: options.cpus,

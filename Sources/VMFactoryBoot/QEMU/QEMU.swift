@@ -8,8 +8,8 @@ public struct QEMUMachine: Sendable, Hashable {
         case kvm, tcg
     }
 
-    /// Where the guest console goes: the ISA UART (ttyS0) or a virtio console (hvc0) on
-    /// x86_64, the SCLP line-mode console (ttysclp0) on s390x.
+    /// Where the guest console goes: the ISA UART (ttyS0, x86_64), the SCLP line-mode console
+    /// (ttysclp0, s390x) or a virtio console (hvc0, both).
     public enum Console: String, Sendable, Codable, CaseIterable {
         case serial, virtio, sclp
 
@@ -57,10 +57,13 @@ public struct QEMUMachine: Sendable, Hashable {
         target == .s390x ? .sclp : .serial
     }
 
-    /// The console a kernel command line names last (`console=ttyS0` or `console=hvc0`).
+    /// The console a kernel command line names last (`console=ttyS0`, `console=hvc0`), among
+    /// those the target's machine has.
     public static func console(fromCmdline cmdline: String, target: Target) -> Console {
         let named = cmdline.split(separator: " ").filter { $0.hasPrefix("console=") }.last.map { String($0.dropFirst("console=".count)) }
-        return Console.allCases.first { $0.device == named?.split(separator: ",").first.map(String.init) } ?? defaultConsole(target)
+        let device = named?.split(separator: ",").first.map(String.init)
+        let available: [Console] = target == .s390x ? [.sclp, .virtio] : [.serial, .virtio]
+        return available.first { $0.device == device } ?? defaultConsole(target)
     }
 
     public static let debugExitPort = 0xf4
@@ -97,7 +100,9 @@ public struct QEMUMachine: Sendable, Hashable {
         case .serial:
             arguments += ["-serial", "stdio"]
         case .virtio:
-            arguments += ["-chardev", "stdio,id=console", "-device", "virtio-serial-device", "-device", "virtconsole,chardev=console"]
+            // virtio over MMIO on microvm, over channel I/O on s390-ccw-virtio.
+            let bus = target == .s390x ? "virtio-serial-ccw" : "virtio-serial-device"
+            arguments += ["-chardev", "stdio,id=console", "-device", bus, "-device", "virtconsole,chardev=console"]
         case .sclp:
             arguments += ["-chardev", "stdio,id=console", "-device", "sclpconsole,chardev=console"]
         }
