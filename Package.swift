@@ -6,6 +6,7 @@ import PackageDescription
 //   VMFactoryArchive   libarchive: reading, writing and extracting archives safely
 //   VMFactoryKernel    recipes, pinned sources, source trees, configs, kernel builds, initrds
 //   VMFactoryBoot      QEMU machines, boots and boot benchmarks
+//   VMFactoryImage     container images: the content store, OCI and Docker forms, root disks
 //   VMFactoryCommands  the command line, tested in-process
 //   vmfactory          the executable: a stub that runs VMFactoryCommands
 let package = Package(
@@ -15,6 +16,7 @@ let package = Package(
         .executable(name: "vmfactory", targets: ["vmfactory"]),
         .library(name: "VMFactoryKernel", targets: ["VMFactoryKernel"]),
         .library(name: "VMFactoryBoot", targets: ["VMFactoryBoot"]),
+        .library(name: "VMFactoryImage", targets: ["VMFactoryImage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -37,6 +39,11 @@ let package = Package(
         // Linux calls Swift's Glibc module does not export, and the fork/exec that sets a
         // process group and a parent-death signal in the child between the two.
         .target(name: "CLinux"),
+        // libext2fs, to write a root file system's inodes directly, with any owner.
+        .target(
+            name: "CExt4",
+            linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]
+        ),
         .target(
             name: "VMFactoryCore",
             dependencies: [
@@ -61,11 +68,16 @@ let package = Package(
             dependencies: ["VMFactoryCore", "VMFactoryKernel"]
         ),
         .target(
+            name: "VMFactoryImage",
+            dependencies: ["VMFactoryCore", "VMFactoryArchive", "CArchive", "CExt4"]
+        ),
+        .target(
             name: "VMFactoryCommands",
             dependencies: [
                 "VMFactoryCore",
                 "VMFactoryKernel",
                 "VMFactoryBoot",
+                "VMFactoryImage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -76,10 +88,12 @@ let package = Package(
         .testTarget(
             name: "VMFactoryTests",
             dependencies: [
+                "CLinux",
                 "VMFactoryCore",
                 "VMFactoryArchive",
                 "VMFactoryKernel",
                 "VMFactoryBoot",
+                "VMFactoryImage",
                 "VMFactoryCommands",
                 // Built so that tests can run the real command line.
                 "vmfactory",

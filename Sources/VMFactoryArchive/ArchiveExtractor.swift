@@ -133,7 +133,7 @@ public enum ArchiveExtractor {
 
     /// Path components with `.` and empty parts dropped; nil when the path is absolute, or
     /// has a `..` (when `resolvingDotDot` is false) or climbs above its start (when true).
-    static func normalizedComponents(_ path: String, resolvingDotDot: Bool = true) -> [String]? {
+    package static func normalizedComponents(_ path: String, resolvingDotDot: Bool = true) -> [String]? {
         if path.hasPrefix("/") { return nil }
         var result: [String] = []
         for part in path.split(separator: "/", omittingEmptySubsequences: true) {

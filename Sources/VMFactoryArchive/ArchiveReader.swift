@@ -11,9 +11,21 @@ public final class ArchiveReader {
     private let source: ByteSource
     public private(set) var currentPath: String = ""
 
+    /// The archive formats a reader accepts.
+    public enum Formats: Sendable {
+        /// Whatever libarchive reads, `ar` included.
+        case any
+        /// tar in all its dialects (an image layer).
+        case tar
+        /// No archive: the decompressed stream as one entry.
+        case raw
+    }
+
     /// Where the archive's bytes come from.
     public final class ByteSource {
         let readChunk: (UnsafeMutableRawBufferPointer) throws -> Int
+        var hashing = true
+        var counted: Int64 = 0
         var hasher = StreamingHasher()
         var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: FileStore.chunkSize, alignment: 16)
         var failure: (any Error)?
@@ -24,14 +36,15 @@ public final class ArchiveReader {
 
         deinit { buffer.deallocate() }
 
-        /// The sha256 of every byte libarchive has pulled so far.
+        /// The sha256 of every byte libarchive has pulled so far (when hashing).
         public var digestSoFar: SHA256Digest { hasher.finalize() }
-        public var byteCount: Int64 { hasher.byteCount }
+        public var byteCount: Int64 { counted }
     }
 
     /// Opens the file at `path`. The digest of the whole file is available as `source.digestSoFar`
-    /// once the archive has been read to the end (`drainInput()`).
-    public convenience init(path: String) throws {
+    /// once the archive has been read to the end (`drainInput()`), unless `hashing` is off (for
+    /// input already verified).
+    public convenience init(path: String, formats: Formats = .any, hashing: Bool = true) throws {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw VMFactoryError.io("cannot open", path: path) }
         let source = ByteSource { buffer in
@@ -41,7 +54,8 @@ public final class ArchiveReader {
                 if errno != EINTR { throw VMFactoryError.io("cannot read", path: path) }
             }
         }
-        try self.init(source: source, name: path, onClose: { close(fd) })
+        source.hashing = hashing
+        try self.init(source: source, name: path, formats: formats, onClose: { close(fd) })
     }
 
     /// Reads the data of the current entry of `outer` as an archive of its own.
@@ -55,20 +69,28 @@ public final class ArchiveReader {
             }
             return count
         }
-        try self.init(source: source, name: outer.currentPath, onClose: {})
+        try self.init(source: source, name: outer.currentPath, formats: .any, onClose: {})
     }
 
     private let onClose: () -> Void
 
-    init(source: ByteSource, name: String, onClose: @escaping () -> Void) throws {
+    init(source: ByteSource, name: String, formats: Formats = .any, onClose: @escaping () -> Void) throws {
         guard let handle = archive_read_new() else { throw VMFactoryError(.archiveFailed, "archive_read_new failed") }
         self.handle = handle
         self.source = source
         self.onClose = onClose
         archive_read_support_filter_all(handle)
-        archive_read_support_format_all(handle)
-        // `ar` (the .deb container) is not part of format_all's bidding in every build.
-        archive_read_support_format_ar(handle)
+        switch formats {
+        case .any:
+            archive_read_support_format_all(handle)
+            // `ar` (the .deb container) is not part of format_all's bidding in every build.
+            archive_read_support_format_ar(handle)
+        case .tar:
+            archive_read_support_format_tar(handle)
+            archive_read_support_format_gnutar(handle)
+        case .raw:
+            archive_read_support_format_raw(handle)
+        }
 
         let context = Unmanaged.passUnretained(source).toOpaque()
         let status = archive_read_open(handle, context, nil, { _, context, bufferOut in
@@ -76,7 +98,8 @@ public final class ArchiveReader {
             let source = Unmanaged<ArchiveReader.ByteSource>.fromOpaque(context).takeUnretainedValue()
             do {
                 let count = try source.readChunk(source.buffer)
-                source.hasher.update(UnsafeRawBufferPointer(rebasing: source.buffer[0..<count]))
+                source.counted += Int64(count)
+                if source.hashing { source.hasher.update(UnsafeRawBufferPointer(rebasing: source.buffer[0..<count])) }
                 bufferOut.pointee = UnsafeRawPointer(source.buffer.baseAddress)
                 return count
             } catch {

@@ -5,7 +5,7 @@ import VMFactoryKernel
 
 struct Clean: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Remove build directories, or with --all everything in the cache.",
+        abstract: "Remove build directories, with --images converted root disks and image blobs, or with --all everything in the cache.",
         discussion: "Outputs are never touched. Directories that a running build holds are left alone with a warning."
     )
 
@@ -17,16 +17,23 @@ struct Clean: AsyncParsableCommand {
     @Flag(help: "Remove the whole cache: build directories, source trees, filed configs, ccache and downloaded sources.")
     var all = false
 
+    @Flag(help: "Remove the root disks `vmfactory rootfs` made and the image blobs they came from (not the builds).")
+    var images = false
+
     func validate() throws {
         if all && recipe != nil { throw ValidationError("--all already removes every recipe's builds; give --recipe or --all, not both") }
+        if images && (all || recipe != nil) { throw ValidationError("--images removes images only; give it alone (--all removes images too)") }
     }
 
     func run() async throws {
         let recipe = self.recipe.map(RecipeLoader.name(of:))
         let all = self.all
+        let images = self.images
         try await global.perform { context, console in
             let cache = global.cacheDirectory(context)
-            let report = try await CacheCleaner.clean(cache, recipe: recipe, all: all, console: console)
+            let report = images
+                ? try await CacheCleaner.cleanImages(cache, console: console)
+                : try await CacheCleaner.clean(cache, recipe: recipe, all: all, console: console)
             let text = report.removed.isEmpty
                 ? "nothing to remove in \(cache)"
                 : report.removed.map { "removed \($0)" }.joined(separator: "\n") + "\nfreed \(ByteCount.format(report.bytes))"

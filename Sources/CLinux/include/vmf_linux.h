@@ -5,6 +5,8 @@
 
 #include <sys/types.h>
 #include <stddef.h>
+// llistxattr and lgetxattr, for reading extended attributes back.
+#include <sys/xattr.h>
 
 /// How to start one child process.
 typedef struct {

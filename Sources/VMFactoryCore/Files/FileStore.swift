@@ -96,11 +96,13 @@ public enum FileStore {
     /// Copies a file through a temporary name; the copy appears complete or not at all.
     /// Streams in chunks (the kernel's own copy where it can), checking `cancellation`
     /// between them.
-    public static func copyAtomically(_ source: String, to destination: String, cancellation: BlockingWork.Cancellation? = nil) throws {
+    /// `mode` replaces the source's permission bits.
+    public static func copyAtomically(_ source: String, to destination: String, mode: mode_t? = nil, cancellation: BlockingWork.Cancellation? = nil) throws {
         try createDirectory(URL(fileURLWithPath: destination).deletingLastPathComponent().path)
         let temporary = temporaryName(for: destination)
         do {
             try copy(source, to: temporary, cancellation: cancellation)
+            if let mode, chmod(temporary, mode) != 0 { throw VMFactoryError.io("cannot set the mode of", path: temporary) }
             try rename(temporary, to: destination)
         } catch {
             unlink(temporary)
@@ -108,7 +110,8 @@ public enum FileStore {
         }
     }
 
-    /// Copies the bytes and the permission bits of `source` to a new file `destination`.
+    /// Copies the bytes and the permission bits of `source` to a new file `destination`; the
+    /// holes of a sparse file stay holes.
     public static func copy(_ source: String, to destination: String, cancellation: BlockingWork.Cancellation? = nil) throws {
         let input = open(source, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw VMFactoryError.io("cannot read", path: source) }
@@ -118,29 +121,53 @@ public enum FileStore {
         let output = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0o7777)
         guard output >= 0 else { throw VMFactoryError.io("cannot create", path: destination) }
         defer { close(output) }
-        while true {
-            try cancellation?.check()
-            let copied = vmf_copy_file_range(input, output, chunkSize * 8)
-            if copied > 0 { continue }
-            if copied == 0 { break }
-            if errno == EINTR { continue }
-            // Not between these file systems: plain reads and writes.
-            try copyByReading(input, to: output, destination: destination, cancellation: cancellation)
-            break
+        var offset: off_t = 0
+        while offset < st.st_size {
+            // The next stretch of data; a file system that cannot tell has one, the whole file.
+            let start = lseek(input, offset, 3 /* SEEK_DATA */)
+            if start < 0 && errno == ENXIO { break }
+            let dataStart = start < 0 ? offset : start
+            let end = start < 0 ? st.st_size : max(lseek(input, dataStart, 4 /* SEEK_HOLE */), dataStart)
+            guard lseek(input, dataStart, SEEK_SET) >= 0, lseek(output, dataStart, SEEK_SET) >= 0 else {
+                throw VMFactoryError.io("cannot seek in", path: destination)
+            }
+            try copyRange(input, to: output, length: Int(end - dataStart), destination: destination, cancellation: cancellation)
+            offset = end
         }
+        guard ftruncate(output, st.st_size) == 0 else { throw VMFactoryError.io("cannot size", path: destination) }
         fchmod(output, st.st_mode & 0o7777)
     }
 
-    private static func copyByReading(_ input: Int32, to output: Int32, destination: String, cancellation: BlockingWork.Cancellation?) throws {
+    /// `length` bytes from the current offset of `input` to that of `output`.
+    private static func copyRange(_ input: Int32, to output: Int32, length: Int, destination: String, cancellation: BlockingWork.Cancellation?) throws {
+        var left = length
+        while left > 0 {
+            try cancellation?.check()
+            let copied = vmf_copy_file_range(input, output, min(left, chunkSize * 8))
+            if copied > 0 {
+                left -= copied
+                continue
+            }
+            if copied == 0 { return }
+            if errno == EINTR { continue }
+            // Not between these file systems: plain reads and writes.
+            try copyByReading(input, to: output, length: left, destination: destination, cancellation: cancellation)
+            return
+        }
+    }
+
+    private static func copyByReading(_ input: Int32, to output: Int32, length: Int, destination: String, cancellation: BlockingWork.Cancellation?) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 16)
         defer { buffer.deallocate() }
-        while true {
+        var left = length
+        while left > 0 {
             try cancellation?.check()
-            let count = read(input, buffer.baseAddress, chunkSize)
+            let count = read(input, buffer.baseAddress, min(chunkSize, left))
             if count < 0, errno == EINTR { continue }
             guard count >= 0 else { throw VMFactoryError.io("cannot read the source of", path: destination) }
             if count == 0 { return }
             try writeAll(output, UnsafeRawBufferPointer(rebasing: buffer[0..<count]), path: destination)
+            left -= count
         }
     }
 

@@ -41,7 +41,7 @@ public enum Doctor {
 
     /// What vmfactory needs on the host to build, boot and inspect `targets`. The Debian
     /// packages listed here are the one list `scripts/setup` installs from; what building
-    /// vmfactory itself needs (Swift, pkg-config, libarchive-dev, liblz4-dev) is not here,
+    /// vmfactory itself needs (Swift, pkg-config, libarchive-dev, liblz4-dev, libext2fs-dev) is not here,
     /// since a vmfactory that runs has it.
     static func requirements(for targets: [Target], host: String = Target.hostMachine) -> [Requirement] {
         var list: [Requirement] = [
@@ -55,6 +55,8 @@ public enum Doctor {
             header("libssl", "kernel certificate tools", package: "libssl-dev", path: "/usr/include/openssl/ssl.h"),
             tool("cpio", "inspecting initrds"),
             tool("qemu-img", "disk images", package: "qemu-utils"),
+            tool("mke2fs", "root disks (vmfactory rootfs)", package: "e2fsprogs"),
+            tool("skopeo", "images from registries (docker://)"),
         ]
         for target in targets {
             if let prefix = target.crossCompilePrefix(host: host) {

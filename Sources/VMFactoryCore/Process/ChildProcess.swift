@@ -152,10 +152,11 @@ public final class ChildProcess: Sendable {
     }
 
     /// The absolute path of `name`: itself when it holds a slash, else the first executable
-    /// file of that name in `path`.
+    /// file of that name in `path`, then in the sbin folders, which a user's PATH often leaves
+    /// out though their tools (mke2fs, debugfs) serve users too.
     public static func resolveExecutable(_ name: String, path: String) throws -> String {
         if name.contains("/") { return name }
-        for folder in path.split(separator: ":") where !folder.isEmpty {
+        for folder in path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"] where !folder.isEmpty {
             let candidate = folder + "/" + name
             if access(candidate, X_OK) == 0, FileStore.isRegularFile(candidate) { return candidate }
         }

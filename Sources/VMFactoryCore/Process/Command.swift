@@ -60,12 +60,15 @@ public struct CommandResult: Sendable {
     }
 
     public var termination: Termination
-    /// Captured stdout and stderr, interleaved, when the output was not sent to a log file.
+    /// Captured stdout and stderr, interleaved (`.capture`), or stdout alone (`.stdoutApart`).
     public var output: String
+    /// stderr, when captured apart from stdout.
+    public var errorOutput: String
 
-    public init(termination: Termination, output: String) {
+    public init(termination: Termination, output: String, errorOutput: String = "") {
         self.termination = termination
         self.output = output
+        self.errorOutput = errorOutput
     }
 
     public var succeeded: Bool { termination == .exited(0) }
@@ -82,6 +85,8 @@ public struct CommandResult: Sendable {
 public enum CommandOutput: Sendable {
     /// Kept in memory and returned in `CommandResult.output`.
     case capture
+    /// stdout in `CommandResult.output` (a document the command prints), stderr in `errorOutput`.
+    case stdoutApart
     /// Appended to a log file; the result's output is empty.
     case logFile(String)
 }
@@ -112,6 +117,8 @@ extension CommandResult {
         switch output {
         case .capture:
             text = self.output
+        case .stdoutApart:
+            text = errorOutput
         case .logFile(let path):
             text = (try? FileStore.readText(path)) ?? ""
             hint = "the full log is \(FileStore.displayPath(path))"

@@ -24,6 +24,14 @@ public struct LocalProcessRunner: ProcessRunner {
             let captured = await text
             try Self.checkCancellation(command)
             return CommandResult(termination: termination, output: String(decoding: captured, as: UTF8.self))
+        case .stdoutApart:
+            let child = try await ChildProcess.spawn(command, environment: environment, stdout: .pipe, stderr: .pipe)
+            async let text = PipeReader.readAll(child.stdout!)
+            async let errors = PipeReader.readAll(child.stderr!, limit: 1 << 20)
+            let termination = await child.wait(stoppingOnCancel: gracePeriod)
+            let (captured, messages) = await (text, errors)
+            try Self.checkCancellation(command)
+            return CommandResult(termination: termination, output: String(decoding: captured, as: UTF8.self), errorOutput: String(decoding: messages, as: UTF8.self))
         case .logFile(let path):
             try FileStore.createDirectory(URL(fileURLWithPath: path).deletingLastPathComponent().path)
             let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)

@@ -1,5 +1,4 @@
 import Foundation
-import VMFactoryCore
 
 /// The cache's housekeeping: `vmfactory clean`. Needs no recipe library, so it works
 /// outside a checkout.
@@ -24,11 +23,32 @@ public enum CacheCleaner {
         } else {
             candidates = [builds]
         }
+        return try await remove(candidates, console: console)
+    }
+
+    /// Removes the converted root disks and the content store of images (`clean --images`).
+    /// A conversion in progress holds an entry's lock and needs the store: then both stay.
+    public static func cleanImages(_ cacheDirectory: String, console: Console) async throws -> Report {
+        let rootfs = cacheDirectory + "/rootfs"
+        var held: [FileLock] = []
+        defer { held.forEach { $0.release() } }
+        for lockPath in lockFiles(under: rootfs) {
+            guard let lock = FileLock.tryAcquire(lockPath) else {
+                console.warning("a conversion is in progress (\(URL(fileURLWithPath: lockPath).lastPathComponent)); images left alone")
+                return Report(removed: [], bytes: 0)
+            }
+            held.append(lock)
+        }
+        // Unlocked now; the locks held above keep other runs out until the end.
+        return try await remove([rootfs, cacheDirectory + "/oci", cacheDirectory + "/tmp"], console: console, checkingLocks: false)
+    }
+
+    static func remove(_ candidates: [String], console: Console, checkingLocks: Bool = true) async throws -> Report {
         var report = Report(removed: [], bytes: 0)
         for path in candidates where FileStore.exists(path) {
             var held: [FileLock] = []
             var busy: String? = nil
-            for lockPath in Self.lockFiles(under: path) {
+            for lockPath in checkingLocks ? Self.lockFiles(under: path) : [] {
                 guard let lock = FileLock.tryAcquire(lockPath) else { busy = lockPath; break }
                 held.append(lock)
             }

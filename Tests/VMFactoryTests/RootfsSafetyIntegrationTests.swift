@@ -1,0 +1,273 @@
+import Foundation
+import Testing
+@testable import VMFactoryArchive
+@testable import VMFactoryCore
+@testable import VMFactoryCommands
+@testable import VMFactoryImage
+
+@Suite(
+    "vmfactory rootfs: hostile and damaged images refused, nothing cached; the disk cache and its commands",
+    .tags(.integration), .scoped, .needsTool("umoci"), .needsTool("debugfs"), .needsTool("qemu-img")
+)
+struct RootfsSafetyIntegrationTests {
+    /// Paths below `root` (outside image layouts and caches) named like what a hostile layer
+    /// tried to write.
+    static func strays(under root: String, named names: Set<String>) -> [String] {
+        TestSupport.files(under: root).filter { names.contains(URL(fileURLWithPath: $0).lastPathComponent) }
+    }
+
+    /// No complete entry, no temporary folder or blob left in the cache.
+    static func expectNothingCached(_ cache: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(RootfsCache(cacheDirectory: cache).list().isEmpty, "no converted image", sourceLocation: sourceLocation)
+        let partial = TestSupport.files(under: cache).filter { $0.hasSuffix(".partial") }
+        #expect(partial.isEmpty, "temporary files left: \(partial)", sourceLocation: sourceLocation)
+    }
+
+    static let hostile: [(name: String, entries: [ArchiveWriter.Entry], says: String)] = [
+        ("dot-dot", [.init(path: "../escape-dotdot", kind: .file(Data("x".utf8)))], "the path leaves the root"),
+        ("absolute", [.init(path: "/escape-absolute", kind: .file(Data("x".utf8)))], "absolute path"),
+        ("symlink out", [
+            .init(path: "out", kind: .symlink("../../../../../../tmp"), mode: 0o777),
+            .init(path: "out/escape-symlink", kind: .file(Data("x".utf8))),
+        ], "points outside the root"),
+        ("hard link out", [.init(path: "escape-hardlink", kind: .hardlink("../../etc/passwd"))], "outside the root"),
+        ("escaping whiteout", [.init(path: "sub/.wh...", kind: .file(Data()))], "outside its directory"),
+        ("symlink loop", [
+            .init(path: "a", kind: .symlink("b"), mode: 0o777),
+            .init(path: "b", kind: .symlink("a"), mode: 0o777),
+            .init(path: "a/escape-loop", kind: .file(Data("x".utf8))),
+        ], "more than 40 symlinks"),
+    ]
+
+    @Test("hostile layers are refused naming the layer and the entry; nothing is written outside, nothing cached", arguments: hostile.indices)
+    func hostileLayers(_ index: Int) async throws {
+        let (name, entries, says) = Self.hostile[index]
+        let dir = try TestSupport.temporaryDirectory()
+        let image = try await ImageFixtures.singleLayer(entries, in: dir)
+        let layer = try #require((try ImageFixtures.manifest(image)["layers"] as? [[String: Any]])?.first?["digest"] as? String)
+        let cache = try TestSupport.temporaryDirectory("cache")
+        let failure = try await Rootfs.failure([image.reference], cache: cache)
+        #expect(failure.code == "hostile-archive", "\(name): \(failure)")
+        #expect(failure.message.contains(says), "\(name): \(failure.message)")
+        #expect(failure.message.contains(layer), "\(name): the message names the layer \(layer): \(failure.message)")
+        #expect(failure.message.contains("'\(entries.last!.path)'"), "\(name): the message names the entry: \(failure.message)")
+        let root = try #require(TestScope.root)
+        #expect(Self.strays(under: root + "/..", named: ["escape-dotdot", "escape-absolute", "escape-symlink", "escape-hardlink", "escape-loop"]).isEmpty)
+        #expect(!FileStore.exists("/escape-absolute") && !FileStore.exists("/tmp/escape-symlink"))
+        Self.expectNothingCached(cache)
+    }
+
+    @Test("what looks odd but is not hostile: an absolute symlink followed inside the tree, a bare '.wh.' refused as invalid, a hard link to nothing")
+    func insideTheTree() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let image = try await ImageFixtures.singleLayer([
+            .init(path: "etc/", kind: .directory, mode: 0o755),
+            .init(path: "conf", kind: .symlink("/etc"), mode: 0o777),
+            .init(path: "conf/written", kind: .file(Data("inside\n".utf8))),
+            .init(path: "up", kind: .symlink("etc/../.."), mode: 0o777),
+        ], in: dir)
+        let result = try await Rootfs.convert([image.reference], cache: try TestSupport.temporaryDirectory("cache"))
+        let (_, tree) = try await Rootfs.tree(of: result.disk, in: dir)
+        #expect(tree.nodes["/etc/written"]?.sha256 == SHA256Digest.of("inside\n").hex)
+        #expect(tree.nodes["/up"]?.target == "etc/../..", "a symlink that points out is kept as it is; only writing through it is refused")
+
+        let bare = try await ImageFixtures.singleLayer([.init(path: ".wh.", kind: .file(Data()))], in: dir, name: "bare")
+        let cache = try TestSupport.temporaryDirectory("bare")
+        let failure = try await Rootfs.failure([bare.reference], cache: cache)
+        #expect(failure.code == "invalid-argument")
+        #expect(failure.message.contains("a whiteout without a name"), "\(failure.message)")
+        let dangling = try await ImageFixtures.singleLayer([.init(path: "link", kind: .hardlink("nowhere"))], in: dir, name: "dangling")
+        let nowhere = try await Rootfs.failure([dangling.reference], cache: cache)
+        #expect(nowhere.message.contains("which no layer up to this one has"), "\(nowhere.message)")
+        Self.expectNothingCached(cache)
+    }
+
+    @Test("a blob with a wrong digest, a truncated gzip layer, unknown and non-distributable media types, schema 1: clear errors, nothing cached")
+    func damagedImages() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let image = try await ImageFixtures.busyboxImage(in: dir)
+        let layer = try #require((try ImageFixtures.manifest(image)["layers"] as? [[String: Any]])?.first)
+        let layerDigest = layer["digest"] as! String
+        let blobPath = ImageFixtures.blob(image.path, layerDigest)
+        let original = try FileStore.readData(blobPath)
+
+        // Same size, one byte changed, digest unchanged in the manifest.
+        let changedLayout = dir + "/changed"
+        try await ImageFixtures.run("cp", ["-a", image.path, changedLayout])
+        var changed = original
+        changed[changed.count / 2] ^= 0xff
+        let changedBlob = ImageFixtures.blob(changedLayout, layerDigest)
+        chmod(changedBlob, 0o644)
+        try changed.write(to: URL(fileURLWithPath: changedBlob))
+        let cache = try TestSupport.temporaryDirectory("cache")
+        let mismatch = try await Rootfs.failure(["oci:\(changedLayout):v1"], cache: cache)
+        #expect(mismatch.code == "digest-mismatch")
+        #expect(mismatch.message.contains("layer 1 of 1 (\(layerDigest))"), "\(mismatch.message)")
+        #expect(mismatch.message.contains("expected sha256 \(layerDigest.dropFirst(7))"), "\(mismatch.message)")
+        #expect(mismatch.message.contains("found \(SHA256Digest.of(changed).hex)"), "\(mismatch.message)")
+        #expect(!ContentStore(cacheDirectory: cache).contains(SHA256Digest.of(changed)))
+        #expect(!ContentStore(cacheDirectory: cache).contains(SHA256Digest(hex: String(layerDigest.dropFirst(7)))!))
+        Self.expectNothingCached(cache)
+
+        // A gzip cut in half, with a manifest that names the cut bytes.
+        let cut = original.prefix(original.count / 2)
+        let cutBlob = try ImageFixtures.writeBlob(Data(cut), to: image.path)
+        let truncated = try ImageFixtures.withLayers(image, as: "truncated") { layers in
+            [layers[0].merging(["digest": cutBlob.digest, "size": cutBlob.size]) { $1 }]
+        }
+        let damaged = try await Rootfs.failure([truncated.reference], cache: cache)
+        #expect(damaged.message.contains(cutBlob.digest), "the error names the layer: \(damaged.message)")
+        #expect(damaged.message.lowercased().contains("truncated") || damaged.message.lowercased().contains("unexpected end"), "\(damaged.message)")
+        #expect(RootfsCache(cacheDirectory: cache).list().isEmpty)
+
+        let unknown = try ImageFixtures.withLayers(image, as: "unknown") { layers in
+            [layers[0].merging(["mediaType": "application/vnd.example.layer.v1.squashfs"]) { $1 }]
+        }
+        let unknownFailure = try await Rootfs.failure([unknown.reference], cache: cache)
+        #expect(unknownFailure.message.contains("unknown media type application/vnd.example.layer.v1.squashfs"), "\(unknownFailure.message)")
+        let foreign = try ImageFixtures.withLayers(image, as: "foreign") { layers in
+            [layers[0].merging(["mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"]) { $1 }]
+        }
+        let foreignFailure = try await Rootfs.failure([foreign.reference], cache: cache)
+        #expect(foreignFailure.message.contains("non-distributable"), "\(foreignFailure.message)")
+
+        let schema1 = try ImageFixtures.tag(
+            ["schemaVersion": 1, "name": "old", "tag": "v1", "architecture": "amd64", "fsLayers": [["blobSum": layerDigest]]],
+            mediaType: MediaType.dockerSchema1Signed, as: "schema1", in: image.path
+        )
+        let schema1Failure = try await Rootfs.failure([schema1.reference], cache: cache)
+        #expect(schema1Failure.message.contains("schema 1"), "\(schema1Failure.message)")
+        #expect(schema1Failure.hint.contains("skopeo copy --format v2s2"), "\(schema1Failure.hint)")
+        #expect(RootfsCache(cacheDirectory: cache).list().isEmpty)
+    }
+
+    @Test("the cache: a hit, images (text and JSON), rm by key and by reference, a changed disk converted again, --output, --size, clean --images")
+    func cacheAndItsCommands() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let image = try await ImageFixtures.busyboxImage(in: dir)
+        let cache = try TestSupport.temporaryDirectory("cache")
+        let first = await Rootfs.run([image.reference], cache: cache)
+        #expect(first.stderr.contains("layer 1/1"), "per-layer progress: \(first.stderr)")
+        let made = try JSONDecoder().decode(RootfsConverter.Result.self, from: Data(first.stdout.utf8))
+        #expect(!made.cached)
+        let hit = try await Rootfs.convert([image.reference], cache: cache)
+        #expect(hit.cached && hit.disk == made.disk && hit.record.disk.sha256 == made.record.disk.sha256)
+        let raw = try await Rootfs.convert([image.reference, "--disk-format", "raw", "--size", "64M"], cache: cache)
+        #expect(raw.record.disk.virtualSize == 64 << 20)
+        #expect(FileStore.fileSize(raw.disk) == 64 << 20)
+
+        // qcow2's compression: zstd by default, zlib and none on request; the same file system in each.
+        let info = try JSONSerialization.jsonObject(with: Data(try await ImageFixtures.run("qemu-img", ["info", "--output", "json", made.disk]).utf8)) as? [String: Any]
+        #expect((info?["format-specific"] as? [String: Any]).flatMap { ($0["data"] as? [String: Any])?["compression-type"] as? String } == "zstd")
+        let scratchCache = try TestSupport.temporaryDirectory("compression")
+        for compression in ["zlib", "none"] {
+            let other = try await Rootfs.convert([image.reference, "--qcow2-compression", compression], cache: scratchCache)
+            #expect(other.record.disk.compression == compression)
+            let compared = try await ImageFixtures.run("qemu-img", ["compare", made.disk, other.disk])
+            #expect(compared.contains("Images are identical"), "\(compression): \(compared)")
+        }
+        #expect(await Rootfs.run([image.reference, "--disk-format", "raw", "--qcow2-compression", "zlib"], cache: scratchCache).status == 64)
+
+        let listed = await TestSupport.runCommand(["images", "--cache-dir", cache, "--format", "json"])
+        let listings = try JSONDecoder().decode([Images.Listing].self, from: Data(listed.stdout.utf8))
+        #expect(listings.count == 2)
+        #expect(listings.allSatisfy { $0.references == [image.reference] && $0.platform == "linux/amd64" && $0.manifestDigest == made.record.manifestDigest })
+        #expect(Set(listings.map(\.diskSize)) == [FileStore.fileSize(made.disk)!, FileStore.fileSize(raw.disk)!])
+        let text = await TestSupport.runCommand(["images", "--cache-dir", cache])
+        #expect(text.stdout.contains(image.reference) && text.stdout.contains(String(made.record.manifestDigest.prefix(19))), "\(text.stdout)")
+
+        let rawKey = try #require(listings.first { $0.format == "raw" }?.key)
+        let removed = await TestSupport.runCommand(["images", "rm", String(rawKey.prefix(12)), "--cache-dir", cache])
+        #expect(removed.status == 0, "\(removed.stderr)")
+        #expect(!FileStore.exists(raw.disk))
+        #expect(FileStore.exists(made.disk))
+        let none = await TestSupport.runCommand(["images", "rm", "sha256:00000000deadbeef", "--cache-dir", cache])
+        #expect(none.status == 1 && none.stderr.contains("no converted image matches"), "\(none.stderr)")
+
+        // A disk changed in the cache is found out and made again.
+        chmod(made.disk, 0o644)
+        let fd = open(made.disk, O_WRONLY)
+        #expect(pwrite(fd, "X", 1, 70_000) == 1)
+        close(fd)
+        let again = await Rootfs.run([image.reference], cache: cache)
+        #expect(again.stderr.contains("changed since it was made"), "\(again.stderr)")
+        let remade = try JSONDecoder().decode(RootfsConverter.Result.self, from: Data(again.stdout.utf8))
+        #expect(!remade.cached && remade.record.disk.sha256 == made.record.disk.sha256)
+
+        // --output: a writable copy, the same bytes; a raw copy stays sparse.
+        let output = dir + "/out/root.qcow2"
+        let placed = try await Rootfs.convert([image.reference, "--output", output], cache: cache)
+        #expect(placed.output == output && placed.cached)
+        #expect(try await TestSupport.sha256sum(output) == made.record.disk.sha256.hex)
+        var st = stat()
+        #expect(stat(output, &st) == 0 && st.st_mode & 0o777 == 0o644)
+        let rawOutput = dir + "/out/root.raw"
+        _ = try await Rootfs.convert([image.reference, "--disk-format", "raw", "--output", rawOutput], cache: cache)
+        #expect(stat(rawOutput, &st) == 0 && Int64(st.st_blocks) * 512 < Int64(st.st_size) / 4, "sparse: \(st.st_blocks) blocks for \(st.st_size) bytes")
+
+        let byReference = await TestSupport.runCommand(["images", "rm", image.reference, "--cache-dir", cache])
+        #expect(byReference.status == 0)
+        #expect(RootfsCache(cacheDirectory: cache).list().isEmpty)
+        _ = try await Rootfs.convert([image.reference], cache: cache)
+        let cleaned = await TestSupport.runCommand(["clean", "--images", "--cache-dir", cache])
+        #expect(cleaned.status == 0, "\(cleaned.stderr)")
+        #expect(!FileStore.exists(cache + "/rootfs") && !FileStore.exists(cache + "/oci"))
+
+        // Too small a disk for the content: said so, with what to do.
+        let large = try await ImageFixtures.singleLayer([.init(path: "zeros", kind: .file(Data(count: 12 << 20)))], in: dir, name: "large")
+        let tooSmall = try await Rootfs.failure([large.reference, "--size", "8M"], cache: cache)
+        #expect(tooSmall.message.contains("does not fit in a disk of 8.0 MiB"), "\(tooSmall.message)")
+        #expect(tooSmall.hint.contains("larger --size"))
+        Self.expectNothingCached(cache)
+    }
+
+    @Test("a conversion killed with SIGKILL leaves no entry and no child; the next run converts and removes what was left")
+    func killedConversion() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        // Incompressible data (xorshift), so that writing it takes a while.
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        let entries: [ArchiveWriter.Entry] = (0..<3).map { index in
+            var data = Data(count: 40 << 20)
+            data.withUnsafeMutableBytes { bytes in
+                for i in bytes.bindMemory(to: UInt64.self).indices {
+                    state ^= state << 13
+                    state ^= state >> 7
+                    state ^= state << 17
+                    bytes.storeBytes(of: state, toByteOffset: i * 8, as: UInt64.self)
+                }
+            }
+            return .init(path: "data-\(index)", kind: .file(data))
+        }
+        let image = try await ImageFixtures.singleLayer(entries, in: dir, name: "big")
+        let cache = try TestSupport.temporaryDirectory("cache")
+        let command = Command(TestSupport.executable, ["rootfs", image.reference, "--cache-dir", cache])
+        let child = try await ChildProcess.spawn(command, environment: command.environment(on: TestSupport.environment), stdout: .null, stderr: .null)
+        let rootfs = cache + "/rootfs"
+        // Killed while layer data goes into the disk: more blocks written than mke2fs writes.
+        let writing = await TestSupport.eventually(within: 60) {
+            TestSupport.files(under: rootfs).contains { name in
+                var st = stat()
+                return name.contains(".partial/disk.raw") && stat(rootfs + "/" + name, &st) == 0 && Int64(st.st_blocks) * 512 > 16 << 20
+            }
+        }
+        try #require(writing, "the conversion did not start writing the disk")
+        kill(child.pid, SIGKILL)
+        _ = await child.wait()
+        // mke2fs and qemu-img get their parent-death signal; give the kernel a moment.
+        var survivors = ""
+        for _ in 0..<50 {
+            survivors = try await TestSupport.runner.run(Command("pgrep", ["-fa", cache]), output: .capture).output
+            if survivors.isEmpty { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(survivors.isEmpty, "children outlived vmfactory: \(survivors)")
+        #expect(RootfsCache(cacheDirectory: cache).list().isEmpty, "a killed conversion is no entry")
+
+        let result = try await Rootfs.convert([image.reference], cache: cache)
+        #expect(!result.cached)
+        let left = TestSupport.files(under: cache).filter { $0.hasSuffix(".partial") || $0.contains(".partial/") }
+        #expect(left.isEmpty, "leftovers: \(left)")
+        let (_, tree) = try await Rootfs.tree(of: result.disk, in: dir)
+        #expect(tree.nodes["/data-2"]?.size == 40 << 20)
+    }
+}
