@@ -5,10 +5,16 @@
  * entrypoint ended and ends the machine. With `quiet` on the kernel command
  * line, its two lines are all the console shows.
  *
+ * With /etc/vmfactory/run.conf in the initrd (vmfactory run appends it), it runs
+ * in container mode instead (container.c): it mounts the image's disk, switches
+ * into it and runs the command there.
+ *
  * Run as any other PID, `init --explain [--conf FILE] [--cmdline TEXT] [-- ARGS...]`
- * prints what it would run, for tests on the build host.
+ * prints what it would run, and `init --explain-run FILE` what a run.conf asks
+ * for, for tests on the build host.
  */
 #define _GNU_SOURCE
+#include "container.h"
 #include "launch.h"
 
 #include <errno.h>
@@ -29,12 +35,12 @@
 #include <sys/io.h>
 #endif
 
-#define TAG "vmfactory-init: "
+#define TAG VMF_TAG
 #define CONF_PATH "/etc/vmfactory/init.conf"
 /* QEMU's isa-debug-exit device, as vmfactory boot adds it: iobase=0xf4,iosize=4. */
 #define DEBUG_EXIT_PORT 0xf4
 
-static char *read_file(const char *path)
+char *vmf_read_file(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -60,8 +66,7 @@ static char *read_file(const char *path)
 	return text;
 }
 
-static void say(const char *format, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *format, ...)
+void vmf_say(const char *format, ...)
 {
 	char line[512];
 	va_list args;
@@ -80,7 +85,7 @@ static void say(const char *format, ...)
 static void make_dir(const char *path, mode_t mode)
 {
 	if (mkdir(path, mode) != 0 && errno != EEXIST)
-		say(TAG "cannot create %s: %s\n", path, strerror(errno));
+		vmf_say(TAG "cannot create %s: %s\n", path, strerror(errno));
 }
 
 static void mount_one(const char *source, const char *target, const char *type,
@@ -88,7 +93,7 @@ static void mount_one(const char *source, const char *target, const char *type,
 {
 	make_dir(target, mode);
 	if (mount(source, target, type, flags, options) != 0 && errno != EBUSY)
-		say(TAG "cannot mount %s on %s: %s\n", type, target, strerror(errno));
+		vmf_say(TAG "cannot mount %s on %s: %s\n", type, target, strerror(errno));
 }
 
 static void setup_filesystems(void)
@@ -109,7 +114,7 @@ static void setup_filesystems(void)
 	};
 	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++)
 		if (symlink(links[i][0], links[i][1]) != 0 && errno != EEXIST)
-			say(TAG "cannot link %s: %s\n", links[i][1], strerror(errno));
+			vmf_say(TAG "cannot link %s: %s\n", links[i][1], strerror(errno));
 }
 
 /* Starts the entrypoint with default signal handling and its own session. */
@@ -122,7 +127,7 @@ static pid_t start(struct vmf_launch *launch, const sigset_t *original)
 	setsid();
 	execvpe(launch->argv[0], launch->argv, launch->envp);
 	int error = errno;
-	say(TAG "cannot run %s: %s\n", launch->argv[0], strerror(error));
+	vmf_say(TAG "cannot run %s: %s\n", launch->argv[0], strerror(error));
 	_exit(error == ENOENT ? 127 : 126);
 }
 
@@ -152,7 +157,7 @@ static int reap(pid_t entrypoint, int *status, int *done)
 }
 
 /* Ends every process that is left, and collects them all. */
-static int end_the_rest(int *orphans)
+int vmf_end_the_rest(int *orphans)
 {
 	int left = 0;
 	if (kill(-1, SIGTERM) == 0) {
@@ -181,7 +186,7 @@ static int end_the_rest(int *orphans)
 	return left;
 }
 
-static void end_machine(int code)
+void vmf_end_machine(int code)
 {
 	sync();
 #if defined(__x86_64__)
@@ -206,7 +211,7 @@ static int explain(int argc, char **argv, char **envp)
 	int i = 2;
 	for (; i < argc; i++) {
 		if (strcmp(argv[i], "--conf") == 0 && i + 1 < argc) {
-			conf = read_file(argv[++i]);
+			conf = vmf_read_file(argv[++i]);
 			if (!conf) {
 				fprintf(stderr, "cannot read %s: %s\n", argv[i], strerror(errno));
 				return 2;
@@ -236,11 +241,49 @@ static int explain(int argc, char **argv, char **envp)
 	return 0;
 }
 
+/* `init --explain-run FILE`: what a run.conf asks for. */
+static int explain_run(const char *path)
+{
+	char *text = vmf_read_file(path);
+	if (!text) {
+		fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno));
+		return 2;
+	}
+	struct vmf_run run;
+	char err[256];
+	if (vmf_run_parse(&run, text, err, sizeof(err)) != 0) {
+		printf("error: %s\n", err);
+		return 1;
+	}
+	vmf_run_explain(&run);
+	return 0;
+}
+
+/* Container mode: the run's settings came appended to the initrd. */
+static void run_container(void)
+{
+	const unsigned long hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	/* Only what finding the devices needs; the rest is mounted inside the image. */
+	mount_one("proc", "/proc", "proc", hardened, NULL, 0555);
+	mount_one("sysfs", "/sys", "sysfs", hardened, NULL, 0555);
+	mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", 0755);
+	char *text = vmf_read_file(VMF_RUN_CONF);
+	struct vmf_run run;
+	char err[256];
+	if (!text || vmf_run_parse(&run, text, err, sizeof(err)) != 0) {
+		vmf_say(TAG "%s\n", text ? err : "cannot read " VMF_RUN_CONF);
+		vmf_end_machine(125);
+	}
+	vmf_run_container(&run);
+}
+
 int main(int argc, char **argv, char **envp)
 {
 	if (getpid() != 1) {
 		if (argc > 1 && strcmp(argv[1], "--explain") == 0)
 			return explain(argc, argv, envp);
+		if (argc == 3 && strcmp(argv[1], "--explain-run") == 0)
+			return explain_run(argv[2]);
 		fprintf(stderr, "vmfactory-init runs as PID 1 of a microVM; `%s --explain` shows what it would run\n", argv[0]);
 		return 2;
 	}
@@ -258,23 +301,25 @@ int main(int argc, char **argv, char **envp)
 				close(fd);
 		}
 	}
-	say(TAG "ready %ld.%06ld\n", (long)boot.tv_sec, boot.tv_nsec / 1000);
+	vmf_say(TAG "ready %ld.%06ld\n", (long)boot.tv_sec, boot.tv_nsec / 1000);
 
+	if (access(VMF_RUN_CONF, R_OK) == 0)
+		run_container();
 	setup_filesystems();
 
 	struct vmf_launch launch;
 	char err[256];
-	char *conf = read_file(CONF_PATH);
-	char *cmdline = read_file("/proc/cmdline");
+	char *conf = vmf_read_file(CONF_PATH);
+	char *cmdline = vmf_read_file("/proc/cmdline");
 	if (vmf_launch_parse(&launch, conf, cmdline, argc - 1, argv + 1, envp, err, sizeof(err)) != 0) {
-		say(TAG "%s\n", err);
-		say(TAG "exit 2\n");
-		end_machine(2);
+		vmf_say(TAG "%s\n", err);
+		vmf_say(TAG "exit 2\n");
+		vmf_end_machine(2);
 	}
 	if (sethostname(launch.hostname, strlen(launch.hostname)) != 0)
-		say(TAG "cannot set the hostname %s: %s\n", launch.hostname, strerror(errno));
+		vmf_say(TAG "cannot set the hostname %s: %s\n", launch.hostname, strerror(errno));
 	if (chdir("/") != 0)
-		say(TAG "cannot enter /: %s\n", strerror(errno));
+		vmf_say(TAG "cannot enter /: %s\n", strerror(errno));
 
 	/* Signals arrive through sigwaitinfo, never between a check and a wait. */
 	sigset_t handled, original;
@@ -289,7 +334,7 @@ int main(int argc, char **argv, char **envp)
 	if (launch.argc > 0) {
 		entrypoint = start(&launch, &original);
 		if (entrypoint < 0) {
-			say(TAG "cannot start %s: %s\n", launch.argv[0], strerror(errno));
+			vmf_say(TAG "cannot start %s: %s\n", launch.argv[0], strerror(errno));
 			status = 127 << 8;
 		} else {
 			done = 0;
@@ -305,10 +350,10 @@ int main(int argc, char **argv, char **envp)
 			kill(entrypoint, signal_number);
 	}
 	int code = exit_code(status);
-	int stubborn = end_the_rest(&orphans);
+	int stubborn = vmf_end_the_rest(&orphans);
 	if (launch.verbose)
-		say(TAG "reaped %d orphaned processes (%d needed SIGKILL); none left\n", orphans, stubborn);
-	say(TAG "exit %d\n", code);
-	end_machine(code);
+		vmf_say(TAG "reaped %d orphaned processes (%d needed SIGKILL); none left\n", orphans, stubborn);
+	vmf_say(TAG "exit %d\n", code);
+	vmf_end_machine(code);
 	return code;
 }
