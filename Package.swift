@@ -7,6 +7,7 @@ import PackageDescription
 //   VMFactoryKernel    recipes, pinned sources, source trees, configs, kernel builds, initrds
 //   VMFactoryBoot      QEMU machines, boots and boot benchmarks
 //   VMFactoryImage     container images: the content store, OCI and Docker forms, root disks
+//   VMFactoryRun       an image run like a container in a microVM: the plan, the channels, the session
 //   VMFactoryCommands  the command line, tested in-process
 //   vmfactory          the executable: a stub that runs VMFactoryCommands
 let package = Package(
@@ -17,6 +18,7 @@ let package = Package(
         .library(name: "VMFactoryKernel", targets: ["VMFactoryKernel"]),
         .library(name: "VMFactoryBoot", targets: ["VMFactoryBoot"]),
         .library(name: "VMFactoryImage", targets: ["VMFactoryImage"]),
+        .library(name: "VMFactoryRun", targets: ["VMFactoryRun"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -72,12 +74,17 @@ let package = Package(
             dependencies: ["VMFactoryCore", "VMFactoryArchive", "CArchive", "CExt4"]
         ),
         .target(
+            name: "VMFactoryRun",
+            dependencies: ["CLinux", "VMFactoryCore", "VMFactoryArchive", "VMFactoryBoot", "VMFactoryImage"]
+        ),
+        .target(
             name: "VMFactoryCommands",
             dependencies: [
                 "VMFactoryCore",
                 "VMFactoryKernel",
                 "VMFactoryBoot",
                 "VMFactoryImage",
+                "VMFactoryRun",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -94,6 +101,7 @@ let package = Package(
                 "VMFactoryKernel",
                 "VMFactoryBoot",
                 "VMFactoryImage",
+                "VMFactoryRun",
                 "VMFactoryCommands",
                 // Built so that tests can run the real command line.
                 "vmfactory",

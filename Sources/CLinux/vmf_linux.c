@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <sys/socket.h>
 #include "vmf_linux.h"
 
 #include <errno.h>
@@ -127,4 +128,42 @@ int vmf_pipe_cloexec(int fds[2]) {
 
 ssize_t vmf_copy_file_range(int from, int to, size_t length) {
     return copy_file_range(from, NULL, to, NULL, length, 0);
+}
+
+int vmf_accept_cloexec(int fd)
+{
+	return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+static volatile int signal_pipe = -1;
+
+static void signal_to_pipe(int signal_number)
+{
+	int saved = errno;
+	unsigned char byte = (unsigned char)signal_number;
+	if (signal_pipe >= 0 && write(signal_pipe, &byte, 1) < 0) {
+		// Nothing to do in a handler: the pipe is full or gone.
+	}
+	errno = saved;
+}
+
+int vmf_signals_to_pipe(const int *signals, int count, int write_fd)
+{
+	signal_pipe = write_fd;
+	struct sigaction action;
+	memset(&action, 0, sizeof(action));
+	action.sa_handler = signal_to_pipe;
+	action.sa_flags = SA_RESTART;
+	sigemptyset(&action.sa_mask);
+	for (int i = 0; i < count; i++)
+		if (sigaction(signals[i], &action, NULL) != 0)
+			return errno;
+	return 0;
+}
+
+void vmf_signals_default(const int *signals, int count)
+{
+	for (int i = 0; i < count; i++)
+		signal(signals[i], SIG_DFL);
+	signal_pipe = -1;
 }

@@ -4,7 +4,38 @@ import VMFactoryBoot
 import VMFactoryCore
 import VMFactoryKernel
 
-struct GlobalOptions: ParsableArguments {
+/// The folders, sources and verbosity every command works with; `run` spells them without
+/// the short -v and -q, which are docker's there.
+protocol WorkspaceSettings {
+    var cacheDir: String? { get }
+    var outputDir: String? { get }
+    var sourceDirs: [String] { get }
+    var offline: Bool { get }
+    var verbose: Bool { get }
+    var quiet: Bool { get }
+}
+
+extension WorkspaceSettings {
+    func console(_ context: CommandContext) -> Console {
+        Console(verbosity: quiet ? .quiet : verbose ? .verbose : .normal, output: context.stderr)
+    }
+
+    /// The cache folder, for the commands that need no recipe library.
+    func cacheDirectory(_ context: CommandContext) -> String {
+        Workspace.cacheDirectory(given: cacheDir, environment: context.environment, currentDirectory: context.currentDirectory)
+    }
+
+    func makeFactory(_ context: CommandContext, console: Console) throws -> Factory {
+        let library = try Library.locate(environment: context.environment, executablePath: context.executablePath, currentDirectory: context.currentDirectory)
+        let workspace = Workspace(
+            library: library, cacheDirectory: cacheDir, outputDirectory: outputDir, sourceDirs: sourceDirs, offline: offline,
+            environment: context.environment, currentDirectory: context.currentDirectory
+        )
+        return Factory(workspace: workspace, runner: context.runner, console: console)
+    }
+}
+
+struct GlobalOptions: ParsableArguments, WorkspaceSettings {
     @Option(help: "Cache for sources, source trees and build directories (default: $XDG_CACHE_HOME/vmfactory or ~/.cache/vmfactory).")
     var cacheDir: String?
 
@@ -31,23 +62,7 @@ struct GlobalOptions: ParsableArguments {
         for dir in sourceDirs where dir.isEmpty { throw ValidationError("--source-dir needs a folder") }
     }
 
-    func console(_ context: CommandContext) -> Console {
-        Console(verbosity: quiet ? .quiet : verbose ? .verbose : .normal, output: context.stderr)
-    }
 
-    /// The cache folder, for the commands that need no recipe library.
-    func cacheDirectory(_ context: CommandContext) -> String {
-        Workspace.cacheDirectory(given: cacheDir, environment: context.environment, currentDirectory: context.currentDirectory)
-    }
-
-    func makeFactory(_ context: CommandContext, console: Console) throws -> Factory {
-        let library = try Library.locate(environment: context.environment, executablePath: context.executablePath, currentDirectory: context.currentDirectory)
-        let workspace = Workspace(
-            library: library, cacheDirectory: cacheDir, outputDirectory: outputDir, sourceDirs: sourceDirs, offline: offline,
-            environment: context.environment, currentDirectory: context.currentDirectory
-        )
-        return Factory(workspace: workspace, runner: context.runner, console: console)
-    }
 
     /// Runs a command's work on the recipe library (see `perform`).
     func run(_ body: @escaping @Sendable (Factory) async throws -> Output) async throws {

@@ -41,4 +41,15 @@ int vmf_pipe_cloexec(int fds[2]);
 /// copy_file_range(2) between the current offsets of two descriptors.
 ssize_t vmf_copy_file_range(int from, int to, size_t length);
 
+/// accept4(fd, NULL, NULL, SOCK_CLOEXEC), which Swift's Glibc module does not export.
+int vmf_accept_cloexec(int fd);
+
+/// Installs a handler for each of `signals` that writes the signal's number (one byte) to
+/// `write_fd`, a pipe's write end; a thread of the caller's reads the other end. Works
+/// whichever thread the kernel picks for the signal.
+int vmf_signals_to_pipe(const int *signals, int count, int write_fd);
+
+/// Gives `signals` their default action again.
+void vmf_signals_default(const int *signals, int count);
+
 #endif

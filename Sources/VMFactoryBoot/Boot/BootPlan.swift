@@ -82,7 +82,7 @@ public struct Booter: Sendable {
 
     /// The kernel and initrd to boot: the recipe's built ones from the output folder unless
     /// others are given.
-    func images(_ recipe: Recipe, target: Target, options: BootOptions) throws -> (kernel: String, initrd: String?, manifest: BuildManifest?) {
+    public func images(_ recipe: Recipe, target: Target, options: BootOptions) throws -> (kernel: String, initrd: String?, manifest: BuildManifest?) {
         let output = workspace.outputDirectory(recipe: recipe.name, target: target)
         let manifest = try? BuildManifest.load(output + "/" + BuildManifest.fileName)
         let imageName = target == .x86_64 ? "vmlinux" : "bzImage"

@@ -21,6 +21,8 @@ public struct VMFactoryError: Error, Sendable, CustomStringConvertible {
         case interrupted = "interrupted"
         case bootFailed = "boot-failed"
         case bootTimedOut = "boot-timed-out"
+        /// An image made for another platform than the one asked for (the detail names it).
+        case wrongPlatform = "wrong-platform"
         case io = "io"
         /// Something vmfactory itself got wrong (a result it could not encode, say).
         case internalError = "internal"

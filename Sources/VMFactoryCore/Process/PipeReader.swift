@@ -47,7 +47,7 @@ public enum PipeReader {
     }
 
     /// Blocking reads until the end of file or until `body` returns false.
-    static func forEachChunk(_ fd: Int32, _ body: (UnsafeRawBufferPointer) -> Bool) {
+    public static func forEachChunk(_ fd: Int32, _ body: (UnsafeRawBufferPointer) -> Bool) {
         let size = 1 << 16
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }

@@ -19,6 +19,15 @@ public struct ResolvedImage: Sendable {
     public var configDigest: SHA256Digest
     public var config: ImageConfig
     public var platform: Platform
+
+    /// How a `wrongPlatform` error names the image's own platform.
+    public static let platformDetail = "the image's platform: "
+
+    /// The platform a `wrongPlatform` error names.
+    public static func offeredPlatform(in error: VMFactoryError) -> Platform? {
+        guard error.code == .wrongPlatform else { return nil }
+        return error.details.first { $0.hasPrefix(platformDetail) }.flatMap { Platform(parsing: String($0.dropFirst(platformDetail.count))) }
+    }
     public var layers: [Layer]
 }
 
@@ -70,7 +79,11 @@ struct ImageResolver {
         let configDigest = try fetch(manifest.config, "\(reference): config")
         let config = try JSON.decode(ImageConfig.self, from: try store.data(configDigest, what: reference), what: "\(reference): config sha256:\(configDigest)")
         if let platform = config.platform, !platform.matches(wanted) {
-            throw VMFactoryError(.notFound, "\(reference) is an image for \(platform), not \(wanted)", hint: "choose it with --platform \(platform) (or --target), or use an image for \(wanted)")
+            throw VMFactoryError(
+                .wrongPlatform, "\(reference) is an image for \(platform), not \(wanted)",
+                hint: "choose it with --platform \(platform) (or --target), or use an image for \(wanted)",
+                details: [ResolvedImage.platformDetail + platform.description]
+            )
         }
         var layers: [ResolvedImage.Layer] = []
         for (index, layer) in manifest.layers.enumerated() {

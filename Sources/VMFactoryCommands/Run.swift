@@ -1,0 +1,304 @@
+import ArgumentParser
+import Foundation
+import VMFactoryBoot
+import VMFactoryCore
+import VMFactoryImage
+import VMFactoryKernel
+import VMFactoryRun
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a container image in a microVM, as docker run runs it in a container.",
+        usage: "vmfactory run [OPTIONS] IMAGE [COMMAND [ARG...]]",
+        discussion: """
+            IMAGE is any image `vmfactory rootfs` takes (oci:DIR, oci-archive:FILE, docker-archive:FILE, \
+            docker://…, tar:FILE with --config); it is converted on first use and cached. The guest boots the \
+            container recipe's kernel (built on first use), mounts the image's disk under an overlay of the run's \
+            own (the cached disk is never written), and runs the image's Entrypoint and Cmd, or COMMAND, as the \
+            image's user in its working directory with its environment, as docker does.
+
+            The command's stdout and stderr arrive here byte for byte on channels of their own; the kernel \
+            console goes to the run's log (--console shows it). The exit status is the command's (0-255, 128+N \
+            for a signal), 124 after --timeout, 125 when vmfactory or the guest failed before the command ran, \
+            126 when the command cannot be invoked and 127 when it is not found.
+
+            Ports published with -p listen on 127.0.0.1 unless an address is given: the guest may run untrusted \
+            code. Ctrl-C or SIGTERM sends the command its stop signal (the image's StopSignal, else SIGTERM), \
+            then ends the VM after --stop-timeout; a second one ends it at once.
+            """
+    )
+
+    @OptionGroup var settings: RunSettings
+
+    @Option(name: [.customShort("e"), .long], help: "NAME=VALUE, or NAME to pass vmfactory's own value (repeatable).")
+    var env: [String] = []
+
+    @Option(help: "A file of NAME=VALUE lines (# comments), read before -e (repeatable).")
+    var envFile: [String] = []
+
+    @Option(name: [.customShort("w"), .long], help: "The working directory in the image (default: the image's, else /).")
+    var workdir: String?
+
+    @Option(name: [.customShort("u"), .long], help: "USER[:GROUP], names from the image's /etc/passwd and /etc/group, or numbers.")
+    var user: String?
+
+    @Option(help: "The program to run instead of the image's Entrypoint (the image's Cmd is dropped too).")
+    var entrypoint: String?
+
+    @Option(help: "The guest's host name (default: the run's id).")
+    var hostname: String?
+
+    @Option(name: [.customShort("v"), .customLong("volume")], help: "HOST:GUEST[:ro][,virtiofs]: a host folder in the guest, over 9p or virtio-fs (repeatable).")
+    var volumes: [String] = []
+
+    @Option(name: .customLong("mount"), help: "type=9p|bind|virtiofs,source=HOST,target=GUEST[,readonly] (repeatable).")
+    var mounts: [String] = []
+
+    @Option(name: [.customShort("p"), .customLong("publish")], help: "[IP:][HOST:]GUEST[/tcp|/udp]: a host port forwarded to the guest; IP 127.0.0.1 unless given (repeatable).")
+    var publish: [String] = []
+
+    @Option(help: "user (QEMU's user network, the default) or none (no network device).")
+    var network: RunPlan.Network = .user
+
+    @Option(name: [.customShort("m"), .long], help: "Guest memory: 512m (the default), 2g, bytes.")
+    var memory = "512m"
+
+    @Option(help: "Guest vCPUs; a fraction rounds up (1.5 is 2).")
+    var cpus: Double = 1
+
+    @Flag(name: [.customShort("i"), .long], help: "Stream stdin to the command; its end is the command's end of file.")
+    var interactive = false
+
+    @Flag(name: [.customShort("t"), .long], help: "Give the command a pseudo-terminal (the host terminal goes into raw mode).")
+    var tty = false
+
+    @Flag(name: .customLong("rm"), help: "Remove the run's writable layer at the end (the default).")
+    var remove = false
+
+    @Flag(help: "Keep the run's folder (its writable layer, console log and QEMU command) and print its path.")
+    var keep = false
+
+    @Flag(help: "Mount the image's root read-only (/tmp, /run and volumes stay as asked).")
+    var readOnly = false
+
+    @Option(help: "End the VM after this long (exit 124): 30s, 2m.")
+    var timeout: DurationArgument?
+
+    @Option(help: "How long a stopped command may take to exit before the VM ends (default 10s).")
+    var stopTimeout: DurationArgument = DurationArgument(argument: "10s")!
+
+    @Option(help: "The kernel recipe (default: container).")
+    var recipe = "container"
+
+    @Option(help: "x86_64 or s390x (default: the image's platform; the host's for a multi-platform image).")
+    var target: SingleTarget?
+
+    @Option(help: "The image's platform in an index, such as linux/amd64 or linux/s390x.")
+    var platform: String?
+
+    @Option(help: "auto (KVM after a probe shows it works, else TCG), kvm or tcg.")
+    var accel: AcceleratorProbe.Choice = .auto
+
+    @Flag(help: "TCG with -icount shift=0,sleep=off (deterministic guest time, for measurements).")
+    var icount = false
+
+    @Flag(help: "Show the kernel console on stderr too.")
+    var console = false
+
+    @Flag(help: "Print the QEMU command instead of running it.")
+    var printQemu = false
+
+    @Option(help: "USER:PASSWORD for a docker:// registry.")
+    var creds: String?
+
+    @Option(name: .customLong("tls-verify"), help: "false for a registry without TLS.")
+    var tlsVerify: Bool = true
+
+    @Argument(help: "The image.")
+    var image: String
+
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (default: the image's Cmd).")
+    var command: [String] = []
+
+    func validate() throws {
+        if remove && keep { throw ValidationError("--rm and --keep cannot be used together") }
+        if !(cpus > 0 && cpus <= 64) { throw ValidationError("--cpus takes a number above 0, at most 64") }
+        if network == .none, !publish.isEmpty { throw ValidationError("-p needs a network; drop --network none") }
+        if let platform, Platform(parsing: platform) == nil { throw ValidationError("--platform wants OS/ARCH[/VARIANT], such as linux/amd64") }
+        if icount, accel == .kvm { throw ValidationError("--icount needs TCG; drop --accel kvm") }
+        if let hostname {
+            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+            guard !hostname.isEmpty, hostname.count <= 63, hostname.allSatisfy({ allowed.contains($0) }), !hostname.hasPrefix("-") else {
+                throw ValidationError("--hostname \(hostname) is not a host name (letters, digits, '-' and '.', at most 63)")
+            }
+        }
+        _ = try MemorySize.mebibytes(memory)
+    }
+
+    func run() async throws {
+        let context = CommandContext.current
+        let console = settings.console(context)
+        // One set of handlers from the start: a signal while the image is converted or the
+        // kernel built cancels that work (exit 130); one while the VM starts waits for the
+        // init and stops the command.
+        let signals = context.handlesSignals ? SignalForwarding() : nil
+        defer { signals?.cancel() }
+        do {
+            let work = Task { try await prepare(context, console) }
+            signals?.handle { number in
+                guard number != SIGWINCH else { return }
+                context.stderr.writeLine("vmfactory: stopping (signal \(number))…")
+                work.cancel()
+            }
+            let prepared = try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
+            guard var session = prepared else { return }
+            signals?.handle(nil)
+            session.signals = signals
+            if context.handlesSignals { signal(SIGPIPE, SIG_IGN) }
+            let outcome = try await session.run()
+            if let message = outcome.message { context.stderr.writeLine("vmfactory: " + message) }
+            if let kept = outcome.keptFolder { context.stderr.writeLine("vmfactory: kept the run's folder: \(kept)") }
+            if outcome.exitCode != 0 { throw ExitCode(outcome.exitCode) }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            let failure = VMFactoryError(error)
+            context.stderr.writeLine("vmfactory: error: " + failure.description)
+            throw ExitCode(failure.code == .interrupted ? 130 : 125)
+        }
+    }
+
+    /// Everything before the boot: options checked, the image converted, the kernel found
+    /// (or built), the plan made. nil when --print-qemu printed it.
+    func prepare(_ context: CommandContext, _ console: Console) async throws -> RunSession? {
+        let begun = ContinuousClock.now
+        defer { console.debug("run: the image, the kernel and the plan took \(Elapsed.format(ContinuousClock.now - begun))") }
+        let cwd = context.currentDirectory
+        let volumes = try self.volumes.map { try Volume.parse(volume: $0, currentDirectory: cwd) } + mounts.map { try Volume.parse(mount: $0, currentDirectory: cwd) }
+        if volumes.contains(where: { $0.kind == .virtiofs }), geteuid() != 0, !printQemu {
+            throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
+        }
+        let ports = try publish.map { try PortForward.parse($0) }.map { printQemu ? $0 : try $0.reserved() }
+        let factory = try settings.makeFactory(context, console: console)
+        let cache = factory.workspace.cacheDirectory
+        let image = try await convert(context, console: console, cache: cache)
+        guard let target = Target.allCases.first(where: { Platform.of($0).matches(Platform(parsing: image.record.platform) ?? .host) }) else {
+            throw VMFactoryError(.invalidArgument, "the image is for \(image.record.platform), a platform vmfactory has no kernel for", hint: "run an image for linux/amd64 or linux/s390x")
+        }
+        let recipe = try factory.recipes.load(self.recipe)
+        let (kernel, initrd, cmdline) = try await kernelImages(factory, recipe: recipe, target: target)
+
+        var request = ProcessRequest()
+        request.command = command
+        request.entrypoint = entrypoint
+        request.environment = env
+        request.environmentFiles = try envFile.map { name in
+            let path = FileStore.absolute(name, relativeTo: cwd)
+            guard let text = try? FileStore.readText(path) else {
+                throw VMFactoryError(.notFound, "--env-file \(name): cannot read \(path)", hint: "check the path")
+            }
+            return (name, text)
+        }
+        request.user = user
+        request.workdir = workdir
+        let process = try ContainerProcess.combine(image: image.record.config, request: request, hostEnvironment: context.environment)
+
+        let folders = RunFolders(cacheDirectory: cache)
+        let id = RunFolders.newID()
+        var plan = RunPlan(target: target, kernel: kernel, initrd: initrd, cmdline: cmdline, disk: image.disk, process: process, hostname: hostname ?? id)
+        plan.volumes = volumes
+        plan.ports = ports
+        plan.network = network
+        plan.memoryMiB = try MemorySize.mebibytes(memory)
+        plan.cpus = Int(cpus.rounded(.up))
+        plan.interactive = interactive
+        plan.tty = tty
+        plan.readOnly = readOnly
+        plan.verbose = settings.verbose
+        plan.icount = icount
+        if tty { plan.windowSize = RawTerminal.size(of: STDIN_FILENO) ?? (24, 80) }
+        if icount {
+            plan.accelerator = .tcg
+        } else {
+            let probe = Booter(factory).acceleratorProbe
+            let choice = printQemu && accel == .auto ? (probe.remembered(for: target) == true ? AcceleratorProbe.Choice.kvm : .tcg) : accel
+            let machine = QEMUMachine(target: target, kernel: kernel, initrd: initrd, cmdline: cmdline)
+            let (accelerator, note) = try await probe.resolve(choice, machine: machine, marker: ConsoleMarkers.ready)
+            plan.accelerator = accelerator
+            if let note { console.debug(note) }
+        }
+        if printQemu {
+            let files = RunPlan.Files(overlay: folders.root + "/\(id)/disk.qcow2", initrd: folders.root + "/\(id)/initrd.cpio", sockets: folders.root + "/\(id)/sockets")
+            context.stdout.writeLine(plan.qemu(files).description)
+            return nil
+        }
+        for port in ports { console.info("run: port \(port.description)") }
+        var session = RunSession(
+            id: id, plan: plan, folders: folders, runner: context.runner, console: console,
+            baseEnvironment: Command.baseEnvironment(from: context.environment), stdout: context.stdout, stderr: context.stderr
+        )
+        session.timeout = timeout?.duration
+        session.stopGrace = stopTimeout.duration
+        session.showConsole = self.console
+        session.keep = keep
+        return session
+    }
+
+    /// The image's cached disk, converted on first use. Without --target or --platform the
+    /// host's platform is asked for, and an image made for one other platform is taken as it is.
+    func convert(_ context: CommandContext, console: Console, cache: String) async throws -> RootfsConverter.Result {
+        let reference = try ImageReference(parsing: image, currentDirectory: context.currentDirectory)
+        var source = ImageSource(
+            store: ContentStore(cacheDirectory: cache), runner: context.runner, console: console,
+            environment: context.environment, temporaryDirectory: cache + "/tmp"
+        )
+        source.registry.credentials = creds
+        source.registry.tlsVerify = tlsVerify
+        let converter = RootfsConverter(source: source, cache: RootfsCache(cacheDirectory: cache), runner: context.runner, console: console)
+        let options = DiskOptions(size: try DiskOptions.parseSize("+256M"), format: .qcow2, compression: .zstd)
+        let asked = platform.flatMap(Platform.init(parsing:)) ?? target.map { Platform.of($0.target) }
+        do {
+            return try await converter.convert(reference, platform: asked ?? .host, options: options, output: nil)
+        } catch let error as VMFactoryError {
+            guard asked == nil, let offered = ResolvedImage.offeredPlatform(in: error) else { throw error }
+            return try await converter.convert(reference, platform: offered, options: options, output: nil)
+        }
+    }
+
+    /// The recipe's kernel, initrd and command line for `target`, built first when missing.
+    func kernelImages(_ factory: Factory, recipe: Recipe, target: Target) async throws -> (String, String, String) {
+        let booter = Booter(factory)
+        if (try? booter.images(recipe, target: target, options: BootOptions())) == nil {
+            factory.console.info("run: no \(recipe.name) kernel for \(target) in \(FileStore.displayPath(factory.workspace.outputDirectory(recipe: recipe.name, target: target))) yet; building it (once)")
+            _ = try await factory.build(recipe, targets: [target], options: BuildOptions())
+        }
+        let (kernel, initrd, manifest) = try booter.images(recipe, target: target, options: BootOptions())
+        let cmdline = try manifest?.kernel?.cmdline ?? recipe.requireTarget(target).cmdline
+        guard let initrd else { throw VMFactoryError(.notFound, "no initrd for \(recipe.name)/\(target)", hint: "run `vmfactory build --recipe \(recipe.name) --target \(target)`") }
+        return (kernel, initrd, cmdline)
+    }
+}
+
+/// `run`'s own spelling of the workspace options: long names only, since -v, -q and the like
+/// are docker's in `run`.
+struct RunSettings: ParsableArguments, WorkspaceSettings {
+    @Option(help: "Cache for images, disks, kernels' sources and runs (default: $XDG_CACHE_HOME/vmfactory or ~/.cache/vmfactory).")
+    var cacheDir: String?
+
+    @Option(help: "Folder that holds outputs/<recipe>/<target>/ (default: outputs/ of the vmfactory checkout).")
+    var outputDir: String?
+
+    @Option(name: .customLong("source-dir"), help: "Folder searched for source files by sha256, for a first kernel build (repeatable).")
+    var sourceDirs: [String] = []
+
+    @Flag(help: "Never ask apt or the network for sources.")
+    var offline = false
+
+    @Flag(help: "Print more detail on stderr (and the init's notes in the console log).")
+    var verbose = false
+
+    @Flag(help: "Print only warnings and errors.")
+    var quiet = false
+}
+
+extension RunPlan.Network: ExpressibleByArgument {}

@@ -1,0 +1,180 @@
+import Foundation
+import VMFactoryBoot
+import VMFactoryCore
+
+/// Everything one `vmfactory run` boots, decided before anything starts: the kernel and
+/// initrd of the container recipe, the image's cached disk, the process, the devices.
+public struct RunPlan: Sendable {
+    public var target: Target
+    public var kernel: String
+    /// The recipe's initrd; the run's copy has run.conf appended.
+    public var initrd: String
+    /// The recipe's kernel command line (the console and the boot trims).
+    public var cmdline: String
+    /// The image's converted disk: the read-only backing file of the run's overlay.
+    public var disk: String
+    public var process: ContainerProcess
+    public var hostname: String
+    public var volumes: [Volume] = []
+    public var ports: [PortForward] = []
+    public var network: Network = .user
+    public var memoryMiB = 512
+    public var cpus = 1
+    public var accelerator: QEMUMachine.Accelerator = .tcg
+    public var icount = false
+    public var interactive = false
+    public var tty = false
+    public var readOnly = false
+    public var verbose = false
+    /// The host terminal's size, for -t.
+    public var windowSize: (rows: Int, cols: Int)?
+
+    public enum Network: String, Sendable, Codable {
+        case user, none
+    }
+
+    /// QEMU's user network: the guest's address, the gateway and the DNS forwarder.
+    public static let guestAddress = "10.0.2.15"
+    public static let netmask = "255.255.255.0"
+    public static let gateway = "10.0.2.2"
+    public static let dns = "10.0.2.3"
+
+    public init(target: Target, kernel: String, initrd: String, cmdline: String, disk: String, process: ContainerProcess, hostname: String) {
+        self.target = target
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.disk = disk
+        self.process = process
+        self.hostname = hostname
+    }
+
+    /// The names of the virtio-serial ports, as the init looks them up.
+    public enum Port: String, CaseIterable, Sendable {
+        case control = "vmf.control"
+        case stdout = "vmf.stdout"
+        case stderr = "vmf.stderr"
+        case stdin = "vmf.stdin"
+        case tty = "vmf.tty"
+
+        /// The socket file's name in the run's socket folder.
+        public var socketName: String { String(rawValue.dropFirst(4)) + ".sock" }
+    }
+
+    /// The ports this run has: -t relays a terminal on one port; otherwise stdout and stderr
+    /// apart, and stdin with -i.
+    public var ports_: [Port] {
+        if tty { return [.control, .tty] }
+        return [.control, .stdout, .stderr] + (interactive ? [.stdin] : [])
+    }
+
+    public func volumeTag(_ index: Int) -> String { "vmf.v\(index)" }
+
+    /// The init's settings (see container.h): one key=value a line, line breaks and
+    /// backslashes escaped.
+    public var runConfig: String {
+        // By Unicode scalar: "\r\n" is one Character, and its "\n" must be escaped too.
+        func escaped(_ value: String) -> String {
+            var text = ""
+            for scalar in value.unicodeScalars {
+                switch scalar {
+                case "\\": text += "\\\\"
+                case "\n": text += "\\n"
+                default: text.unicodeScalars.append(scalar)
+                }
+            }
+            return text
+        }
+        var lines: [(String, String)] = process.argv.map { ("arg", $0) } + process.environment.map { ("env", $0) }
+        lines += [
+            ("user", process.user), ("workdir", process.workdir), ("hostname", hostname),
+            ("stopsignal", String(process.stopSignal)), ("readonly", readOnly ? "1" : "0"),
+            ("stdin", interactive && !tty ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"),
+            ("network", network.rawValue),
+        ]
+        if let windowSize, tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
+        if network == .user {
+            lines += [("address", Self.guestAddress), ("netmask", Self.netmask), ("gateway", Self.gateway), ("dns", Self.dns)]
+        }
+        for (index, volume) in volumes.enumerated() {
+            lines.append(("volume", "\(volume.kind.rawValue) \(volumeTag(index)) \(volume.readOnly ? "ro" : "rw") \(volume.guest)"))
+        }
+        return "# vmfactory run: the settings of one run, for the init's container mode.\n"
+            + lines.map { "\($0.0)=\(escaped($0.1))" }.joined(separator: "\n") + "\n"
+    }
+
+    /// Where the run's files are, for the QEMU command line.
+    public struct Files: Sendable {
+        public var overlay: String
+        public var initrd: String
+        public var sockets: String
+        public init(overlay: String, initrd: String, sockets: String) {
+            self.overlay = overlay
+            self.initrd = initrd
+            self.sockets = sockets
+        }
+        public func socket(_ port: Port) -> String { sockets + "/" + port.socketName }
+        public func virtiofsSocket(_ index: Int) -> String { sockets + "/fs\(index).sock" }
+    }
+
+    /// The QEMU command: the machine, the console on QEMU's stdout, the disk overlay, the
+    /// ports, the RNG, the network and the volumes.
+    public func qemu(_ files: Files) -> Command {
+        let s390 = target == .s390x
+        func device(_ name: String) -> String { name + (s390 ? "-ccw" : "-device") }
+        let sharedMemory = volumes.contains { $0.kind == .virtiofs }
+        var machine = s390 ? "s390-ccw-virtio" : "microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on,isa-serial=on"
+        if sharedMemory { machine += ",memory-backend=mem" }
+        var arguments = ["-M", machine, "-accel", accelerator.rawValue]
+        if icount { arguments += ["-icount", "shift=0,sleep=off"] }
+        if accelerator == .kvm { arguments += ["-cpu", "host"] } else if !s390 { arguments += ["-cpu", "max"] }
+        arguments += ["-m", "\(memoryMiB)M", "-smp", String(cpus), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
+        // Modern virtio-mmio (version 2): virtio-fs refuses legacy devices, and the rest work either way.
+        if !s390 { arguments += ["-global", "virtio-mmio.force-legacy=false"] }
+        if sharedMemory {
+            // vhost-user needs guest memory that virtiofsd can map.
+            arguments += ["-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on"]
+        }
+        arguments += s390 ? ["-chardev", "stdio,id=console", "-device", "sclpconsole,chardev=console"] : ["-serial", "stdio"]
+        arguments += ["-kernel", kernel, "-initrd", files.initrd, "-append", cmdline]
+        if !s390 { arguments += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"] }
+        arguments += [
+            "-drive", "file=\(files.overlay),if=none,id=root,format=qcow2,discard=unmap\(readOnly ? ",readonly=on" : "")",
+            "-device", device("virtio-blk") + ",drive=root",
+        ]
+        arguments += ["-device", device("virtio-serial") + ",id=ports"]
+        for port in ports_ {
+            let id = String(port.rawValue.dropFirst(4))
+            arguments += ["-chardev", "socket,id=\(id),path=\(files.socket(port))", "-device", "virtserialport,bus=ports.0,chardev=\(id),name=\(port.rawValue)"]
+        }
+        arguments += ["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", device("virtio-rng") + ",rng=rng"]
+        if network == .user {
+            let forwards = ports.map { ",hostfwd=" + $0.hostfwd }.joined()
+            arguments += ["-netdev", "user,id=net\(forwards)", "-device", device("virtio-net") + ",netdev=net"]
+        }
+        for (index, volume) in volumes.enumerated() {
+            switch volume.kind {
+            case .ninep:
+                arguments += [
+                    "-fsdev", "local,id=fs\(index),path=\(volume.host),security_model=none\(volume.readOnly ? ",readonly=on" : "")",
+                    "-device", device("virtio-9p") + ",fsdev=fs\(index),mount_tag=\(volumeTag(index))",
+                ]
+            case .virtiofs:
+                arguments += [
+                    "-chardev", "socket,id=fs\(index),path=\(files.virtiofsSocket(index))",
+                    "-device", device("vhost-user-fs") + ",chardev=fs\(index),tag=\(volumeTag(index))",
+                ]
+            }
+        }
+        return Command(target.qemuSystem, arguments)
+    }
+
+    /// virtiofsd for the virtio-fs volume at `index`: it serves the host folder on a socket
+    /// QEMU connects to, and ends when QEMU does.
+    public func virtiofsd(_ index: Int, files: Files, executable: String = "/usr/lib/qemu/virtiofsd") -> Command {
+        let volume = volumes[index]
+        // QEMU 7.2's virtiofsd has no read-only mode: a read-only volume is mounted so in the guest.
+        let options = "source=\(volume.host),cache=auto"
+        return Command(executable, ["--socket-path=\(files.virtiofsSocket(index))", "-o", options])
+    }
+}

@@ -1,0 +1,171 @@
+import Foundation
+import Synchronization
+import VMFactoryArchive
+import VMFactoryBoot
+import VMFactoryCore
+
+/// How a run ended, as `vmfactory run`'s exit status says it.
+public struct RunOutcome: Sendable {
+    /// 0-255 from the command; 128+N for a signal; 124 timeout; 125 vmfactory or the guest
+    /// failed before the command ran; 126 cannot invoke; 127 not found; 137 killed after the
+    /// stop's grace period.
+    public var exitCode: Int32
+    /// Said on stderr when vmfactory, not the command, decided the status.
+    public var message: String?
+    /// The run's folder, when --keep kept it.
+    public var keptFolder: String?
+}
+
+/// Runs one plan: the run's folder, the disk overlay, the initrd with run.conf, the
+/// channels, virtiofsd, QEMU; streams the command's I/O; forwards signals; ends it all.
+public struct RunSession: Sendable {
+    public var plan: RunPlan
+    public var folders: RunFolders
+    public var runner: any ProcessRunner
+    public var console: Console
+    /// What QEMU's and virtiofsd's environment is made from.
+    public var baseEnvironment: [String: String]
+    public var stdout: TextOutput
+    public var stderr: TextOutput
+    /// `--timeout`: the VM is ended after this long (exit 124).
+    public var timeout: Duration?
+    /// Between the stop signal and the end of the VM.
+    public var stopGrace: Duration = .seconds(10)
+    /// `--console`: the kernel console on stderr as well as in the log.
+    public var showConsole = false
+    public var keep = false
+    /// Signals to vmfactory, from before the session starts (see `SignalForwarding`); nil
+    /// when the caller handles none (in-process callers).
+    public var signals: SignalForwarding?
+
+    /// The run's id (`RunFolders.newID`).
+    public var id: String
+
+    public init(id: String, plan: RunPlan, folders: RunFolders, runner: any ProcessRunner, console: Console, baseEnvironment: [String: String], stdout: TextOutput, stderr: TextOutput) {
+        self.id = id
+        self.plan = plan
+        self.folders = folders
+        self.runner = runner
+        self.console = console
+        self.baseEnvironment = baseEnvironment
+        self.stdout = stdout
+        self.stderr = stderr
+    }
+
+    public func run() async throws -> RunOutcome {
+        let folder = try await folders.create(id: id)
+        var keptFolder: String?
+        defer { if !keep { folder.remove() } }
+        let files = RunPlan.Files(overlay: folder.path + "/disk.qcow2", initrd: folder.path + "/initrd.cpio", sockets: folder.sockets)
+        let started = ContinuousClock.now
+        try await prepare(files)
+        console.debug("run: the overlay and the initrd took \(Elapsed.format(ContinuousClock.now - started))")
+        let outcome = try await boot(files, folder: folder)
+        if keep {
+            try folder.markKept()
+            keptFolder = folder.path
+        }
+        return RunOutcome(exitCode: outcome.exitCode, message: outcome.message, keptFolder: keptFolder)
+    }
+
+    /// The overlay over the image's disk (which stays as it is) and the run's initrd.
+    func prepare(_ files: RunPlan.Files) async throws {
+        try await runner.runChecked(
+            Command("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", plan.disk, files.overlay]),
+            what: "creating the run's overlay on \(FileStore.displayPath(plan.disk))"
+        )
+        let settings = ArchiveWriter.Entry(path: "etc/vmfactory/run.conf", kind: .file(Data(plan.runConfig.utf8)), mode: 0o644, uid: 0, gid: 0, mtime: 0)
+        let appendix = files.initrd + ".run"
+        try ArchiveWriter.write([settings], to: appendix, format: .cpioNewc, compression: .none)
+        // The kernel unpacks concatenated archives in order: the recipe's, then the run's.
+        var initrd = try FileStore.readData(plan.initrd)
+        // The kernel looks for the next archive at a 4-byte boundary.
+        initrd.append(Data(count: (4 - initrd.count % 4) % 4))
+        initrd.append(try FileStore.readData(appendix))
+        unlink(appendix)
+        try FileStore.writeAtomically(initrd, to: files.initrd)
+    }
+
+    /// Starts virtiofsd for each virtio-fs volume and waits for its socket.
+    func startVirtiofsd(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> [ChildProcess] {
+        var daemons: [ChildProcess] = []
+        for (index, volume) in plan.volumes.enumerated() where volume.kind == .virtiofs {
+            let log = open(folder.path + "/virtiofsd-\(index).log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            defer { if log >= 0 { close(log) } }
+            let command = plan.virtiofsd(index, files: files)
+            let daemon: ChildProcess
+            do {
+                daemon = try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null)
+            } catch {
+                for other in daemons { other.terminate(grace: .milliseconds(200)) }
+                throw error
+            }
+            daemons.append(daemon)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !FileStore.exists(files.virtiofsSocket(index)) {
+                if daemon.hasExited || ContinuousClock.now > deadline {
+                    let said = (try? FileStore.readText(folder.path + "/virtiofsd-\(index).log")) ?? ""
+                    for other in daemons { other.terminate(grace: .milliseconds(200)) }
+                    throw VMFactoryError(
+                        .processFailed, "virtiofsd did not start for the volume \(volume.host):\(volume.guest)",
+                        hint: "virtiofsd (QEMU 7.2's) needs root rights; use a 9p volume (-v HOST:GUEST) otherwise",
+                        details: said.split(separator: "\n").suffix(10).map { "| " + $0 }
+                    )
+                }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        return daemons
+    }
+
+    /// Boots, streams and ends the VM; decides the exit status.
+    func boot(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> (exitCode: Int32, message: String?) {
+        var listeners: [RunPlan.Port: UnixListener] = [:]
+        defer { for listener in listeners.values { listener.close() } }
+        for port in plan.ports_ { listeners[port] = try UnixListener(path: files.socket(port)) }
+        let daemons = try await startVirtiofsd(files, folder: folder)
+        defer { for daemon in daemons { daemon.terminate(grace: .milliseconds(500)) } }
+
+        let command = plan.qemu(files)
+        try FileStore.writeAtomically(command.description + "\n", to: folder.path + "/qemu.sh")
+        let consoleLog = open(folder.path + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { if consoleLog >= 0 { close(consoleLog) } }
+        let spawned = ContinuousClock.now
+        let qemu = try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdin: .null, stdout: .pipe, stderr: .pipe)
+        let channels = RunChannels(plan: plan, qemu: qemu, stdout: stdout, stderr: stderr, stopGrace: stopGrace)
+        let showConsole = showConsole
+        let consoleOutput = stderr
+        async let consoleDone: Void = PipeReader.readLines(qemu.stdout!) { line in
+            if consoleLog >= 0 { Array((line + "\n").utf8).withUnsafeBytes { try? FileStore.writeAll(consoleLog, $0, path: "console.log") } }
+            if showConsole { consoleOutput.writeLine(line) }
+            return true
+        }
+        async let qemuSaid = PipeReader.readAll(qemu.stderr!, limit: 1 << 20)
+
+        // -it: keys go to the guest's terminal as they are typed, Ctrl-C included.
+        let raw = plan.tty && plan.interactive ? RawTerminal(fd: STDIN_FILENO) : nil
+        defer { raw?.restore() }
+        let connected = await channels.connect(listeners)
+        if let signals {
+            channels.forwardSignals(signals)
+        }
+        defer { signals?.handle(nil) }
+        let timer = timeout.map { limit in
+            Task.detached {
+                try await Task.sleep(for: limit)
+                channels.end(.timedOut)
+            }
+        }
+        let termination = await withTaskCancellationHandler {
+            await qemu.wait()
+        } onCancel: {
+            channels.end(.interrupted)
+        }
+        timer?.cancel()
+        console.debug("run: QEMU ran for \(Elapsed.format(ContinuousClock.now - spawned))\(channels.startedAfter.map { "; the command started \(Elapsed.format($0 - spawned)) after the spawn" } ?? "")")
+        await channels.finish()
+        _ = await consoleDone
+        let messages = String(decoding: await qemuSaid, as: UTF8.self)
+        return channels.outcome(connected: connected, termination: termination, qemuSaid: messages, consoleLog: folder.path + "/console.log", keep: keep)
+    }
+}
