@@ -72,10 +72,21 @@ extension TestSupport {
     }
 }
 
-/// The minimal recipe built once for both targets in the shared test cache, by the real
-/// command line; the tests look at it and copy what they change.
+/// A recipe built once for both targets in the shared test cache, by the real command line;
+/// the tests look at it and copy what they change. The kernel suites use the minimal recipe,
+/// the run suites the container recipe; both share one source tree.
 actor SharedBuild {
-    static let shared = SharedBuild()
+    static let shared = SharedBuild(recipe: "minimal")
+    static let container = SharedBuild(recipe: "container")
+
+    let recipe: String
+    /// The outputs of the shared build, in this test process's folder.
+    let output: String
+
+    init(recipe: String) {
+        self.recipe = recipe
+        output = TestScope.processRoot + (recipe == "minimal" ? "/shared-outputs" : "/shared-outputs-" + recipe)
+    }
 
     struct Built: Sendable {
         var output: String
@@ -85,22 +96,19 @@ actor SharedBuild {
 
     private var task: Task<Built, any Error>?
 
-    /// The outputs of the shared build, in this test process's folder.
-    static let output = TestScope.processRoot + "/shared-outputs"
-
     func get() async throws -> Built {
         if task == nil {
             task = Task {
-                let run = try await TestSupport.runCLI(try SharedBuild.buildArguments(cache: TestSupport.sharedCache, output: SharedBuild.output) + ["--format", "json"])
+                let run = try await TestSupport.runCLI(try SharedBuild.buildArguments(cache: TestSupport.sharedCache, output: output, recipe: recipe) + ["--format", "json"])
                 guard run.status == 0 else { throw VMFactoryError(.processFailed, "vmfactory build failed: \(run.stderr)\n\(run.stdout)") }
                 let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
-                return Built(output: SharedBuild.output, results: results, stderr: run.stderr)
+                return Built(output: output, results: results, stderr: run.stderr)
             }
         }
         return try await task!.value
     }
 
-    static func buildArguments(cache: String, output: String, target: String = "all") throws -> [String] {
-        ["build", "--recipe", "minimal", "--target", target, "--offline", "--cache-dir", cache, "--output-dir", output] + (try TestSupport.sourceDirArguments())
+    static func buildArguments(cache: String, output: String, target: String = "all", recipe: String = "minimal") throws -> [String] {
+        ["build", "--recipe", recipe, "--target", target, "--offline", "--cache-dir", cache, "--output-dir", output] + (try TestSupport.sourceDirArguments())
     }
 }

@@ -1,0 +1,229 @@
+import Foundation
+import Testing
+@testable import VMFactoryBoot
+@testable import VMFactoryCore
+@testable import VMFactoryImage
+@testable import VMFactoryRun
+
+@Suite("vmfactory run's plan: docker's rules for the process, volumes, ports and the QEMU command", .tags(.unit), .scoped)
+struct RunTests {
+    static func image(_ configure: (inout ImageConfig.Execution) -> Void = { _ in }) -> ImageConfig.Execution {
+        var config = ImageConfig.Execution()
+        config.Entrypoint = ["/bin/echo", "ep"]
+        config.Cmd = ["default"]
+        config.Env = ["PATH=/bin", "OVER=image"]
+        config.WorkingDir = "/srv"
+        config.User = "app"
+        configure(&config)
+        return config
+    }
+
+    @Test("Entrypoint + Cmd; COMMAND replaces Cmd; --entrypoint replaces Entrypoint and drops Cmd; \"\" clears it")
+    func commandAndEntrypoint() throws {
+        var request = ProcessRequest()
+        #expect(try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:]).argv == ["/bin/echo", "ep", "default"])
+        request.command = ["x", "y"]
+        #expect(try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:]).argv == ["/bin/echo", "ep", "x", "y"])
+        request.command = []
+        request.entrypoint = "/bin/sh"
+        #expect(try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:]).argv == ["/bin/sh"])
+        request.entrypoint = ""
+        request.command = ["/bin/true"]
+        #expect(try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:]).argv == ["/bin/true"])
+        request.command = []
+        let none = #expect(throws: VMFactoryError.self) { try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:]) }
+        #expect(none?.message.contains("no command to run") == true)
+        #expect(none?.hint?.contains("vmfactory run IMAGE") == true)
+    }
+
+    @Test("Env from the image, then each --env-file, then -e; NAME alone passes vmfactory's value; WorkingDir, User and StopSignal from the image unless given")
+    func environmentAndDefaults() throws {
+        var request = ProcessRequest()
+        request.environmentFiles = [("vars.env", "# a comment\n\nOVER=file\nFILE=f\r\nFROM_HOST\nMISSING\n")]
+        request.environment = ["OVER=cli", "E=e=e", "HOME"]
+        let process = try ContainerProcess.combine(image: Self.image { $0.StopSignal = "SIGQUIT" }, request: request, hostEnvironment: ["FROM_HOST": "h", "HOME": "/root"])
+        #expect(process.environment == ["PATH=/bin", "OVER=cli", "FILE=f", "FROM_HOST=h", "E=e=e", "HOME=/root"])
+        #expect(process.user == "app")
+        #expect(process.workdir == "/srv")
+        #expect(process.stopSignal == SIGQUIT)
+        request.user = "0:10"
+        request.workdir = "/tmp"
+        let given = try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:])
+        #expect(given.user == "0:10")
+        #expect(given.workdir == "/tmp")
+        #expect(given.stopSignal == SIGTERM)
+
+        request.environmentFiles = [("bad.env", "OK=1\n=nothing\n")]
+        let bad = #expect(throws: VMFactoryError.self) { try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:]) }
+        #expect(bad?.message.contains("bad.env:2") == true)
+        request.environmentFiles = []
+        request.workdir = "relative"
+        #expect(throws: VMFactoryError.self) { try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:]) }
+    }
+
+    @Test("signals by name, number and real-time offset")
+    func signals() throws {
+        #expect(try Signals.number(of: "SIGTERM", what: "x") == SIGTERM)
+        #expect(try Signals.number(of: "kill", what: "x") == SIGKILL)
+        #expect(try Signals.number(of: "3", what: "x") == 3)
+        #expect(try Signals.number(of: "SIGRTMIN+3", what: "x") == 37)
+        #expect(try Signals.number(of: "RTMAX-1", what: "x") == 63)
+        #expect(throws: VMFactoryError.self) { try Signals.number(of: "SIGNOPE", what: "x") }
+        #expect(throws: VMFactoryError.self) { try Signals.number(of: "99", what: "x") }
+    }
+
+    @Test("-v and --mount: 9p by default, ro and virtiofs options, a missing host path refused before boot")
+    func volumes() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let ninep = try Volume.parse(volume: dir + ":/data", currentDirectory: "/")
+        #expect(ninep == Volume(host: dir, guest: "/data", readOnly: false, kind: .ninep))
+        #expect(try Volume.parse(volume: dir + ":/data/:ro,virtiofs", currentDirectory: "/") == Volume(host: dir, guest: "/data", readOnly: true, kind: .virtiofs))
+        #expect(try Volume.parse(mount: "type=virtiofs,source=\(dir),target=/d,readonly", currentDirectory: "/") == Volume(host: dir, guest: "/d", readOnly: true, kind: .virtiofs))
+        #expect(try Volume.parse(mount: "type=bind,src=\(dir),dst=/b", currentDirectory: "/").kind == .ninep)
+        let relative = try Volume.parse(volume: "./" + URL(fileURLWithPath: dir).lastPathComponent + ":/r", currentDirectory: URL(fileURLWithPath: dir).deletingLastPathComponent().path)
+        #expect(relative.host == dir)
+        let missing = #expect(throws: VMFactoryError.self) { try Volume.parse(volume: dir + "/nope:/data", currentDirectory: "/") }
+        #expect(missing?.message.contains("does not exist") == true)
+        #expect(throws: VMFactoryError.self) { try Volume.parse(volume: "named:/data", currentDirectory: "/") }
+        #expect(throws: VMFactoryError.self) { try Volume.parse(volume: dir + ":relative", currentDirectory: "/") }
+        #expect(throws: VMFactoryError.self) { try Volume.parse(volume: dir + ":/", currentDirectory: "/") }
+        #expect(throws: VMFactoryError.self) { try Volume.parse(volume: dir + ":/d:rx", currentDirectory: "/") }
+        #expect(throws: VMFactoryError.self) { try Volume.parse(mount: "type=tmpfs,target=/t", currentDirectory: "/") }
+    }
+
+    @Test("-p forms bind 127.0.0.1 unless an address is given; a port in use is refused; port 0 gets a free one")
+    func ports() throws {
+        #expect(try PortForward.parse("8080:80") == PortForward(hostAddress: "127.0.0.1", hostPort: 8080, guestPort: 80, proto: .tcp))
+        #expect(try PortForward.parse("0.0.0.0:53:53/udp") == PortForward(hostAddress: "0.0.0.0", hostPort: 53, guestPort: 53, proto: .udp))
+        #expect(try PortForward.parse("80").hostPort == 0)
+        #expect(try PortForward.parse("127.0.0.1::80").hostPort == 0)
+        #expect(try PortForward.parse("8080:80").hostfwd == "tcp:127.0.0.1:8080-:80")
+        for bad in ["80/sctp", "a:b", "1:2:3:4", "99999:80", "localhost:1:2"] {
+            #expect(throws: VMFactoryError.self, "\(bad)") { try PortForward.parse(bad) }
+        }
+        let free = try PortForward.parse("0:80").reserved()
+        #expect(free.hostPort > 0)
+        // Something listening: the same port is refused with a message saying so.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(free.hostPort).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(listener, 1)
+        let busy = #expect(throws: VMFactoryError.self) { try PortForward(hostAddress: "127.0.0.1", hostPort: free.hostPort, guestPort: 80, proto: .tcp).reserved() }
+        #expect(busy?.message.contains("already in use") == true)
+    }
+
+    @Test("--memory as docker reads it")
+    func memory() throws {
+        #expect(try MemorySize.mebibytes("512m") == 512)
+        #expect(try MemorySize.mebibytes("2g") == 2048)
+        #expect(try MemorySize.mebibytes("268435456") == 256)
+        #expect(try MemorySize.mebibytes("1.5G") == 1536)
+        #expect(throws: VMFactoryError.self) { try MemorySize.mebibytes("16m") }
+        #expect(throws: VMFactoryError.self) { try MemorySize.mebibytes("lots") }
+    }
+
+    static func plan(_ target: Target) throws -> RunPlan {
+        var request = ProcessRequest()
+        request.command = ["/bin/sh", "-c", "printf 'a\\\\b\\n'\necho two"]
+        request.environment = ["MULTI=line1\nline2"]
+        let process = try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:])
+        var plan = RunPlan(target: target, kernel: "/k", initrd: "/i", cmdline: "quiet", disk: "/cache/disk.qcow2", process: process, hostname: "box")
+        plan.volumes = [Volume(host: "/srv/a", guest: "/data", readOnly: true, kind: .ninep), Volume(host: "/srv/b", guest: "/with space", readOnly: false, kind: .virtiofs)]
+        plan.ports = [PortForward(hostAddress: "127.0.0.1", hostPort: 8080, guestPort: 80, proto: .tcp)]
+        return plan
+    }
+
+    @Test("the QEMU command per target: virtio-mmio or virtio-ccw devices, the overlay, named ports, RNG, hostfwd, 9p read-only in QEMU, vhost-user-fs with shared memory", arguments: Target.allCases)
+    func qemuCommand(_ target: Target) throws {
+        let plan = try Self.plan(target)
+        let files = RunPlan.Files(overlay: "/run/disk.qcow2", initrd: "/run/initrd.cpio", sockets: "/run/s")
+        let argv = plan.qemu(files).argv
+        let joined = argv.joined(separator: " ")
+        let suffix = target == .s390x ? "-ccw" : "-device"
+        #expect(argv.first == target.qemuSystem)
+        for device in ["virtio-blk", "virtio-serial", "virtio-rng", "virtio-net", "virtio-9p", "vhost-user-fs"] {
+            #expect(joined.contains("-device \(device)\(suffix)"), "\(device)")
+        }
+        #expect(joined.contains("file=/run/disk.qcow2,if=none,id=root,format=qcow2"))
+        #expect(!joined.contains("/cache/disk.qcow2"), "QEMU opens the overlay, never the cached disk itself")
+        #expect(joined.contains("hostfwd=tcp:127.0.0.1:8080-:80"))
+        #expect(joined.contains("path=/srv/a,security_model=none,readonly=on"))
+        #expect(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"))
+        #expect(joined.contains("memory-backend=mem"))
+        for port in ["vmf.control", "vmf.stdout", "vmf.stderr"] { #expect(joined.contains("name=\(port)")) }
+        #expect(!joined.contains("vmf.stdin"), "no stdin port without -i")
+        #expect(joined.contains("-initrd /run/initrd.cpio -append quiet"))
+        #expect(joined.contains("virtio-mmio.force-legacy=false") == (target == .x86_64))
+
+        var none = plan
+        none.network = .none
+        none.volumes = []
+        none.interactive = true
+        let bare = none.qemu(files).argv.joined(separator: " ")
+        #expect(!bare.contains("virtio-net") && !bare.contains("-netdev"), "--network none: no network device at all")
+        #expect(!bare.contains("memory-backend"))
+        #expect(bare.contains("name=vmf.stdin"))
+        var tty = plan
+        tty.tty = true
+        #expect(tty.ports_ == [.control, .tty])
+    }
+
+    @Test("run.conf says everything with line breaks and backslashes escaped, and the init's own parser reads it back", .needsTool("gcc"))
+    func runConfigRoundTrip() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let source = TestSupport.repositoryRoot + "/Sources/guest-init"
+        try await TestSupport.runner.runChecked(
+            Command("gcc", ["-std=gnu11", "-Wall", "-Werror", "-o", dir + "/init", "init.c", "launch.c", "container.c"], workingDirectory: source),
+            what: "compiling the init for this host"
+        )
+        var plan = try Self.plan(.x86_64)
+        plan.tty = true
+        plan.windowSize = (40, 120)
+        try TestSupport.write(plan.runConfig, to: dir + "/run.conf")
+        let explained = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/run.conf"])
+        #expect(explained.output == """
+            argv: /bin/echo
+            argv: ep
+            argv: /bin/sh
+            argv: -c
+            argv: printf 'a\\\\b\\n'
+            echo two
+            env: PATH=/bin
+            env: OVER=image
+            env: MULTI=line1
+            line2
+            user: app
+            workdir: /srv
+            hostname: box
+            readonly: 0
+            stdin: 0
+            tty: 1
+            stop-signal: 15
+            network: user
+            volume: 9p vmf.v0 ro /data
+            volume: virtiofs vmf.v1 rw /with space
+
+            """)
+        try TestSupport.write("arg=/bin/true\nbogus=1\n", to: dir + "/bad.conf")
+        let bad = try await TestSupport.runner.run(Command(dir + "/init", ["--explain-run", dir + "/bad.conf"]), output: .capture)
+        #expect(bad.output.contains("run.conf:2: unknown key 'bogus'"))
+    }
+
+    @Test("command-line checks before anything runs: --rm with --keep, -p without a network, a bad --memory")
+    func commandLine() async throws {
+        let both = await TestSupport.runCommand(["run", "--rm", "--keep", "oci:/x", "true"])
+        #expect(both.status != 0)
+        #expect(both.stderr.contains("--rm and --keep cannot be used together"))
+        let noNet = await TestSupport.runCommand(["run", "--network", "none", "-p", "80:80", "oci:/x"])
+        #expect(noNet.stderr.contains("-p needs a network"))
+        let memory = await TestSupport.runCommand(["run", "--memory", "lots", "oci:/x"])
+        #expect(memory.stderr.contains("--memory lots is not a size"))
+        let missing = await TestSupport.runCommand(["run", "-v", "/nonexistent-vmfactory:/data", "oci:/x", "true"])
+        #expect(missing.status == 125)
+        #expect(missing.stderr.contains("the host path /nonexistent-vmfactory does not exist"))
+    }
+}
