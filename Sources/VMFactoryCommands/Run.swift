@@ -172,7 +172,7 @@ struct Run: AsyncParsableCommand {
     /// (or built), the plan made. nil when --print-qemu printed it.
     func prepare(_ context: CommandContext, _ console: Console) async throws -> RunSession? {
         let begun = ContinuousClock.now
-        defer { console.debug("run: the image, the kernel and the plan took \(Elapsed.format(ContinuousClock.now - begun))") }
+        defer { console.debug(String(format: "run: the image, the kernel and the plan took %.3f s", (ContinuousClock.now - begun).seconds)) }
         let cwd = context.currentDirectory
         let volumes = try self.volumes.map { try Volume.parse(volume: $0, currentDirectory: cwd) } + mounts.map { try Volume.parse(mount: $0, currentDirectory: cwd) }
         if volumes.contains(where: { $0.kind == .virtiofs }), geteuid() != 0, !printQemu {
@@ -215,6 +215,7 @@ struct Run: AsyncParsableCommand {
         plan.tty = tty
         plan.readOnly = readOnly
         plan.verbose = settings.verbose
+        plan.keep = keep
         plan.icount = icount
         if tty { plan.windowSize = RawTerminal.size(of: STDIN_FILENO) ?? (24, 80) }
         if icount {

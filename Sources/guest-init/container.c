@@ -185,6 +185,8 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		return parse_number(value, &run->stop_signal);
 	else if (strcmp(key, "verbose") == 0)
 		return parse_number(value, &run->verbose);
+	else if (strcmp(key, "keep") == 0)
+		return parse_number(value, &run->keep);
 	else
 		return -2;
 	return 0;
@@ -323,46 +325,44 @@ static void pause_ms(long ms)
 	nanosleep(&pause, NULL);
 }
 
-/* The /dev node of the virtio-serial port QEMU named `name`, or NULL. */
-static char *port_device(const char *name)
-{
-	static char device[300];
-	DIR *ports = opendir("/sys/class/virtio-ports");
-	if (!ports)
-		return NULL;
-	struct dirent *entry;
-	char *found = NULL;
-	while (!found && (entry = readdir(ports))) {
-		if (entry->d_name[0] == '.')
-			continue;
-		char path[300];
-		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", entry->d_name);
-		char *text = vmf_read_file(path);
-		if (!text)
-			continue;
-		text[strcspn(text, "\n")] = '\0';
-		if (strcmp(text, name) == 0) {
-			snprintf(device, sizeof(device), "/dev/%s", entry->d_name);
-			found = device;
-		}
-		free(text);
-	}
-	closedir(ports);
-	return found;
-}
-
-/* Opens a port; ports are announced by the host shortly after the driver starts. */
-static int open_port(const char *name, int flags)
+/*
+ * Opens the ports named in `names` into `fds` (-1 for a NULL name) with one scan of
+ * sysfs a round; ports are announced by the host shortly after the driver starts.
+ * Returns 0 once all are open, -1 after DEVICE_WAIT_MS.
+ */
+static int open_ports(const char *const *names, const int *flags, int *fds, int count)
 {
 	struct timespec start;
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (int i = 0; i < count; i++)
+		fds[i] = -1;
 	for (;;) {
-		char *device = port_device(name);
-		if (device) {
-			int fd = open(device, flags | O_CLOEXEC | O_NOCTTY);
-			if (fd >= 0)
-				return fd;
+		int missing = 0;
+		DIR *ports = opendir("/sys/class/virtio-ports");
+		struct dirent *entry;
+		while (ports && (entry = readdir(ports))) {
+			if (entry->d_name[0] == '.')
+				continue;
+			char path[300];
+			snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", entry->d_name);
+			char *text = vmf_read_file(path);
+			if (!text)
+				continue;
+			text[strcspn(text, "\n")] = '\0';
+			for (int i = 0; i < count; i++) {
+				if (names[i] && fds[i] < 0 && strcmp(text, names[i]) == 0) {
+					snprintf(path, sizeof(path), "/dev/%s", entry->d_name);
+					fds[i] = open(path, flags[i] | O_CLOEXEC | O_NOCTTY);
+				}
+			}
+			free(text);
 		}
+		if (ports)
+			closedir(ports);
+		for (int i = 0; i < count; i++)
+			missing += names[i] && fds[i] < 0;
+		if (!missing)
+			return 0;
 		if (elapsed_ms(&start) > DEVICE_WAIT_MS)
 			return -1;
 		pause_ms(1);
@@ -456,21 +456,34 @@ static void remove_tree(int dirfd, dev_t device)
 	closedir(dir);
 }
 
-static void switch_root(void)
+/*
+ * Moves the image's root over the initramfs and enters it. Returns a descriptor of the
+ * initramfs's root, whose files free_initramfs deletes once the command runs: the command
+ * need not wait for it.
+ */
+static int switch_root(void)
 {
-	struct stat initramfs;
-	if (stat("/", &initramfs) != 0)
-		fail(125, "cannot read the initramfs: %s", strerror(errno));
 	move_into_root("/dev", NEWROOT "/dev");
 	move_into_root("/proc", NEWROOT "/proc");
 	move_into_root("/sys", NEWROOT "/sys");
+	int initramfs = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (chdir(NEWROOT) != 0)
 		fail(125, "cannot enter the image's root: %s", strerror(errno));
-	int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd >= 0)
-		remove_tree(fd, initramfs.st_dev);
 	if (mount(".", "/", NULL, MS_MOVE, NULL) != 0 || chroot(".") != 0 || chdir("/") != 0)
 		fail(125, "cannot switch into the image's root: %s", strerror(errno));
+	return initramfs;
+}
+
+/* Deletes the initramfs's files (not what is mounted on it), freeing its memory. */
+static void free_initramfs(int initramfs)
+{
+	struct stat st;
+	if (initramfs < 0)
+		return;
+	if (fstat(initramfs, &st) == 0)
+		remove_tree(initramfs, st.st_dev);
+	else
+		close(initramfs);
 }
 
 static void mount_root(const struct vmf_run *run)
@@ -479,7 +492,9 @@ static void mount_root(const struct vmf_run *run)
 	if (mkdir(NEWROOT, 0755) != 0 && errno != EEXIST)
 		fail(125, "cannot create " NEWROOT ": %s", strerror(errno));
 	unsigned long flags = run->readonly ? MS_RDONLY : 0;
-	if (mount("/dev/vda", NEWROOT, "ext4", flags, NULL) != 0)
+	/* A removed run's overlay is thrown away: its writes need no journal. */
+	const char *options = run->keep ? NULL : "noload";
+	if (mount("/dev/vda", NEWROOT, "ext4", flags, options) != 0)
 		fail(125, "cannot mount the image's disk (/dev/vda, ext4): %s", strerror(errno));
 }
 
@@ -1091,22 +1106,20 @@ static int command_pipe(int *write_end)
 
 void vmf_run_container(struct vmf_run *run)
 {
-	control_fd = open_port("vmf.control", O_RDWR);
-	if (control_fd < 0)
-		fail(125, "no vmf.control port within %d s", DEVICE_WAIT_MS / 1000);
-	struct channels ch = {.in = -1, .out = -1, .err = -1, .tty = -1, .master = -1};
-	struct stream out = {-1, -1, 0}, err = {-1, -1, 0}, terminal = {-1, -1, 0};
-	if (run->tty) {
-		ch.tty = open_port("vmf.tty", O_RDWR);
-		if (ch.tty < 0)
-			fail(125, "no vmf.tty port");
-	} else {
-		out.to = open_port("vmf.stdout", O_WRONLY);
-		err.to = open_port("vmf.stderr", O_WRONLY);
-		if (out.to < 0 || err.to < 0)
-			fail(125, "no vmf.stdout or vmf.stderr port");
-		if (run->stdin_open && (ch.in = open_port("vmf.stdin", O_RDONLY)) < 0)
-			fail(125, "no vmf.stdin port");
+	const char *names[5] = {
+		"vmf.control", run->tty ? "vmf.tty" : NULL, run->tty ? NULL : "vmf.stdout",
+		run->tty ? NULL : "vmf.stderr", run->stdin_open && !run->tty ? "vmf.stdin" : NULL,
+	};
+	const int flags[5] = {O_RDWR, O_RDWR, O_WRONLY, O_WRONLY, O_RDONLY};
+	int fds[5];
+	int opened = open_ports(names, flags, fds, 5);
+	control_fd = fds[0];
+	if (opened != 0) {
+		fail(125, "the run's virtio-serial ports did not all appear within %d s", DEVICE_WAIT_MS / 1000);
+	}
+	struct channels ch = {.in = fds[4], .out = -1, .err = -1, .tty = fds[1], .master = -1};
+	struct stream out = {-1, fds[2], 0}, err = {-1, fds[3], 0}, terminal = {-1, -1, 0};
+	if (!run->tty) {
 		out.from = command_pipe(&ch.out);
 		err.from = command_pipe(&ch.err);
 	}
@@ -1114,7 +1127,7 @@ void vmf_run_container(struct vmf_run *run)
 	step(run, "ports open");
 	mount_root(run);
 	step(run, "root mounted");
-	switch_root();
+	int initramfs = switch_root();
 	step(run, "switched root");
 	mount_container_filesystems();
 	if (run->tty) {
@@ -1157,10 +1170,17 @@ void vmf_run_container(struct vmf_run *run)
 		close(ch.in);
 	tell_host("started %d", (int)command);
 	step(run, "command started");
+	free_initramfs(initramfs);
 	int status = supervise(command, run, &ch, signals, &out, &err, &terminal);
-	sync();
-	/* A clean file system in the run's overlay, for --keep. */
-	mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	step(run, "command ended");
+	/* What volumes were written reaches the host; a kept run's overlay holds a clean file
+	   system. A removed run's overlay needs neither. */
+	if (run->keep || run->volume_count > 0)
+		sync();
+	else
+		vmf_sync_at_end = 0;
+	if (run->keep)
+		mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
 	report_end(status, &out, &err, &terminal, run);
 	vmf_end_machine(exit_code(status));
 }

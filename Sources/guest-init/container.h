@@ -47,6 +47,8 @@ struct vmf_run {
 	/* What SIGTERM to PID 1 and a stop from the host become (the image's StopSignal). */
 	int stop_signal;
 	int verbose;
+	/* The run's overlay is kept (--keep): its file system is left clean. */
+	int keep;
 	/* QEMU user networking on eth0, or none. */
 	int network;
 	const char *address;
@@ -77,5 +79,7 @@ char *vmf_read_file(const char *path);
 /* Ends every process but PID 1 (SIGTERM, then SIGKILL); returns how many needed SIGKILL. */
 int vmf_end_the_rest(int *orphans);
 void vmf_end_machine(int code) __attribute__((noreturn));
+/* Whether vmf_end_machine syncs first (container mode knows when nothing needs it). */
+extern int vmf_sync_at_end;
 
 #endif

@@ -186,9 +186,12 @@ int vmf_end_the_rest(int *orphans)
 	return left;
 }
 
+int vmf_sync_at_end = 1;
+
 void vmf_end_machine(int code)
 {
-	sync();
+	if (vmf_sync_at_end)
+		sync();
 #if defined(__x86_64__)
 	/*
 	 * With isa-debug-exit present, QEMU exits at once with status (code << 1) | 1.

@@ -213,6 +213,16 @@ struct RunTests {
         #expect(bad.output.contains("run.conf:2: unknown key 'bogus'"))
     }
 
+    @Test("run.conf escapes the line break inside \"\\r\\n\" too: no value splits a line")
+    func carriageReturns() throws {
+        var plan = try Self.plan(.x86_64)
+        plan.process.environment = ["CRLF=a\r\nb", "BACKSLASH=c\\d"]
+        let lines = plan.runConfig.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.contains("env=CRLF=a\r\\nb"))
+        #expect(lines.contains("env=BACKSLASH=c\\\\d"))
+        #expect(!lines.contains("b"))
+    }
+
     @Test("command-line checks before anything runs: --rm with --keep, -p without a network, a bad --memory")
     func commandLine() async throws {
         let both = await TestSupport.runCommand(["run", "--rm", "--keep", "oci:/x", "true"])

@@ -26,6 +26,8 @@ public struct RunPlan: Sendable {
     public var tty = false
     public var readOnly = false
     public var verbose = false
+    /// --keep: the overlay outlives the run.
+    public var keep = false
     /// The host terminal's size, for -t.
     public var windowSize: (rows: Int, cols: Int)?
 
@@ -89,7 +91,7 @@ public struct RunPlan: Sendable {
         lines += [
             ("user", process.user), ("workdir", process.workdir), ("hostname", hostname),
             ("stopsignal", String(process.stopSignal)), ("readonly", readOnly ? "1" : "0"),
-            ("stdin", interactive && !tty ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"),
+            ("stdin", interactive && !tty ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"), ("keep", keep ? "1" : "0"),
             ("network", network.rawValue),
         ]
         if let windowSize, tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
@@ -142,7 +144,9 @@ public struct RunPlan: Sendable {
             "-drive", "file=\(files.overlay),if=none,id=root,format=qcow2,discard=unmap\(readOnly ? ",readonly=on" : "")",
             "-device", device("virtio-blk") + ",drive=root",
         ]
-        arguments += ["-device", device("virtio-serial") + ",id=ports"]
+        // Only the ports the run has (and port 0, which the bus keeps for a console): the
+        // guest sets up two queues for every port there could be.
+        arguments += ["-device", device("virtio-serial") + ",id=ports,max_ports=\(ports_.count + 1)"]
         for port in ports_ {
             let id = String(port.rawValue.dropFirst(4))
             arguments += ["-chardev", "socket,id=\(id),path=\(files.socket(port))", "-device", "virtserialport,bus=ports.0,chardev=\(id),name=\(port.rawValue)"]

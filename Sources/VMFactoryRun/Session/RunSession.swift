@@ -59,7 +59,7 @@ public struct RunSession: Sendable {
         let files = RunPlan.Files(overlay: folder.path + "/disk.qcow2", initrd: folder.path + "/initrd.cpio", sockets: folder.sockets)
         let started = ContinuousClock.now
         try await prepare(files)
-        console.debug("run: the overlay and the initrd took \(Elapsed.format(ContinuousClock.now - started))")
+        console.debug(String(format: "run: the overlay and the initrd took %.3f s", (ContinuousClock.now - started).seconds))
         let outcome = try await boot(files, folder: folder)
         if keep {
             try folder.markKept()
@@ -162,7 +162,7 @@ public struct RunSession: Sendable {
             channels.end(.interrupted)
         }
         timer?.cancel()
-        console.debug("run: QEMU ran for \(Elapsed.format(ContinuousClock.now - spawned))\(channels.startedAfter.map { "; the command started \(Elapsed.format($0 - spawned)) after the spawn" } ?? "")")
+        console.debug(String(format: "run: QEMU ran for %.3f s", (ContinuousClock.now - spawned).seconds) + (channels.startedAfter.map { String(format: "; the command started %.3f s after the spawn", ($0 - spawned).seconds) } ?? ""))
         await channels.finish()
         _ = await consoleDone
         let messages = String(decoding: await qemuSaid, as: UTF8.self)
