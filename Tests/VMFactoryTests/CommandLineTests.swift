@@ -13,11 +13,14 @@ struct CommandLineTests {
     func recipes() async throws {
         let text = await TestSupport.runCommand(["recipes"])
         #expect(text.status == 0)
-        #expect(text.stdout.hasPrefix("minimal  Minimal microVM kernel"))
+        let lines = text.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 2)
+        #expect(lines.first?.hasPrefix("container  Container microVM kernel for vmfactory run") == true)
+        #expect(lines.last?.hasPrefix("minimal    Minimal microVM kernel") == true)
         let json = await TestSupport.runCommand(["recipes", "--format", "json"])
         let entries = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
-        #expect(entries.first?["name"] as? String == "minimal")
-        #expect(entries.first?["path"] as? String == TestSupport.repositoryRoot + "/recipes/minimal.yaml")
+        #expect(entries.map { $0["name"] as? String } == ["container", "minimal"])
+        #expect(entries.last?["path"] as? String == TestSupport.repositoryRoot + "/recipes/minimal.yaml")
     }
 
     @Test("a bad recipe fails with its position on stderr, or as a JSON error on stdout")

@@ -271,7 +271,7 @@ struct RecipeTests {
     func unknownRecipeName() throws {
         let error = try #require(throws: VMFactoryError.self) { try loader.load("minimall") }
         #expect(error.message == "unknown recipe 'minimall'")
-        #expect(error.hint?.contains("known recipes: minimal") == true)
+        #expect(error.hint?.contains("known recipes: container, minimal") == true)
     }
 
     @Test("every recipe in recipes/ is listed with its description")
