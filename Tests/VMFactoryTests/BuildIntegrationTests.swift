@@ -66,7 +66,7 @@ struct BuildIntegrationTests {
             // The init and the initrd, from this checkout's C sources.
             let initrd = try #require(manifest.initrd)
             #expect(initrd.compression == .none)
-            #expect(initrd.initSources.map(\.path) == ["Sources/guest-init/init.c", "Sources/guest-init/launch.c", "Sources/guest-init/launch.h"])
+            #expect(initrd.initSources.map(\.path) == ["init.c", "launch.c", "container.c", "launch.h", "container.h"].map { "Sources/guest-init/" + $0 })
             #expect(initrd.compiler.contains("gcc"))
             #expect(initrd.flags.contains("-static"))
             #expect(manifest.artifacts(of: .initrd).map(\.name) == ["init", "initrd.cpio"])
