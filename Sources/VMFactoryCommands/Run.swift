@@ -126,11 +126,8 @@ struct Run: AsyncParsableCommand {
         if network == .none, !publish.isEmpty { throw ValidationError("-p needs a network; drop --network none") }
         if let platform, Platform(parsing: platform) == nil { throw ValidationError("--platform wants OS/ARCH[/VARIANT], such as linux/amd64") }
         if icount, accel == .kvm { throw ValidationError("--icount needs TCG; drop --accel kvm") }
-        if let hostname {
-            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
-            guard !hostname.isEmpty, hostname.count <= 63, hostname.allSatisfy({ allowed.contains($0) }), !hostname.hasPrefix("-") else {
-                throw ValidationError("--hostname \(hostname) is not a host name (letters, digits, '-' and '.', at most 63)")
-            }
+        if let hostname, !HostName.isValid(hostname) {
+            throw ValidationError("--hostname \(hostname) is not a host name (letters, digits, '-' and '.', at most \(HostName.maximumLength))")
         }
         _ = try MemorySize.mebibytes(memory)
     }
@@ -269,11 +266,15 @@ struct Run: AsyncParsableCommand {
     /// The recipe's kernel, initrd and command line for `target`, built first when missing.
     func kernelImages(_ factory: Factory, recipe: Recipe, target: Target) async throws -> (String, String, String) {
         let booter = Booter(factory)
-        if (try? booter.images(recipe, target: target, options: BootOptions())) == nil {
+        let found: (kernel: String, initrd: String?, manifest: BuildManifest?)
+        if let built = try? booter.images(recipe, target: target, options: BootOptions()) {
+            found = built
+        } else {
             factory.console.info("run: no \(recipe.name) kernel for \(target) in \(FileStore.displayPath(factory.workspace.outputDirectory(recipe: recipe.name, target: target))) yet; building it (once)")
             _ = try await factory.build(recipe, targets: [target], options: BuildOptions())
+            found = try booter.images(recipe, target: target, options: BootOptions())
         }
-        let (kernel, initrd, manifest) = try booter.images(recipe, target: target, options: BootOptions())
+        let (kernel, initrd, manifest) = found
         let cmdline = try manifest?.kernel?.cmdline ?? recipe.requireTarget(target).cmdline
         guard let initrd else { throw VMFactoryError(.notFound, "no initrd for \(recipe.name)/\(target)", hint: "run `vmfactory build --recipe \(recipe.name) --target \(target)`") }
         return (kernel, initrd, cmdline)

@@ -891,15 +891,6 @@ static void complete_environment(struct vmf_run *run, const struct identity *who
 		env_set(&run->envp, "TERM=xterm");
 }
 
-static int exit_code(int status)
-{
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return 255;
-}
-
 /* A stream the init copies from the command to a port, counting the bytes. */
 struct stream {
 	int from;
@@ -1068,7 +1059,7 @@ static int supervise(pid_t command, const struct vmf_run *run, struct channels *
 static void report_end(int status, const struct stream *out, const struct stream *err,
 		       const struct stream *terminal, const struct vmf_run *run)
 {
-	int code = exit_code(status);
+	int code = vmf_exit_code(status);
 	char how[32] = "";
 	if (WIFSIGNALED(status))
 		snprintf(how, sizeof(how), " signal %d", WTERMSIG(status));
@@ -1182,5 +1173,5 @@ void vmf_run_container(struct vmf_run *run)
 	if (run->keep)
 		mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
 	report_end(status, &out, &err, &terminal, run);
-	vmf_end_machine(exit_code(status));
+	vmf_end_machine(vmf_exit_code(status));
 }

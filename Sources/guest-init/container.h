@@ -78,6 +78,8 @@ void vmf_say(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *vmf_read_file(const char *path);
 /* Ends every process but PID 1 (SIGTERM, then SIGKILL); returns how many needed SIGKILL. */
 int vmf_end_the_rest(int *orphans);
+/* A wait status as a shell's $? says it: the exit status, or 128 + the signal. */
+int vmf_exit_code(int status);
 void vmf_end_machine(int code) __attribute__((noreturn));
 /* Whether vmf_end_machine syncs first (container mode knows when nothing needs it). */
 extern int vmf_sync_at_end;

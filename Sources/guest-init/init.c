@@ -131,7 +131,7 @@ static pid_t start(struct vmf_launch *launch, const sigset_t *original)
 	_exit(error == ENOENT ? 127 : 126);
 }
 
-static int exit_code(int status)
+int vmf_exit_code(int status)
 {
 	if (WIFEXITED(status))
 		return WEXITSTATUS(status);
@@ -352,7 +352,7 @@ int main(int argc, char **argv, char **envp)
 		if (signal_number == SIGTERM || signal_number == SIGINT)
 			kill(entrypoint, signal_number);
 	}
-	int code = exit_code(status);
+	int code = vmf_exit_code(status);
 	int stubborn = vmf_end_the_rest(&orphans);
 	if (launch.verbose)
 		vmf_say(TAG "reaped %d orphaned processes (%d needed SIGKILL); none left\n", orphans, stubborn);

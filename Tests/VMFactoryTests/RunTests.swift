@@ -169,7 +169,7 @@ struct RunTests {
         #expect(bare.contains("name=vmf.stdin"))
         var tty = plan
         tty.tty = true
-        #expect(tty.ports_ == [.control, .tty])
+        #expect(tty.serialPorts == [.control, .tty])
     }
 
     @Test("run.conf says everything with line breaks and backslashes escaped, and the init's own parser reads it back", .needsTool("gcc"))

@@ -19,3 +19,14 @@ public enum HostInfo {
         return withUnsafeBytes(of: &name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 }
+
+/// Host names as the guest's kernel takes them (sethostname, at most HOST_NAME_MAX bytes).
+public enum HostName {
+    public static let maximumLength = 64
+
+    /// Letters, digits, '-' and '.', not starting with '-', at most 64.
+    public static func isValid(_ name: String) -> Bool {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+        return !name.isEmpty && name.count <= maximumLength && name.allSatisfy { allowed.contains($0) } && !name.hasPrefix("-")
+    }
+}

@@ -102,8 +102,7 @@ struct RecipeValidator {
             spec.compression = value
         }
         if let hostname = document.hostname {
-            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
-            guard !hostname.isEmpty, hostname.count <= 64, hostname.allSatisfy({ allowed.contains($0) }), !hostname.hasPrefix("-") else {
+            guard HostName.isValid(hostname) else {
                 throw locator.error(at: at("initrd", "hostname"), "'\(hostname)' is not a host name (letters, digits, '-' and '.', at most 64)")
             }
             spec.hostname = hostname

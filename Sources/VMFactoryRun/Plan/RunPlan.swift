@@ -65,7 +65,7 @@ public struct RunPlan: Sendable {
 
     /// The ports this run has: -t relays a terminal on one port; otherwise stdout and stderr
     /// apart, and stdin with -i.
-    public var ports_: [Port] {
+    public var serialPorts: [Port] {
         if tty { return [.control, .tty] }
         return [.control, .stdout, .stderr] + (interactive ? [.stdin] : [])
     }
@@ -146,8 +146,8 @@ public struct RunPlan: Sendable {
         ]
         // Only the ports the run has (and port 0, which the bus keeps for a console): the
         // guest sets up two queues for every port there could be.
-        arguments += ["-device", device("virtio-serial") + ",id=ports,max_ports=\(ports_.count + 1)"]
-        for port in ports_ {
+        arguments += ["-device", device("virtio-serial") + ",id=ports,max_ports=\(serialPorts.count + 1)"]
+        for port in serialPorts {
             let id = String(port.rawValue.dropFirst(4))
             arguments += ["-chardev", "socket,id=\(id),path=\(files.socket(port))", "-device", "virtserialport,bus=ports.0,chardev=\(id),name=\(port.rawValue)"]
         }

@@ -56,7 +56,7 @@ public struct RunFolders: Sendable {
         if (sockets + "/control.sock").utf8.count > 100 {
             var template = Array("/tmp/vmfactory-run-XXXXXX".utf8CString)
             guard mkdtemp(&template) != nil else { throw VMFactoryError.io("cannot create a folder for the run's sockets in", path: "/tmp") }
-            sockets = String(cString: template)
+            sockets = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
         } else {
             try FileStore.createDirectory(sockets)
         }

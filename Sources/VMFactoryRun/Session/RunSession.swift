@@ -122,7 +122,7 @@ public struct RunSession: Sendable {
     func boot(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> (exitCode: Int32, message: String?) {
         var listeners: [RunPlan.Port: UnixListener] = [:]
         defer { for listener in listeners.values { listener.close() } }
-        for port in plan.ports_ { listeners[port] = try UnixListener(path: files.socket(port)) }
+        for port in plan.serialPorts { listeners[port] = try UnixListener(path: files.socket(port)) }
         let daemons = try await startVirtiofsd(files, folder: folder)
         defer { for daemon in daemons { daemon.terminate(grace: .milliseconds(500)) } }
 
