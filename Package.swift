@@ -8,6 +8,7 @@ import PackageDescription
 //   VMFactoryBoot      QEMU machines, boots and boot benchmarks
 //   VMFactoryImage     container images: the content store, OCI and Docker forms, root disks
 //   VMFactoryRun       an image run like a container in a microVM: the plan, the channels, the session
+//   VMFactoryPublish   builds as multi-arch OCI images (layouts, archives, registries, folders) and back, verified
 //   VMFactoryCommands  the command line, tested in-process
 //   vmfactory          the executable: a stub that runs VMFactoryCommands
 let package = Package(
@@ -19,6 +20,7 @@ let package = Package(
         .library(name: "VMFactoryBoot", targets: ["VMFactoryBoot"]),
         .library(name: "VMFactoryImage", targets: ["VMFactoryImage"]),
         .library(name: "VMFactoryRun", targets: ["VMFactoryRun"]),
+        .library(name: "VMFactoryPublish", targets: ["VMFactoryPublish"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -78,6 +80,10 @@ let package = Package(
             dependencies: ["CLinux", "VMFactoryCore", "VMFactoryArchive", "VMFactoryBoot", "VMFactoryImage"]
         ),
         .target(
+            name: "VMFactoryPublish",
+            dependencies: ["CArchive", "VMFactoryCore", "VMFactoryArchive", "VMFactoryKernel", "VMFactoryImage"]
+        ),
+        .target(
             name: "VMFactoryCommands",
             dependencies: [
                 "VMFactoryCore",
@@ -85,6 +91,7 @@ let package = Package(
                 "VMFactoryBoot",
                 "VMFactoryImage",
                 "VMFactoryRun",
+                "VMFactoryPublish",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -102,6 +109,7 @@ let package = Package(
                 "VMFactoryBoot",
                 "VMFactoryImage",
                 "VMFactoryRun",
+                "VMFactoryPublish",
                 "VMFactoryCommands",
                 // Built so that tests can run the real command line.
                 "vmfactory",

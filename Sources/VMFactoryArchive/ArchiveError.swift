@@ -11,7 +11,7 @@ func archiveCheck(_ status: Int32, _ handle: OpaquePointer?, _ what: @autoclosur
 }
 
 /// File type bits as stored in archive entries (the values of `AE_IF*`).
-enum EntryType: UInt32 {
+public enum EntryType: UInt32, Sendable {
     case regular = 0o100000
     case directory = 0o040000
     case symlink = 0o120000

@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryImage
 import VMFactoryKernel
+import VMFactoryPublish
 
 struct Boot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,6 +28,17 @@ struct Boot: AsyncParsableCommand {
     @Flag(help: "Print the QEMU command instead of running it.")
     var printQemu = false
 
+    @Option(help: "Boot a published kernel and initrd (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker://HOST/REPO:TAG), pulled and verified once, instead of the recipe's build.")
+    var kernelImage: String?
+
+    @OptionGroup var registry: RegistryArguments
+
+    func validate() throws {
+        if kernelImage != nil, machine.kernel != nil || machine.initrd != nil {
+            throw ValidationError("--kernel-image brings its own kernel and initrd; drop --kernel and --initrd")
+        }
+    }
+
     @Argument(parsing: .postTerminator, help: "The program and arguments for the init to run.")
     var command: [String] = []
 
@@ -36,9 +49,13 @@ struct Boot: AsyncParsableCommand {
         let printOnly = printQemu
         let streaming = global.format == .text
         let stdout = CommandContext.current.stdout
+        let kernelImage = self.kernelImage, registry = self.registry
         try await recipe.run(global) { factory, loaded in
             let booter = Booter(factory)
             var options = try machine.bootOptions(target: target, command: command)
+            if let kernelImage {
+                options.imagesDirectory = try await PulledKernels.directory(kernelImage, target: target, factory: factory, skopeo: registry.skopeo(.current))
+            }
             if printOnly, options.accelerator == .auto {
                 // Printing runs nothing, not even the probe: the remembered answer, else TCG.
                 options.accelerator = booter.acceleratorProbe.remembered(for: target) == true ? .kvm : .tcg

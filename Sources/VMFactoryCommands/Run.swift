@@ -4,6 +4,7 @@ import VMFactoryBoot
 import VMFactoryCore
 import VMFactoryImage
 import VMFactoryKernel
+import VMFactoryPublish
 import VMFactoryRun
 
 struct Run: AsyncParsableCommand {
@@ -86,6 +87,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "How long a stopped command may take to exit before the VM ends (default 10s).")
     var stopTimeout: DurationArgument = DurationArgument(argument: "10s")!
+
+    @Option(help: "A published kernel and initrd to run with (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker://HOST/REPO:TAG), pulled and verified once, instead of the recipe's build.")
+    var kernelImage: String?
 
     @Option(help: "The kernel recipe (default: container).")
     var recipe = "container"
@@ -183,7 +187,14 @@ struct Run: AsyncParsableCommand {
             throw VMFactoryError(.invalidArgument, "the image is for \(image.record.platform), a platform vmfactory has no kernel for", hint: "run an image for linux/amd64 or linux/s390x")
         }
         let recipe = try factory.recipes.load(self.recipe)
-        let (kernel, initrd, cmdline) = try await kernelImages(factory, recipe: recipe, target: target)
+        var pulled: String?
+        if let kernelImage {
+            var registry = RegistryOptions()
+            registry.credentials = creds
+            registry.tlsVerify = tlsVerify
+            pulled = try await PulledKernels.directory(kernelImage, target: target, factory: factory, skopeo: Skopeo(registry: registry, environment: context.environment, runner: context.runner))
+        }
+        let (kernel, initrd, cmdline) = try await kernelImages(factory, recipe: recipe, target: target, pulled: pulled)
 
         var request = ProcessRequest()
         request.command = command
@@ -263,11 +274,16 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    /// The recipe's kernel, initrd and command line for `target`, built first when missing.
-    func kernelImages(_ factory: Factory, recipe: Recipe, target: Target) async throws -> (String, String, String) {
+    /// The recipe's kernel, initrd and command line for `target`, built first when missing;
+    /// with `pulled`, those of a pulled kernel image.
+    func kernelImages(_ factory: Factory, recipe: Recipe, target: Target, pulled: String? = nil) async throws -> (String, String, String) {
         let booter = Booter(factory)
         let found: (kernel: String, initrd: String?, manifest: BuildManifest?)
-        if let built = try? booter.images(recipe, target: target, options: BootOptions()) {
+        if let pulled {
+            var options = BootOptions()
+            options.imagesDirectory = pulled
+            found = try booter.images(recipe, target: target, options: options)
+        } else if let built = try? booter.images(recipe, target: target, options: BootOptions()) {
             found = built
         } else {
             factory.console.info("run: no \(recipe.name) kernel for \(target) in \(FileStore.displayPath(factory.workspace.outputDirectory(recipe: recipe.name, target: target))) yet; building it (once)")

@@ -4,6 +4,9 @@ import VMFactoryKernel
 
 /// What `vmfactory boot` and `vmfactory bench` boot, and how.
 public struct BootOptions: Sendable {
+    /// A folder laid out as a build's output folder (a pulled kernel image) instead of the
+    /// recipe's output folder.
+    public var imagesDirectory: String?
     /// A kernel image instead of the recipe's built one.
     public var kernel: String?
     /// An initrd instead of the recipe's built one.
@@ -83,7 +86,7 @@ public struct Booter: Sendable {
     /// The kernel and initrd to boot: the recipe's built ones from the output folder unless
     /// others are given.
     public func images(_ recipe: Recipe, target: Target, options: BootOptions) throws -> (kernel: String, initrd: String?, manifest: BuildManifest?) {
-        let output = workspace.outputDirectory(recipe: recipe.name, target: target)
+        let output = options.imagesDirectory ?? workspace.outputDirectory(recipe: recipe.name, target: target)
         let manifest = try? BuildManifest.load(output + "/" + BuildManifest.fileName)
         let imageName = target == .x86_64 ? "vmlinux" : "bzImage"
         let buildHint = "run `vmfactory build --recipe \(recipe.name) --target \(target)` first, or give --kernel"

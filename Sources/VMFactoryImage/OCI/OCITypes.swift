@@ -113,6 +113,13 @@ public struct ImageIndex: Codable, Sendable {
     public var mediaType: String?
     public var manifests: [Descriptor]
     public var annotations: [String: String]?
+
+    public init(schemaVersion: Int, mediaType: String?, manifests: [Descriptor], annotations: [String: String]? = nil) {
+        self.schemaVersion = schemaVersion
+        self.mediaType = mediaType
+        self.manifests = manifests
+        self.annotations = annotations
+    }
 }
 
 /// An image manifest: the config and the layers, in order.
@@ -122,6 +129,14 @@ public struct ImageManifest: Codable, Sendable {
     public var config: Descriptor
     public var layers: [Descriptor]
     public var annotations: [String: String]?
+
+    public init(schemaVersion: Int, mediaType: String?, config: Descriptor, layers: [Descriptor], annotations: [String: String]? = nil) {
+        self.schemaVersion = schemaVersion
+        self.mediaType = mediaType
+        self.config = config
+        self.layers = layers
+        self.annotations = annotations
+    }
 }
 
 /// The parts of an image config that decide how its container runs (OCI image spec, config.md).
@@ -143,6 +158,11 @@ public struct ImageConfig: Codable, Sendable, Equatable {
     public struct RootFS: Codable, Sendable, Equatable {
         public var type: String
         public var diff_ids: [String]
+
+        public init(type: String, diff_ids: [String]) {
+            self.type = type
+            self.diff_ids = diff_ids
+        }
     }
 
     public var architecture: String?

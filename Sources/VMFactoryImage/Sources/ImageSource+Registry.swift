@@ -18,17 +18,11 @@ extension ImageSource {
         return (name, nil, nil)
     }
 
-    /// skopeo's global and per-command options for this registry.
+    /// skopeo with this source's registry options and environment.
+    var skopeoTool: Skopeo { Skopeo(registry: registry, environment: environment, runner: runner) }
+
     func skopeo(_ subcommand: String, _ arguments: [String], source: Bool) -> Command {
-        var words = ["--command-timeout", "\(Int(registry.timeout.seconds))s", subcommand]
-        let prefix = source && subcommand == "copy" ? "--src-" : "--"
-        if !registry.tlsVerify { words.append(prefix + "tls-verify=false") }
-        if let credentials = registry.credentials { words += [prefix + "creds", credentials] }
-        var environment: [String: String] = [:]
-        for name in ["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG", "CONTAINERS_REGISTRIES_CONF"] {
-            if let value = self.environment[name] { environment[name] = value }
-        }
-        return Command("skopeo", words + arguments, environment: environment)
+        skopeoTool.command(subcommand, arguments, side: source && subcommand == "copy" ? .source : .only)
     }
 
     func resolveRegistry(_ name: String, platform: Platform) async throws -> ResolvedImage {
@@ -97,55 +91,9 @@ extension ImageSource {
         }
     }
 
-    /// What skopeo's last log line says (`level=fatal msg="…"`), without its quoting and the
-    /// prefix that repeats the reference.
-    static func skopeoMessage(_ output: String) -> String? {
-        guard var line = output.split(separator: "\n").last.map(String.init) else { return nil }
-        if let start = line.range(of: "msg=\"") {
-            var message = ""
-            var escaped = false
-            for character in line[start.upperBound...] {
-                if escaped {
-                    message.append(character)
-                    escaped = false
-                } else if character == "\\" {
-                    escaped = true
-                } else if character == "\"" {
-                    break
-                } else {
-                    message.append(character)
-                }
-            }
-            line = message
-        }
-        if line.hasPrefix("Error parsing image name "), let colon = line.range(of: "\": ") {
-            line = String(line[colon.upperBound...])
-        }
-        return line
-    }
+    static func skopeoMessage(_ output: String) -> String? { Skopeo.message(output) }
 
-    /// Runs skopeo, and says in vmfactory's words what its failure means.
     func runSkopeo(_ command: Command, reference: String, what: String) async throws -> CommandResult {
-        let result = try await runner.run(command, output: .stdoutApart)
-        guard result.succeeded else {
-            let said = Self.skopeoMessage(result.errorOutput) ?? result.statusDescription
-            let lower = said.lowercased()
-            let hint: String
-            if lower.contains("unauthorized") || lower.contains("authentication required") || lower.contains("denied") {
-                hint = registry.credentials == nil
-                    ? "the registry wants credentials: give --creds USER:PASSWORD, or log in (skopeo login) so that the auth file has them"
-                    : "the registry refused the credentials given with --creds"
-            } else if lower.contains("connection refused") || lower.contains("no such host") || lower.contains("timeout") || lower.contains("deadline exceeded") {
-                hint = "the registry does not answer; check that it runs and its address"
-            } else if lower.contains("http response to https client") || lower.contains("certificate") || lower.contains("tls") {
-                hint = "a registry without TLS or with a certificate this host does not trust: add --tls-verify=false"
-            } else if lower.contains("manifest unknown") || lower.contains("not found") || lower.contains("name unknown") {
-                hint = "the registry has no such image or tag"
-            } else {
-                hint = "see skopeo's message above"
-            }
-            throw VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint, details: ["command: \(command)"])
-        }
-        return result
+        try await skopeoTool.run(command, reference: reference, what: what)
     }
 }

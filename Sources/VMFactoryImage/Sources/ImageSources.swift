@@ -94,7 +94,7 @@ public struct ImageSource: Sendable {
 
     /// The descriptor `index.json` of a layout has for `tag` (a ref name or a digest); with no
     /// tag, its only entry.
-    static func entry(of index: ImageIndex, tag: String?, name: String) throws -> Descriptor {
+    public static func entry(of index: ImageIndex, tag: String?, name: String) throws -> Descriptor {
         let tags = index.manifests.compactMap { $0.annotations?["org.opencontainers.image.ref.name"] }
         if let tag {
             if let found = index.manifests.first(where: { $0.annotations?["org.opencontainers.image.ref.name"] == tag || $0.digest == tag }) { return found }

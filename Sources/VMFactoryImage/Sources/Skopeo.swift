@@ -1,0 +1,124 @@
+import Foundation
+import VMFactoryCore
+
+/// skopeo, for everything that talks to a registry: it knows the auth files, mirrors and TLS
+/// settings users already have. The argv is built as a value; failures are said in
+/// vmfactory's words, with what to do next.
+public struct Skopeo: Sendable {
+    /// Which image of a command the registry options apply to: `copy` spells them
+    /// `--src-…` and `--dest-…`, `inspect` without a prefix.
+    public enum Side: Sendable {
+        case only, source, destination
+    }
+
+    public var registry: RegistryOptions
+    /// The host environment; only what skopeo reads for credentials and registries passes.
+    public var environment: [String: String]
+    public var runner: any ProcessRunner
+
+    public init(registry: RegistryOptions, environment: [String: String], runner: any ProcessRunner) {
+        self.registry = registry
+        self.environment = environment
+        self.runner = runner
+    }
+
+    /// `skopeo --command-timeout N SUBCOMMAND [registry options] ARGUMENTS`.
+    public func command(_ subcommand: String, _ arguments: [String], side: Side = .only) -> Command {
+        var words = ["--command-timeout", "\(Int(registry.timeout.seconds))s", subcommand]
+        let prefix = switch side {
+        case .only: "--"
+        case .source: "--src-"
+        case .destination: "--dest-"
+        }
+        if !registry.tlsVerify { words.append(prefix + "tls-verify=false") }
+        if let credentials = registry.credentials { words += [prefix + "creds", credentials] }
+        var passed: [String: String] = [:]
+        for name in ["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG", "CONTAINERS_REGISTRIES_CONF"] {
+            if let value = environment[name] { passed[name] = value }
+        }
+        return Command("skopeo", words + arguments, environment: passed)
+    }
+
+    /// What skopeo's last log line says (`level=fatal msg="…"`), without its quoting and the
+    /// prefix that repeats the reference.
+    public static func message(_ output: String) -> String? {
+        guard var line = output.split(separator: "\n").last.map(String.init) else { return nil }
+        if let start = line.range(of: "msg=\"") {
+            var message = ""
+            var escaped = false
+            for character in line[start.upperBound...] {
+                if escaped {
+                    message.append(character)
+                    escaped = false
+                } else if character == "\\" {
+                    escaped = true
+                } else if character == "\"" {
+                    break
+                } else {
+                    message.append(character)
+                }
+            }
+            line = message
+        }
+        if line.hasPrefix("Error parsing image name "), let colon = line.range(of: "\": ") {
+            line = String(line[colon.upperBound...])
+        }
+        return line
+    }
+
+    /// What a failure message means, as a hint.
+    public enum Failure: Sendable, Equatable {
+        case unauthorized, unreachable, tls, notFound, other
+
+        public init(message: String) {
+            let lower = message.lowercased()
+            if lower.contains("unauthorized") || lower.contains("authentication required") || lower.contains("denied") {
+                self = .unauthorized
+            } else if lower.contains("connection refused") || lower.contains("no such host") || lower.contains("timeout") || lower.contains("deadline exceeded")
+                        || lower.contains("no route to host") || lower.contains("network is unreachable") {
+                self = .unreachable
+            } else if lower.contains("http response to https client") || lower.contains("certificate") || lower.contains("tls") {
+                self = .tls
+            } else if lower.contains("manifest unknown") || lower.contains("not found") || lower.contains("name unknown") {
+                self = .notFound
+            } else {
+                self = .other
+            }
+        }
+    }
+
+    /// Runs skopeo, and says in vmfactory's words what its failure means.
+    public func run(_ command: Command, reference: String, what: String) async throws -> CommandResult {
+        let result = try await runner.run(command, output: .stdoutApart)
+        guard result.succeeded else {
+            let said = Self.message(result.errorOutput) ?? result.statusDescription
+            throw VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: Failure(message: said)), details: ["command: \(command)"])
+        }
+        return result
+    }
+
+    /// The raw bytes of a manifest or index in a registry, or nil when the registry has no
+    /// such tag (other failures throw).
+    public func rawManifest(_ reference: String, what: String) async throws -> Data? {
+        let command = command("inspect", ["--raw", reference])
+        let result = try await runner.run(command, output: .stdoutApart)
+        if result.succeeded { return Data(result.output.utf8) }
+        let said = Self.message(result.errorOutput) ?? result.statusDescription
+        let failure = Failure(message: said)
+        if failure == .notFound { return nil }
+        throw VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: failure), details: ["command: \(command)"])
+    }
+
+    func hint(for failure: Failure) -> String {
+        switch failure {
+        case .unauthorized:
+            registry.credentials == nil
+                ? "the registry wants credentials: give --creds USER:PASSWORD, or log in (skopeo login) so that the auth file has them"
+                : "the registry refused the credentials given with --creds"
+        case .unreachable: "the registry does not answer; check that it runs and its address"
+        case .tls: "a registry without TLS or with a certificate this host does not trust: add --tls-verify=false"
+        case .notFound: "the registry has no such image or tag"
+        case .other: "see skopeo's message above"
+        }
+    }
+}
