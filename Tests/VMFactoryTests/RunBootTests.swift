@@ -196,6 +196,27 @@ struct RunBootTests {
         await vm.expectNothingLeft()
     }
 
+    @Test("run --kernel-image: the container kernel published to an OCI layout runs the image, with no build in the output folder")
+    func publishedKernel() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let images = try await RunImages.make(for: .x86_64, in: dir)
+        let built = try await SharedBuild.container.get()
+        let cache = try TestSupport.temporaryDirectory("run-cache")
+        let published = try await TestSupport.runCLI([
+            "publish", "--recipe", "container", "--target", "x86_64", "--to", "oci:\(dir)/kernels:v1", "--cache-dir", cache, "--output-dir", built.output,
+        ])
+        #expect(published.status == 0, "\(published.stderr)")
+        let empty = dir + "/no-outputs"
+        try FileStore.createDirectory(empty)
+        let vm = RunVM(cache: cache, output: empty)
+        let run = try await vm.run(["--kernel-image", "oci:\(dir)/kernels:v1", images.plain, "-c", "uname -r; exit 7"])
+        #expect(run.status == 7, "\(run.stderr)")
+        let release = try #require(built.results.first { $0.target == .x86_64 }?.manifest.kernel?.release)
+        #expect(run.text == release + "\n")
+        #expect(!FileStore.exists(empty + "/container"), "a kernel was built instead of the published one")
+        await vm.expectNothingLeft()
+    }
+
     @Test("stdout and stderr apart and byte for byte (3 MiB through a pipe), stdin with its end of file, a terminal through a pty", arguments: Target.allCases)
     func streams(_ target: Target) async throws {
         let images = try await RunImages.make(for: target, in: try TestSupport.temporaryDirectory())

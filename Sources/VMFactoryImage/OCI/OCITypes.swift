@@ -114,7 +114,7 @@ public struct ImageIndex: Codable, Sendable {
     public var manifests: [Descriptor]
     public var annotations: [String: String]?
 
-    public init(schemaVersion: Int, mediaType: String?, manifests: [Descriptor], annotations: [String: String]? = nil) {
+    public init(schemaVersion: Int, mediaType: String? = nil, manifests: [Descriptor], annotations: [String: String]? = nil) {
         self.schemaVersion = schemaVersion
         self.mediaType = mediaType
         self.manifests = manifests
@@ -130,7 +130,7 @@ public struct ImageManifest: Codable, Sendable {
     public var layers: [Descriptor]
     public var annotations: [String: String]?
 
-    public init(schemaVersion: Int, mediaType: String?, config: Descriptor, layers: [Descriptor], annotations: [String: String]? = nil) {
+    public init(schemaVersion: Int, mediaType: String? = nil, config: Descriptor, layers: [Descriptor], annotations: [String: String]? = nil) {
         self.schemaVersion = schemaVersion
         self.mediaType = mediaType
         self.config = config
