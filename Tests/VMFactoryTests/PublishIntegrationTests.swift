@@ -179,6 +179,34 @@ struct PublishIntegrationTests {
         #expect("sha256:" + SHA256Digest.of(tags).hex == both, "the other tag moved")
     }
 
+    @Test("a publish killed with SIGKILL leaves the layout as it was; the next publish removes what it left")
+    func killedPublish() async throws {
+        let built = try await Self.built()
+        let dir = try TestSupport.temporaryDirectory()
+        let (old, _) = try await Self.publish(built, ["--target", "s390x", "--to", "oci:\(dir)/layout:v1"])
+        let before = try FileStore.readData(dir + "/layout/index.json")
+        let command = Command(TestSupport.executable, [
+            "publish", "--recipe", "minimal", "--to", "oci:\(dir)/layout:v1", "--force", "--cache-dir", built.cache, "--output-dir", built.output,
+        ])
+        let child = try await ChildProcess.spawn(command, environment: command.environment(on: TestSupport.environment), stdout: .null, stderr: .null)
+        let tmp = built.cache + "/tmp"
+        let assembling = await TestSupport.eventually(within: 30) {
+            TestSupport.files(under: tmp).contains { $0.contains(".partial/blobs/") }
+        }
+        try #require(assembling, "the publish did not start assembling the image")
+        kill(child.pid, SIGKILL)
+        _ = await child.wait()
+        #expect(try FileStore.readData(dir + "/layout/index.json") == before, "a killed publish changed index.json")
+        let raw = try await ImageFixtures.run("skopeo", ["inspect", "--raw", "oci:\(dir)/layout:v1"])
+        #expect("sha256:" + SHA256Digest.of(raw).hex == old)
+        #expect(TestSupport.files(under: tmp).contains { $0.contains(".partial") }, "the kill came after the publish had cleaned up")
+
+        let (new, _) = try await Self.publish(built, ["--to", "oci:\(dir)/layout:v1", "--force"])
+        #expect(new != old)
+        let left = TestSupport.files(under: tmp).filter { $0.contains(".partial") }
+        #expect(left.isEmpty, "leftovers: \(left)")
+    }
+
     @Test("a changed blob, or a file that is not the one its build manifest names, is refused with both digests, and nothing is written")
     func tampered() async throws {
         let built = try await Self.built()
