@@ -11,14 +11,26 @@ public struct BuiltTarget: Sendable {
         public var path: String
         public var sha256: SHA256Digest
         public var size: Int64
+        /// The bytes, for a file made for publishing (the build manifest as published).
+        public var contents: Data?
+
+        public init(name: String, path: String, sha256: SHA256Digest, size: Int64, contents: Data? = nil) {
+            self.name = name
+            self.path = path
+            self.sha256 = sha256
+            self.size = size
+            self.contents = contents
+        }
+
+        public func data() throws -> Data { try contents ?? FileStore.readData(path) }
     }
 
     /// What the image's layer calls the build manifest; `dir:` folders call it manifest.json.
     public static let manifestName = "vmfactory-manifest.json"
 
     public var target: Target
+    /// The build manifest as published (see `publishable`).
     public var manifest: BuildManifest
-    /// The manifest's bytes as the build wrote them.
     public var manifestData: Data
     /// The artifacts, in the order the layer lists them (the manifest last).
     public var files: [File]
@@ -69,7 +81,18 @@ public struct BuiltTarget: Sendable {
         guard files.contains(where: { $0.name == bootKernelName(for: target) }), files.contains(where: { isInitrd($0.name) }) else {
             throw VMFactoryError(.notFound, "the build of \(recipe)/\(target) lacks \(bootKernelName(for: target)) or its initrd", hint: buildHint)
         }
-        files.append(File(name: manifestName, path: manifestPath, sha256: SHA256Digest.of(data), size: Int64(data.count)))
-        return BuiltTarget(target: target, manifest: manifest, manifestData: data, files: files)
+        let published = publishable(manifest)
+        let publishedData = try published.encoded()
+        files.append(File(name: manifestName, path: manifestPath, sha256: SHA256Digest.of(publishedData), size: Int64(publishedData.count), contents: publishedData))
+        return BuiltTarget(target: target, manifest: published, manifestData: publishedData, files: files)
+    }
+
+    /// The manifest without what names the building machine: a source found at a local path
+    /// keeps its sha256 and tree key, not the path (an apt package or a URL is kept). So two
+    /// reproducible builds on two machines publish the same bytes.
+    public static func publishable(_ manifest: BuildManifest) -> BuildManifest {
+        var published = manifest
+        if published.kernel?.source.origin?.kind == .path { published.kernel?.source.origin = nil }
+        return published
     }
 }

@@ -69,7 +69,11 @@ public enum FolderWriter {
             try FileStore.createDirectory(stage)
             for file in built.files {
                 let destination = stage + "/" + folderName(file.name)
-                try FileStore.copyAtomically(file.path, to: destination, mode: 0o644, cancellation: cancellation)
+                if let contents = file.contents {
+                    try FileStore.writeAtomically(contents, to: destination, mode: 0o644)
+                } else {
+                    try FileStore.copyAtomically(file.path, to: destination, mode: 0o644, cancellation: cancellation)
+                }
                 let copied = try SHA256Digest.ofFile(at: destination, cancellation: cancellation)
                 guard copied == file.sha256 else {
                     throw VMFactoryError(.digestMismatch, "\(file.path) changed while it was being published: expected sha256 \(file.sha256), found \(copied)", hint: "nothing was published; publish again once the build is done")

@@ -44,7 +44,7 @@ public struct ArtifactImage: Sendable {
             let epoch = built.manifest.sourceDateEpoch
             var tarEntries = [ArchiveWriter.Entry(path: "boot", kind: .directory, mode: 0o755, mtime: Int64(epoch))]
             for file in built.files {
-                let data = try FileStore.readData(file.path)
+                let data = try file.data()
                 guard SHA256Digest.of(data) == file.sha256 else {
                     throw VMFactoryError(.digestMismatch, "\(file.path) changed while it was being published", hint: "nothing was published; publish again once the build is done")
                 }
