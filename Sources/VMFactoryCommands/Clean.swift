@@ -17,7 +17,7 @@ struct Clean: AsyncParsableCommand {
     @Flag(help: "Remove the whole cache: build directories, source trees, filed configs, ccache and downloaded sources.")
     var all = false
 
-    @Flag(help: "Remove the root disks `vmfactory rootfs` made and the image blobs they came from (not the builds).")
+    @Flag(help: "Remove the root disks `vmfactory rootfs` made, the image blobs they came from and the kernels pulled for --kernel-image (not the builds).")
     var images = false
 
     func validate() throws {

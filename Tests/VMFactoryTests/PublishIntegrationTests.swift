@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import VMFactoryArchive
 @testable import VMFactoryCore
 @testable import VMFactoryImage
 @testable import VMFactoryKernel
@@ -190,7 +191,7 @@ struct PublishIntegrationTests {
         #expect("sha256:" + SHA256Digest.of(tags).hex == both, "the other tag moved")
     }
 
-    @Test("a publish killed with SIGKILL leaves the layout as it was; the next publish removes what it left")
+    @Test("a publish killed with SIGKILL while it assembles the image leaves the layout as it was; the next publish removes what it left")
     func killedPublish() async throws {
         let built = try await Self.built()
         let dir = try TestSupport.temporaryDirectory()
@@ -271,12 +272,17 @@ struct PublishIntegrationTests {
         let pushed = try await Self.publish(built, ["--to", reference, "--tls-verify=false"])
         #expect(pushed.digest == digest)
         let raw = try await ImageFixtures.run("skopeo", ["inspect", "--raw", "--tls-verify=false", reference])
-        #expect("sha256:" + SHA256Digest.of(raw).hex == digest, "the registry holds another index")
+        #expect("sha256:" + SHA256Digest.of(raw).hex == digest, "the registry's index is not the layout's")
         let pulled = try await Self.cli(built, ["pull", reference, "--tls-verify=false", "--output", dir + "/pulled"])
         #expect(pulled.status == 0, "\(pulled.stderr)")
         for target in Target.allCases { try await Self.expectSameAsBuild(dir + "/pulled/" + target.rawValue, target, built) }
         let refused = try await Self.cli(built, ["publish", "--recipe", "minimal", "--target", "s390x", "--to", reference, "--tls-verify=false"])
         #expect(refused.status != 0 && refused.stderr.contains(digest), "\(refused.stderr)")
+        let forced = try await Self.publish(built, ["--target", "s390x", "--to", reference, "--tls-verify=false", "--force"])
+        #expect(forced.digest != digest)
+        #expect((forced.result["tags"] as? [[String: Any]])?.first?["previous"] as? String == digest)
+        let moved = try await ImageFixtures.run("skopeo", ["inspect", "--raw", "--tls-verify=false", reference])
+        #expect("sha256:" + SHA256Digest.of(moved).hex == forced.digest)
 
         let locked = try await LocalRegistry.start(in: dir + "/locked", authenticated: true)
         defer { locked.stop() }
@@ -284,8 +290,11 @@ struct PublishIntegrationTests {
         let anonymous = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", private_, "--tls-verify=false"])
         #expect(anonymous.status != 0)
         #expect(anonymous.stderr.contains("credentials"), "\(anonymous.stderr)")
-        let wrong = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", private_, "--tls-verify=false", "--creds", "\(LocalRegistry.user):wrong"])
+        let wrong = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", private_, "--tls-verify=false", "--creds", "\(LocalRegistry.user):Wrong-Pass-9931"])
         #expect(wrong.status != 0 && wrong.stderr.contains("refused the credentials"), "\(wrong.stderr)")
+        #expect(!wrong.stderr.contains("Wrong-Pass-9931"), "the password is in the error: \(wrong.stderr)")
+        let authFiles = try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix(".vmfactory-auth-") }
+        #expect(authFiles.isEmpty, "credentials files left: \(authFiles)")
         let creds = "\(LocalRegistry.user):\(LocalRegistry.password)"
         let authenticated = try await Self.publish(built, ["--to", private_, "--tls-verify=false", "--creds", creds])
         #expect(authenticated.digest == digest)
@@ -307,21 +316,148 @@ struct PublishIntegrationTests {
         #expect(leftovers.isEmpty, "left in the cache: \(leftovers)")
     }
 
-    @Test("boot --kernel-image reaches the ready line from a published kernel, with no build in the output folder", .tags(.boot), .needsTool("qemu-system-x86_64"), .needsTool("qemu-system-s390x"), arguments: Target.allCases)
+    @Test("boot --kernel-image reaches the ready line from a published kernel (x86_64 from a registry, s390x from an archive), with no build in the output folder; again from the pulled copy, also with the registry down", .tags(.boot), .needsTool("qemu-system-x86_64"), .needsTool("qemu-system-s390x"), arguments: Target.allCases)
     func bootPublished(_ target: Target) async throws {
         let built = try await Self.built()
         let dir = try TestSupport.temporaryDirectory()
-        _ = try await Self.publish(built, ["--to", "oci-archive:\(dir)/kernels.tar:v1"])
+        var registry: LocalRegistry?
+        defer { registry?.stop() }
+        var reference = "oci-archive:\(dir)/kernels.tar:v1"
+        var extra: [String] = []
+        if target == .x86_64 {
+            registry = try await LocalRegistry.start(in: dir + "/registry", authenticated: false)
+            reference = "docker://\(registry!.host)/vmf/minimal:v1"
+            extra = ["--tls-verify=false"]
+        }
+        _ = try await Self.publish(built, ["--to", reference] + extra)
         let empty = dir + "/no-outputs"
         try FileStore.createDirectory(empty)
-        let arguments = ["boot", "--recipe", "minimal", "--target", target.rawValue, "--kernel-image", "oci-archive:\(dir)/kernels.tar:v1", "--accel", "tcg", "--cache-dir", built.cache, "--output-dir", empty]
+        let arguments = ["boot", "--recipe", "minimal", "--target", target.rawValue, "--kernel-image", reference, "--accel", "tcg", "--cache-dir", built.cache, "--output-dir", empty] + extra
         let boot = try await TestSupport.runCLI(arguments)
         #expect(boot.status == 0, "\(boot.stderr)")
         #expect(boot.stdout.contains("vmfactory-init: ready"), "\(boot.stdout)\n\(boot.stderr)")
-        let pulled = try FileManager.default.contentsOfDirectory(atPath: built.cache + "/kernel-images")
+        let pulled = try FileManager.default.contentsOfDirectory(atPath: built.cache + "/kernel-images").filter { SHA256Digest(hex: $0) != nil }
         #expect(pulled.count == 1)
-        // Booted again, from the pulled copy.
+        // Booted again, from the pulled copy; for the registry, also once it is down.
         let again = try await TestSupport.runCLI(arguments)
         #expect(again.status == 0 && again.stdout.contains("vmfactory-init: ready"), "\(again.stderr)")
+        if let registry {
+            registry.stop()
+            let offline = try await TestSupport.runCLI(arguments + ["--registry-timeout", "10s"])
+            #expect(offline.status == 0 && offline.stdout.contains("vmfactory-init: ready"), "\(offline.stderr)")
+            #expect(offline.stderr.contains("booting the copy pulled before"), "\(offline.stderr)")
+        }
+    }
+
+    /// A kernel image whose digests all agree but whose layer holds `entries` and whose
+    /// manifest has `annotations`: what a forger who can write a layout could make.
+    static func forge(_ entries: [ArchiveWriter.Entry], annotations: [String: String], target: Target, in layout: String) throws {
+        let blobs = layout + "/blobs/sha256"
+        try FileStore.createDirectory(blobs)
+        func store(_ data: Data) throws -> Descriptor {
+            let digest = SHA256Digest.of(data)
+            try data.write(to: URL(fileURLWithPath: blobs + "/" + digest.hex))
+            return Descriptor(mediaType: "", digest: "sha256:\(digest)", size: Int64(data.count))
+        }
+        try ArchiveWriter.write(entries, to: layout + "/plain.tar", format: .paxTar)
+        try ArchiveWriter.write(entries, to: layout + "/layer.tar.gz", format: .paxTar, compression: .gzip)
+        var layer = try store(try FileStore.readData(layout + "/layer.tar.gz"))
+        layer.mediaType = MediaType.ociLayerGzip
+        var config = ImageConfig()
+        config.architecture = Platform.of(target).architecture
+        config.os = "linux"
+        config.rootfs = ImageConfig.RootFS(type: "layers", diff_ids: ["sha256:\(try SHA256Digest.ofFile(at: layout + "/plain.tar"))"])
+        var configDescriptor = try store(try JSONEncoder().encode(config))
+        configDescriptor.mediaType = MediaType.ociConfig
+        let manifest = ImageManifest(schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDescriptor, layers: [layer], annotations: annotations)
+        var manifestDescriptor = try store(try JSONEncoder().encode(manifest))
+        manifestDescriptor.mediaType = MediaType.ociManifest
+        manifestDescriptor.platform = Platform.of(target)
+        let index = ImageIndex(schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [manifestDescriptor])
+        var indexDescriptor = try store(try JSONEncoder().encode(index))
+        indexDescriptor.mediaType = MediaType.ociIndex
+        indexDescriptor.annotations = [AnnotationKey.refName: "v1"]
+        try JSONEncoder().encode(ImageIndex(schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [indexDescriptor])).write(to: URL(fileURLWithPath: layout + "/index.json"))
+        try #"{"imageLayoutVersion":"1.0.0"}"#.write(toFile: layout + "/oci-layout", atomically: true, encoding: .utf8)
+    }
+
+    @Test("forged images whose digests agree are refused, nothing written: missing or contradicting annotations, a link, a path out of /boot, an unknown file, a layer that unpacks to too much")
+    func forged() async throws {
+        let built = try await Self.built()
+        let dir = try TestSupport.temporaryDirectory()
+        let target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .s390x), recipe: "minimal", target: .s390x)
+        let genuine = ArtifactImage.annotations(of: target, provenance: Provenance())
+        func files() throws -> [ArchiveWriter.Entry] {
+            try [ArchiveWriter.Entry(path: "boot", kind: .directory, mode: 0o755)] + target.files.map { .init(path: "boot/" + $0.name, kind: .file(try $0.data())) }
+        }
+        // The genuine entries and annotations pull: the forging itself is sound.
+        try Self.forge(try files(), annotations: genuine, target: .s390x, in: dir + "/genuine")
+        let sound = try await Self.cli(built, ["pull", "oci:\(dir)/genuine:v1", "--output", dir + "/genuine-out"])
+        #expect(sound.status == 0, "\(sound.stderr)")
+
+        var cases: [(String, [ArchiveWriter.Entry], [String: String], String)] = []
+        var noCmdline = genuine
+        noCmdline[AnnotationKey.cmdline] = nil
+        cases.append(("no-cmdline", try files(), noCmdline, "has no \(AnnotationKey.cmdline) annotation"))
+        var otherTarget = genuine
+        otherTarget[AnnotationKey.target] = "x86_64"
+        cases.append(("target", try files(), otherTarget, "\(AnnotationKey.target) is 'x86_64'"))
+        var otherPath = genuine
+        otherPath[AnnotationKey.kernelPath] = "/boot/vmlinux"
+        cases.append(("kernel-path", try files(), otherPath, "\(AnnotationKey.kernelPath) is '/boot/vmlinux'"))
+        cases.append(("link", try files().map { $0.path == "boot/config" ? .init(path: "boot/config", kind: .symlink("/etc/shadow"), mode: 0o777) : $0 }, genuine, "is not a regular file"))
+        cases.append(("escape", try files() + [.init(path: "boot/../etc/cron.d/x", kind: .file(Data("x".utf8)))], genuine, "which a vmfactory kernel image never has"))
+        cases.append(("unknown", try files() + [.init(path: "boot/extra.sh", kind: .file(Data("x".utf8)))], genuine, "which a vmfactory kernel image never has"))
+        cases.append(("bomb", [.init(path: "boot", kind: .directory, mode: 0o755), .init(path: "boot/System.map", kind: .file(Data(count: 200 << 20)))], genuine, "unpacks to more than"))
+        for (name, entries, annotations, message) in cases {
+            try Self.forge(entries, annotations: annotations, target: .s390x, in: dir + "/" + name)
+            let pull = try await Self.cli(built, ["pull", "oci:\(dir)/\(name):v1", "--output", dir + "/out-" + name])
+            #expect(pull.status != 0, "\(name) was pulled")
+            #expect(pull.stderr.contains(message), "\(name): \(pull.stderr)")
+            #expect(!FileStore.exists(dir + "/out-" + name), "\(name) wrote its output folder")
+        }
+    }
+
+    @Test("a publish that fails while it copies blobs leaves index.json as it was")
+    func failedMidway() async throws {
+        let built = try await Self.built()
+        let dir = try TestSupport.temporaryDirectory()
+        let (old, _) = try await Self.publish(built, ["--target", "s390x", "--to", "oci:\(dir)/layout:v1"])
+        let before = try FileStore.readData(dir + "/layout/index.json")
+        let target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .x86_64), recipe: "minimal", target: .x86_64)
+        var image = try ArtifactImage.build([target], provenance: Provenance(), blobs: dir + "/blobs")
+        // A blob that is not there, after the real ones: the copy fails once some are in.
+        image.digests.append(SHA256Digest.of("not there"))
+        #expect(throws: VMFactoryError.self) {
+            try LayoutWriter.publish(image, to: dir + "/layout", tags: ["v1"], force: true, name: "layout")
+        }
+        #expect(try FileStore.readData(dir + "/layout/index.json") == before)
+        let copied = try FileManager.default.contentsOfDirectory(atPath: dir + "/layout/blobs/sha256")
+        #expect(copied.contains(String(image.index.digest.dropFirst(7))), "the failure came before any blob was copied")
+        let raw = try await ImageFixtures.run("skopeo", ["inspect", "--raw", "oci:\(dir)/layout:v1"])
+        #expect("sha256:" + SHA256Digest.of(raw).hex == old)
+    }
+
+    @Test("a registry that accepts connections and never answers fails within --registry-timeout, saying so")
+    func hungRegistry() async throws {
+        let built = try await Self.built()
+        // A socket that listens and never accepts: connections complete, no byte ever comes.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 64) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        try #require(listening)
+        let port = UInt16(bigEndian: address.sin_port)
+        let begun = ContinuousClock.now
+        let run = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", "docker://127.0.0.1:\(port)/vmf/minimal:v1", "--tls-verify=false", "--registry-timeout", "4s"])
+        let took = ContinuousClock.now - begun
+        #expect(run.status != 0)
+        #expect(run.stderr.contains("does not answer"), "\(run.stderr)")
+        #expect(took < .seconds(20), "took \(took)")
     }
 }

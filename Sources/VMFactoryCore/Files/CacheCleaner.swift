@@ -26,7 +26,8 @@ public enum CacheCleaner {
         return try await remove(candidates, console: console)
     }
 
-    /// Removes the converted root disks and the content store of images (`clean --images`).
+    /// Removes the converted root disks, the content store of images and the kernels pulled
+    /// for `--kernel-image` (`clean --images`).
     /// A conversion in progress holds an entry's lock and needs the store: then both stay.
     public static func cleanImages(_ cacheDirectory: String, console: Console) async throws -> Report {
         let rootfs = cacheDirectory + "/rootfs"
@@ -40,7 +41,7 @@ public enum CacheCleaner {
             held.append(lock)
         }
         // Unlocked now; the locks held above keep other runs out until the end.
-        return try await remove([rootfs, cacheDirectory + "/oci", cacheDirectory + "/tmp"], console: console, checkingLocks: false)
+        return try await remove([rootfs, cacheDirectory + "/oci", cacheDirectory + "/kernel-images", cacheDirectory + "/tmp"], console: console, checkingLocks: false)
     }
 
     static func remove(_ candidates: [String], console: Console, checkingLocks: Bool = true) async throws -> Report {

@@ -81,6 +81,35 @@ public enum FileStore {
         try rename(temporary, to: path)
     }
 
+    /// Flushes a file's (or a folder's) data to the disk, so that a power loss after this
+    /// returns cannot leave it empty under its name.
+    public static func synchronize(_ path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VMFactoryError.io("cannot open", path: path) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw VMFactoryError.io("cannot flush", path: path) }
+    }
+
+    /// `writeAtomically`, with the file flushed before the rename and its folder after: what
+    /// a reader finds under the name after a crash is the old file or the whole new one.
+    public static func writeDurably(_ data: Data, to path: String, mode: mode_t = 0o644) throws {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        try createDirectory(folder)
+        let temporary = temporaryName(for: path)
+        guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+            throw VMFactoryError.io("cannot write", path: temporary)
+        }
+        do {
+            chmod(temporary, mode)
+            try synchronize(temporary)
+            try rename(temporary, to: path)
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+        try synchronize(folder)
+    }
+
     public static func writeAtomically(_ text: String, to path: String, mode: mode_t = 0o644) throws {
         try writeAtomically(Data(text.utf8), to: path, mode: mode)
     }

@@ -7,7 +7,7 @@ import VMFactoryCore
 /// temporary OCI layout whose layers go into the store.
 extension ImageSource {
     /// `HOST/REPO` and the tag or digest of `HOST/REPO[:TAG|@DIGEST]` (a port's colon is not a tag's).
-    static func split(repository name: String) -> (repository: String, tag: String?, digest: String?) {
+    public static func split(repository name: String) -> (repository: String, tag: String?, digest: String?) {
         if let at = name.firstIndex(of: "@") {
             return (String(name[..<at]), nil, String(name[name.index(after: at)...]))
         }

@@ -16,6 +16,11 @@ public struct Skopeo: Sendable {
     public var environment: [String: String]
     public var runner: any ProcessRunner
 
+    /// Stands for the auth file in a command's argv until it runs: `--creds` reach skopeo in
+    /// an auth file (mode 0600) that exists only while skopeo runs, so that the password is
+    /// on no command line (which every user can read in /proc) and in no error message.
+    public static let credentialsFile = "<credentials>"
+
     public init(registry: RegistryOptions, environment: [String: String], runner: any ProcessRunner) {
         self.registry = registry
         self.environment = environment
@@ -31,7 +36,7 @@ public struct Skopeo: Sendable {
         case .destination: "--dest-"
         }
         if !registry.tlsVerify { words.append(prefix + "tls-verify=false") }
-        if let credentials = registry.credentials { words += [prefix + "creds", credentials] }
+        if registry.credentials != nil { words += [prefix + "authfile", Self.credentialsFile] }
         var passed: [String: String] = [:]
         for name in ["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG", "CONTAINERS_REGISTRIES_CONF"] {
             if let value = environment[name] { passed[name] = value }
@@ -87,9 +92,47 @@ public struct Skopeo: Sendable {
         }
     }
 
+    /// The registry a `docker://` reference names: its first component when that is a host
+    /// (a dot, a port or localhost), else Docker Hub's.
+    static func registryHost(of reference: String) -> String? {
+        guard reference.hasPrefix("docker://") else { return nil }
+        let name = reference.dropFirst("docker://".count)
+        guard let slash = name.firstIndex(of: "/") else { return "docker.io" }
+        let first = String(name[..<slash])
+        return first.contains(".") || first.contains(":") || first == "localhost" ? first : "docker.io"
+    }
+
+    /// The auth file's contents for the registries `command` names.
+    func authDocument(for command: Command) throws -> Data {
+        let token = Data((registry.credentials ?? "").utf8).base64EncodedString()
+        var auths: [String: [String: String]] = [:]
+        for host in command.arguments.compactMap(Self.registryHost(of:)) { auths[host] = ["auth": token] }
+        return try JSONSerialization.data(withJSONObject: ["auths": auths], options: [.sortedKeys])
+    }
+
+    /// Runs a skopeo command, with the auth file in place while it runs.
+    func execute(_ command: Command) async throws -> CommandResult {
+        guard registry.credentials != nil, command.arguments.contains(Self.credentialsFile) else { return try await runner.run(command, output: .stdoutApart) }
+        let authFile = NSTemporaryDirectory() + "/.vmfactory-auth-\(getpid())-\(UInt32.random(in: .min ... .max)).json"
+        var command = command
+        command.arguments = command.arguments.map { $0 == Self.credentialsFile ? authFile : $0 }
+        let fd = open(authFile, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw VMFactoryError.io("cannot create the credentials file", path: authFile) }
+        defer { unlink(authFile) }
+        let document = try authDocument(for: command)
+        do {
+            try document.withUnsafeBytes { try FileStore.writeAll(fd, $0, path: authFile) }
+            close(fd)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return try await runner.run(command, output: .stdoutApart)
+    }
+
     /// Runs skopeo, and says in vmfactory's words what its failure means.
     public func run(_ command: Command, reference: String, what: String) async throws -> CommandResult {
-        let result = try await runner.run(command, output: .stdoutApart)
+        let result = try await execute(command)
         guard result.succeeded else {
             let said = Self.message(result.errorOutput) ?? result.statusDescription
             throw VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: Failure(message: said)), details: ["command: \(command)"])
@@ -101,7 +144,7 @@ public struct Skopeo: Sendable {
     /// such tag (other failures throw).
     public func rawManifest(_ reference: String, what: String) async throws -> Data? {
         let command = command("inspect", ["--raw", reference])
-        let result = try await runner.run(command, output: .stdoutApart)
+        let result = try await execute(command)
         if result.succeeded { return Data(result.output.utf8) }
         let said = Self.message(result.errorOutput) ?? result.statusDescription
         let failure = Failure(message: said)

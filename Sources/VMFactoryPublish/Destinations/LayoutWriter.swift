@@ -73,7 +73,10 @@ public enum LayoutWriter {
         let root = fresh ? FileStore.temporaryName(for: path) : path
         do {
             try write(image, into: root, index: existing, tags: tags, cancellation: cancellation)
-            if fresh { try FileStore.rename(root, to: path) }
+            if fresh {
+                try FileStore.rename(root, to: path)
+                try? FileStore.synchronize(URL(fileURLWithPath: path).deletingLastPathComponent().path)
+            }
         } catch {
             if fresh { try? FileStore.removeTree(root) }
             throw error
@@ -81,29 +84,46 @@ public enum LayoutWriter {
         return changes
     }
 
-    /// Copies the blobs in (verifying any already there), then writes index.json.
+    /// Copies the blobs in (verifying any already there) and flushes them, then writes
+    /// index.json. Entries of other images are kept as they were, fields vmfactory does not
+    /// know included.
     static func write(_ image: ArtifactImage, into root: String, index: ImageIndex?, tags: [String], cancellation: BlockingWork.Cancellation?) throws {
         let blobs = root + "/blobs/sha256"
         try FileStore.createDirectory(blobs)
-        if !FileStore.isRegularFile(root + "/oci-layout") { try FileStore.writeAtomically(layoutFile, to: root + "/oci-layout") }
+        if !FileStore.isRegularFile(root + "/oci-layout") { try FileStore.writeDurably(Data(layoutFile.utf8), to: root + "/oci-layout") }
         for digest in image.digests {
             try cancellation?.check()
             let target = blobs + "/" + digest.hex
+            FileStore.removeLeftovers(of: target)
             // A blob already there is reused only when it is what its name says.
             if FileStore.isRegularFile(target), (try? SHA256Digest.ofFile(at: target, cancellation: cancellation)) == digest { continue }
             if FileStore.exists(target) { try? FileStore.removeTree(target) }
             try FileStore.copyAtomically(image.blobs + "/" + digest.hex, to: target, mode: 0o444, cancellation: cancellation)
+            try FileStore.synchronize(target)
         }
-        var manifests = (index?.manifests ?? []).filter { entry in
-            guard let tag = entry.annotations?[AnnotationKey.refName] else { return true }
+        try FileStore.synchronize(blobs)
+
+        var document: [String: Any] = [:]
+        if index != nil, let data = try? FileStore.readData(root + "/index.json"),
+           let existing = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            document = existing
+        }
+        var manifests = (document["manifests"] as? [[String: Any]] ?? []).filter { entry in
+            guard let tag = (entry["annotations"] as? [String: Any])?[AnnotationKey.refName] as? String else { return true }
             return !tags.contains(tag)
         }
         for tag in tags {
             var entry = image.index
             entry.annotations = [AnnotationKey.refName: tag]
-            manifests.append(entry)
+            guard let object = try JSONSerialization.jsonObject(with: try BlobJSON.encode(entry)) as? [String: Any] else {
+                throw VMFactoryError(.internalError, "a descriptor did not encode as a JSON object")
+            }
+            manifests.append(object)
         }
-        let updated = ImageIndex(schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: manifests, annotations: index?.annotations)
-        try FileStore.writeAtomically(try BlobJSON.encode(updated), to: root + "/index.json")
+        document["schemaVersion"] = 2
+        document["mediaType"] = MediaType.ociIndex
+        document["manifests"] = manifests
+        let data = try JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])
+        try FileStore.writeDurably(data, to: root + "/index.json")
     }
 }

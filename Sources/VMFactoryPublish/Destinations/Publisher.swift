@@ -48,6 +48,16 @@ public struct Publisher: Sendable {
                 files: built.files.map { FolderWriter.File(name: FolderWriter.folderName($0.name), sha256: $0.sha256, size: $0.size) }
             )
         }
+        // One publisher at a time per destination on this machine: each reads, changes and
+        // writes the destination's index.
+        var lock: FileLock?
+        switch destination {
+        case .layout(let path, _), .archive(let path, _), .folder(let path):
+            lock = try await Self.lock(path, console: console)
+        case .registry:
+            break
+        }
+        defer { lock?.release() }
         if case .folder(let path) = destination {
             try await BlockingWork.run("writing \(destination)") { cancellation in
                 _ = try FolderWriter.write(targets, to: path, force: force, cancellation: cancellation)
@@ -90,6 +100,16 @@ public struct Publisher: Sendable {
         return Result(destination: destination.description, index: image.index.digest, tags: changes, targets: results)
     }
 
+    /// The lock beside a destination path: `.NAME.lock` in its folder.
+    static func lock(_ path: String, console: Console) async throws -> FileLock {
+        let url = URL(fileURLWithPath: path)
+        let folder = url.deletingLastPathComponent().path
+        try FileStore.createDirectory(folder)
+        return try await FileLock.acquire(folder + "/." + url.lastPathComponent + ".lock") {
+            console.info("waiting: another vmfactory is writing \(FileStore.displayPath(path))")
+        }
+    }
+
     /// A registry: each tag checked first (an existing other image refused without --force),
     /// then `skopeo copy --all --preserve-digests` from a layout, then the tag read back.
     func publish(_ image: ArtifactImage, repository: String, tags: [String], force: Bool, work: String) async throws -> [TagChange] {
@@ -127,6 +147,7 @@ public struct Publisher: Sendable {
 /// renamed over the file.
 enum ArchiveLayout {
     static func publish(_ image: ArtifactImage, to path: String, tags: [String], force: Bool, mtime: Int, work: String, name: String, cancellation: BlockingWork.Cancellation) throws -> [TagChange] {
+        FileStore.removeLeftovers(of: path)
         if FileStore.exists(path) {
             guard FileStore.isRegularFile(path) else {
                 throw VMFactoryError(.invalidArgument, "\(name): \(path) is not a file", hint: "give a file name for oci-archive:, or oci:DIR for a folder")

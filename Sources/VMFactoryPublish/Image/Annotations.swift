@@ -23,8 +23,9 @@ public enum AnnotationKey {
     public static let cmdline = "dev.vmfactory.cmdline"
 }
 
-/// Where the published build came from: the checkout's public address and commit, when it
-/// has them. A local path is no address another machine can reach, so it is left out.
+/// Where the published build came from: the checkout's public address and the commit it
+/// publishes from, when it has them. A local path is no address another machine can reach,
+/// so it is left out; a checkout with changes to tracked files names no commit.
 public struct Provenance: Sendable, Equatable {
     public var source: String?
     public var revision: String?
@@ -43,7 +44,9 @@ public struct Provenance: Sendable, Equatable {
             let text = result.output.trimmingCharacters(in: .whitespacesAndNewlines)
             return text.isEmpty ? nil : text
         }
-        let revision = await git(["rev-parse", "--verify", "HEAD"])
+        // A commit names what published only when nothing tracked differs from it.
+        let changed = await git(["status", "--porcelain", "--untracked-files=no"])
+        let revision = changed == nil ? await git(["rev-parse", "--verify", "HEAD"]) : nil
         let source = await git(["remote", "get-url", "origin"]).flatMap(publicAddress)
         return Provenance(source: source, revision: revision)
     }

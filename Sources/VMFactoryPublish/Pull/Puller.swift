@@ -45,6 +45,8 @@ public struct Puller: Sendable {
         let (layout, tag) = try await localLayout(reference, work: work)
         let name = reference.description
         let outputExisted = FileStore.exists(output)
+        let lock = try await Publisher.lock(output, console: console)
+        defer { lock.release() }
         return try await BlockingWork.run("verifying \(name)") { cancellation in
             try FileStore.createDirectory(output)
             // A refused pull leaves no folder it made (rmdir removes only an empty one).
@@ -167,9 +169,14 @@ public struct Puller: Sendable {
     }
 
     /// One target's manifest, config and layer, verified, and its files written into `stage`.
+    /// The layer is copied out of the layout first and only the copy is hashed and read, so
+    /// a layout changed meanwhile cannot slip other bytes in after the check.
     static func unpack(_ descriptor: Descriptor, target: Target, layout: String, into stage: String, name: String, cancellation: BlockingWork.Cancellation) throws -> [FolderWriter.File] {
         let what = "\(name) (\(target))"
         let manifest = try JSON.decode(ImageManifest.self, from: try blob(descriptor, in: layout, what: "\(what): manifest \(descriptor.digest)"), what: "\(what): manifest")
+        if let listed = descriptor.annotations, listed != manifest.annotations {
+            throw VMFactoryError(.digestMismatch, "\(what): the index's annotations for it are not the manifest's", hint: "the image was changed after it was published; nothing was written")
+        }
         let config = try JSON.decode(ImageConfig.self, from: try blob(manifest.config, in: layout, what: "\(what): config \(manifest.config.digest)"), what: "\(what): config")
         guard manifest.layers.count == 1, let layer = manifest.layers.first, config.rootfs?.diff_ids.count == 1 else {
             throw VMFactoryError(.invalidArgument, "\(what): \(manifest.layers.count) layers where a vmfactory kernel image has one", hint: "give what `vmfactory publish` wrote")
@@ -182,17 +189,25 @@ public struct Puller: Sendable {
         guard FileStore.isRegularFile(layerPath) else {
             throw VMFactoryError(.notFound, "\(what): the image has no blob \(layer.digest)", hint: "the image is incomplete; publish it again")
         }
-        try check(try SHA256Digest.ofFile(at: layerPath, cancellation: cancellation), size: FileStore.fileSize(layerPath) ?? -1, against: layer, digest: layerDigest, what: "\(what): layer \(layer.digest)")
-        let diffID = try uncompressedDigest(layerPath)
+        try FileStore.createDirectory(stage)
+        let copy = stage + "/.layer"
+        defer { unlink(copy) }
+        try FileStore.copy(layerPath, to: copy, cancellation: cancellation)
+        try check(try SHA256Digest.ofFile(at: copy, cancellation: cancellation), size: FileStore.fileSize(copy) ?? -1, against: layer, digest: layerDigest, what: "\(what): layer \(layer.digest)")
+        let diffID = try uncompressedDigest(copy)
         guard "sha256:\(diffID)" == config.rootfs?.diff_ids.first else {
             throw VMFactoryError(.digestMismatch, "\(what): the layer's tar has sha256 \(diffID), its config says \(config.rootfs?.diff_ids.first ?? "")", hint: "the image was changed after it was published; nothing was written")
         }
-
-        try FileStore.createDirectory(stage)
-        let files = try extract(layerPath, target: target, into: stage, what: what, cancellation: cancellation)
+        let files = try extract(copy, target: target, into: stage, budget: Self.budget(layerSize: layer.size), what: what, cancellation: cancellation)
         try verify(files, manifest: manifest, target: target, stage: stage, what: what)
         try FileStore.writeAtomically(FolderWriter.checksums(files), to: stage + "/SHA256SUMS")
         return files.sorted { $0.name < $1.name }
+    }
+
+    /// The most bytes a layer of `layerSize` may unpack to: kernels and initrds shrink to a
+    /// third or so under gzip; 64 times, and 4 GiB at most, leaves room and stops a bomb.
+    static func budget(layerSize: Int64) -> Int64 {
+        min(max(layerSize, 1 << 20) * 64, 4 << 30)
     }
 
     static func uncompressedDigest(_ path: String) throws -> SHA256Digest {
@@ -203,11 +218,13 @@ public struct Puller: Sendable {
     }
 
     /// The layer's `boot/` files into `stage` (under their folder names), hashed while
-    /// written; anything a published layer never holds is refused.
-    static func extract(_ layerPath: String, target: Target, into stage: String, what: String, cancellation: BlockingWork.Cancellation) throws -> [FolderWriter.File] {
+    /// written; anything a published layer never holds is refused, and so is more data than
+    /// `budget`, before it is written.
+    static func extract(_ layerPath: String, target: Target, into stage: String, budget: Int64, what: String, cancellation: BlockingWork.Cancellation) throws -> [FolderWriter.File] {
         let allowed = BuiltTarget.allowedNames(for: target)
         let reader = try ArchiveReader(path: layerPath, formats: .tar, hashing: false)
         var files: [FolderWriter.File] = []
+        var total: Int64 = 0
         while let entry = try reader.nextEntry() {
             try cancellation.check()
             var path = reader.currentPath
@@ -215,12 +232,20 @@ public struct Puller: Sendable {
             let type = EntryType(rawValue: archive_entry_filetype(entry))
             if path == "boot" || path == "boot/", type == .directory { continue }
             let fileName = path.hasPrefix("boot/") ? String(path.dropFirst(5)) : ""
-            guard type == .regular, allowed.contains(fileName) else {
+            guard allowed.contains(fileName) else {
                 throw VMFactoryError(.hostileArchive, "\(what): the layer holds '\(reader.currentPath)', which a vmfactory kernel image never has", hint: "pull only images `vmfactory publish` wrote; nothing was written")
+            }
+            guard type == .regular else {
+                throw VMFactoryError(.hostileArchive, "\(what): '\(reader.currentPath)' in the layer is not a regular file (a link or a device)", hint: "pull only images `vmfactory publish` wrote; nothing was written")
             }
             let name = FolderWriter.folderName(fileName)
             guard !files.contains(where: { $0.name == name }) else {
-                throw VMFactoryError(.hostileArchive, "\(what): the layer holds \(path) twice", hint: "nothing was written")
+                throw VMFactoryError(.hostileArchive, "\(what): the layer holds \(path) twice", hint: "pull only images `vmfactory publish` wrote; nothing was written")
+            }
+            let declared = archive_entry_size(entry)
+            total += max(declared, 0)
+            guard total <= budget else {
+                throw VMFactoryError(.hostileArchive, "\(what): the layer unpacks to more than \(ByteCount.format(budget))", hint: "pull only images `vmfactory publish` wrote; nothing was written")
             }
             let destination = stage + "/" + name
             let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
@@ -229,6 +254,9 @@ public struct Puller: Sendable {
             var hasher = StreamingHasher()
             try reader.readData { bytes in
                 hasher.update(bytes)
+                guard hasher.byteCount <= declared else {
+                    throw VMFactoryError(.hostileArchive, "\(what): \(path) holds more than its tar header says", hint: "nothing was written")
+                }
                 try FileStore.writeAll(fd, bytes, path: destination)
             }
             files.append(FolderWriter.File(name: name, sha256: hasher.finalize(), size: hasher.byteCount))
@@ -271,8 +299,28 @@ public struct Puller: Sendable {
             }
             guard expected == file.sha256.hex else { throw refuse(file.name, expected: expected, actual: file.sha256.hex, by: key) }
         }
-        if let key = annotations[AnnotationKey.buildKey], let recorded = build.kernel?.keys.build.hex, key != recorded {
-            throw VMFactoryError(.digestMismatch, "\(what): the manifest's \(AnnotationKey.buildKey) is \(key), its build manifest says \(recorded)", hint: "nothing was written")
+        // Every other annotation a runtime may read says what the build manifest says.
+        guard let part = build.kernel else {
+            throw VMFactoryError(.notFound, "\(what): its build manifest has no kernel", hint: "give what `vmfactory publish` wrote")
+        }
+        let expected: [String: String] = [
+            AnnotationKey.target: target.rawValue,
+            AnnotationKey.recipe: build.recipe.name,
+            AnnotationKey.kernelPath: "/boot/" + BuiltTarget.bootKernelName(for: target),
+            AnnotationKey.initrdPath: "/boot/" + initrd.name,
+            AnnotationKey.buildKey: part.keys.build.hex,
+            AnnotationKey.inputKey: part.keys.inputs.hex,
+            AnnotationKey.cmdline: part.cmdline,
+            AnnotationKey.version: part.release,
+            AnnotationKey.created: rfc3339(epoch: build.sourceDateEpoch),
+        ]
+        for (key, value) in expected.sorted(by: { $0.key < $1.key }) {
+            guard let found = annotations[key] else {
+                throw VMFactoryError(.notFound, "\(what): the manifest has no \(key) annotation", hint: "give what `vmfactory publish` wrote")
+            }
+            guard found == value else {
+                throw VMFactoryError(.digestMismatch, "\(what): the manifest's \(key) is '\(found)', its build manifest says '\(value)'", hint: "the image was changed after it was published; nothing was written")
+            }
         }
     }
 }
