@@ -3,6 +3,7 @@ import Foundation
 import VMFactoryBoot
 import VMFactoryCore
 import VMFactoryKernel
+import VMFactoryPublish
 
 struct Build: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,20 +20,47 @@ struct Build: AsyncParsableCommand {
 
     @OptionGroup var selection: RecipeTargets
 
-    @Option(name: [.long, .customShort("j", allowingJoined: true)], help: "Parallel make jobs, as make's -j (default: the number of cores).")
-    var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(name: [.long, .customShort("j", allowingJoined: true)], help: "Parallel make jobs, as make's -j (default: the number of cores; with distcc, the helpers' slots).")
+    var jobs: Int?
 
     @Flag(help: "Do not compile through ccache even when it is installed.")
     var noCcache = false
 
+    @Option(help: "Compile on these distcc helpers, as distcc lists them: 'HOST[:PORT][/LIMIT] …' (else $DISTCC_HOSTS, else build.distcc of the user config).")
+    var distcc: String?
+
+    @Flag(help: "Compile here even when $DISTCC_HOSTS or the user config name helpers.")
+    var noDistcc = false
+
+    @Option(help: "Take the artifacts from this build cache when it has the inputs' entry: oci:DIR or docker://HOST/REPO.")
+    var cacheFrom: String?
+
+    @Option(help: "Put the artifacts into this build cache after the build: oci:DIR or docker://HOST/REPO.")
+    var cacheTo: String?
+
+    @OptionGroup var registry: RegistryArguments
+
     func validate() throws {
-        if jobs < 1 || jobs > 1024 { throw ValidationError("--jobs takes a number from 1 to 1024") }
+        if let jobs, jobs < 1 || jobs > 1024 { throw ValidationError("--jobs takes a number from 1 to 1024") }
+        if distcc != nil && noDistcc { throw ValidationError("--distcc and --no-distcc cannot be used together") }
     }
 
     func run() async throws {
-        let options = BuildOptions(jobs: jobs, useCcache: !noCcache)
+        let jobs = self.jobs, noCcache = self.noCcache, distcc = self.distcc, noDistcc = self.noDistcc
+        let cacheFrom = self.cacheFrom, cacheTo = self.cacheTo, registry = self.registry
         try await selection.run(global) { factory, recipe, targets in
-            BuildReport.output(try await factory.build(recipe, targets: targets, options: options))
+            let context = CommandContext.current
+            var options = BuildOptions(jobs: jobs, useCcache: !noCcache)
+            options.distccHosts = try UserConfig.distccHosts(option: distcc, disabled: noDistcc, environment: context.environment)
+            func cache(_ text: String) throws -> RegistryBuildCache {
+                try RegistryBuildCache(
+                    parsing: text, currentDirectory: context.currentDirectory, skopeo: registry.skopeo(context), console: factory.console,
+                    temporaryDirectory: factory.workspace.cacheDirectory + "/tmp"
+                )
+            }
+            options.cacheFrom = try cacheFrom.map(cache)
+            options.cacheTo = try cacheTo.map(cache)
+            return BuildReport.output(try await factory.build(recipe, targets: targets, options: options))
         }
     }
 }
@@ -42,9 +70,11 @@ enum BuildReport {
     static func output(_ results: [BuildResult]) -> Output {
         var lines: [String] = []
         for result in results {
-            let how = result.upToDate ? "up to date" : String(format: "built in %.1f s", result.seconds)
+            var how = result.upToDate ? "up to date" : String(format: "built in %.1f s", result.seconds)
+            if let origin = result.cachedFrom { how += ", kernel from \(origin)" }
             let kernel = result.manifest.kernel.map { "kernel \($0.release)" } ?? "no kernel"
             lines.append("\(result.target): \(how), \(kernel) -> \(FileStore.displayPath(result.outputDirectory))")
+            if let cached = result.cachedTo { lines.append("  cached as \(cached)") }
             let width = result.manifest.artifacts.map(\.name.count).max() ?? 0
             for artifact in result.manifest.artifacts {
                 let size = ByteCount.format(artifact.size)

@@ -14,11 +14,33 @@ struct Doctor: AsyncParsableCommand {
     @Flag(help: "Print only the Debian packages that are missing, on one line (what scripts/setup installs).")
     var missingPackages = false
 
+    @Option(help: "Check these distcc helpers instead: each must answer and compile with the targets' compilers ('HOST[:PORT][/LIMIT] …').")
+    var distcc: String?
+
+    struct HelperCheck: Encodable {
+        var host: String
+        var ok: Bool
+        var problems: [String]
+    }
+
     func run() async throws {
         let selection = self.target
         let missingOnly = self.missingPackages
-        try await global.perform { context, _ in
+        let distcc = self.distcc
+        try await global.perform { context, console in
             let targets = selection == .all ? Target.allCases : [Target(rawValue: selection.rawValue)!]
+            if let distcc {
+                let planner = DistccPlanner(runner: context.runner, console: console, environment: context.environment, cacheDirectory: global.cacheDirectory(context))
+                let compilers = targets.map { $0.compiler() }
+                let checks = try await planner.check(distcc, compilers: compilers).map { HelperCheck(host: $0.host, ok: $0.problems.isEmpty, problems: $0.problems) }
+                var lines = checks.map { check in
+                    check.ok ? "\(check.host): ok (\(compilers.joined(separator: ", ")))" : "\(check.host): " + check.problems.joined(separator: "; ")
+                }
+                if checks.contains(where: { !$0.ok }) {
+                    lines += ["", "A helper must run distccd reachable from here (--allow this machine) and have the same compilers by the same names, allowed in its /usr/lib/distcc (update-distcc-symlinks)."]
+                }
+                return Output(text: lines.joined(separator: "\n"), value: checks, failed: checks.contains { !$0.ok })
+            }
             let report = VMFactoryCore.Doctor.check(targets: targets, environment: context.environment)
             if missingOnly {
                 // For scripts/setup: the packages to install, one line, nothing when none.

@@ -91,6 +91,19 @@ public struct BuildManifest: Sendable, Codable, Equatable {
         public var key: SHA256Digest
     }
 
+    /// Where a kernel part that was not compiled here came from: a build cache's entry.
+    public struct CacheOrigin: Sendable, Codable, Equatable {
+        /// The entry, `docker://host/repo:<input key>-<target>` or `oci:DIR:…`.
+        public var reference: String
+        /// The digest of the image index the entry named.
+        public var index: String
+
+        public init(reference: String, index: String) {
+            self.reference = reference
+            self.index = index
+        }
+    }
+
     public enum Part: String, Sendable, Codable {
         case kernel, initrd
     }
@@ -104,6 +117,8 @@ public struct BuildManifest: Sendable, Codable, Equatable {
     public var artifacts: [Artifact]
     /// Files beside the artifacts that vary from run to run (logs): listed, not hashed.
     public var logs: [String]
+    /// Set when the kernel came from a build cache instead of a compile here.
+    public var cachedFrom: CacheOrigin? = nil
 
     public func artifacts(of part: Part) -> [Artifact] {
         artifacts.filter { $0.part == part }

@@ -25,13 +25,15 @@ public struct KernelBuildPlan: Sendable {
         /// The ccache executable, when builds go through it. It is left out of the keys: a cache
         /// hit gives the same bytes as a compile.
         public var ccache: String?
+        /// distcc, when compiles go to helpers. Left out of the keys like ccache.
+        public var distcc: DistccSetup?
         public var hostMachine: String
         public var buildDirectory: String
         public var outputDirectory: String
 
         public init(
             recipe: Recipe, target: TargetRecipe, treeKey: SHA256Digest, toolchain: Toolchain, sourceDateEpoch: Int,
-            jobs: Int, ccache: String? = nil, hostMachine: String = Target.hostMachine, buildDirectory: String, outputDirectory: String
+            jobs: Int, ccache: String? = nil, distcc: DistccSetup? = nil, hostMachine: String = Target.hostMachine, buildDirectory: String, outputDirectory: String
         ) {
             self.recipe = recipe
             self.target = target
@@ -40,6 +42,7 @@ public struct KernelBuildPlan: Sendable {
             self.sourceDateEpoch = sourceDateEpoch
             self.jobs = jobs
             self.ccache = ccache
+            self.distcc = distcc
             self.hostMachine = hostMachine
             self.buildDirectory = buildDirectory
             self.outputDirectory = outputDirectory
@@ -92,6 +95,7 @@ public struct KernelBuildPlan: Sendable {
     public var sourceDateEpoch: Int { inputs.sourceDateEpoch }
     public var jobs: Int { inputs.jobs }
     public var ccache: String? { inputs.ccache }
+    public var distcc: DistccSetup? { inputs.distcc }
     public var hostMachine: String { inputs.hostMachine }
     public var buildDirectory: String { inputs.buildDirectory }
     public var outputDirectory: String { inputs.outputDirectory }
@@ -180,6 +184,9 @@ public struct KernelBuildPlan: Sendable {
             // Paths below the cache are rewritten relative, so that trees at other cache
             // locations still hit.
             environment["CCACHE_BASEDIR"] = cacheDirectory
+        }
+        if let distcc {
+            environment.merge(distcc.environment(ccache: ccache != nil)) { _, new in new }
         }
         return environment
     }

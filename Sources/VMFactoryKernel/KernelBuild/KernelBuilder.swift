@@ -6,12 +6,22 @@ import VMFactoryCore
 public struct BuildOptions: Sendable {
     /// make's `-j`; the number of cores by default.
     public var jobs: Int
+    /// Whether `jobs` was asked for; when not, a distributed build sizes it to the helpers.
+    public var jobsGiven: Bool
     /// Compile through ccache when it is installed.
     public var useCcache: Bool
+    /// A distcc host list: compile on these helpers (see `DistccSetup`).
+    public var distccHosts: String?
+    /// Artifacts looked up by input key before compiling (`--cache-from`).
+    public var cacheFrom: (any BuildCache)?
+    /// Where the artifacts go after a build (`--cache-to`).
+    public var cacheTo: (any BuildCache)?
 
-    public init(jobs: Int = ProcessInfo.processInfo.activeProcessorCount, useCcache: Bool = true) {
-        self.jobs = jobs
+    public init(jobs: Int? = nil, useCcache: Bool = true, distccHosts: String? = nil) {
+        self.jobs = jobs ?? ProcessInfo.processInfo.activeProcessorCount
+        self.jobsGiven = jobs != nil
         self.useCcache = useCcache
+        self.distccHosts = distccHosts
     }
 }
 
@@ -23,6 +33,10 @@ public struct BuildResult: Sendable, Codable {
     public var outputDirectory: String
     public var seconds: Double
     public var manifest: BuildManifest
+    /// The cache entry the kernel came from (`--cache-from`), when it did.
+    public var cachedFrom: String? = nil
+    /// Where the set was cached (`--cache-to`).
+    public var cachedTo: String? = nil
 }
 
 /// Compiles one target's kernel out of tree and publishes its artifacts with a manifest.

@@ -59,12 +59,67 @@ extension Factory {
     /// whole set is published at once.
     public func build(_ recipe: Recipe, targets: [Target], options: BuildOptions = BuildOptions()) async throws -> [BuildResult] {
         let source = PreparedSource(factory: self, recipe: recipe)
+        var distcc: DistccSetup?
+        if let hosts = options.distccHosts {
+            let planner = DistccPlanner(runner: runner, console: console, environment: workspace.hostEnvironment, cacheDirectory: workspace.cacheDirectory)
+            distcc = try await planner.setup(hosts, compilers: targets.map { $0.compiler() })
+        }
         var results: [BuildResult] = []
         for target in targets {
-            let plan = try await targetPlan(recipe, target: target, options: options, wantsKernel: true)
-            results.append(try await build(plan, source: source))
+            let plan = try await targetPlan(recipe, target: target, options: options, wantsKernel: true, distcc: distcc)
+            var result = try await build(plan, source: source, options: options)
+            if let cache = options.cacheTo { result.cachedTo = await push(result, plan: plan, to: cache) }
+            results.append(result)
         }
         return results
+    }
+
+    /// `--cache-to`: the set just built (or found up to date) into the cache. A failure is a
+    /// warning: the build itself is done and intact.
+    func push(_ result: BuildResult, plan: TargetBuildPlan, to cache: any BuildCache) async -> String? {
+        if let origin = result.manifest.cachedFrom, origin.reference.hasPrefix(cache.location) { return origin.reference }
+        do {
+            let reference = try await cache.store(recipe: plan.kernel.recipe.name, target: plan.target, inputKey: plan.kernel.inputKey, outputDirectory: result.outputDirectory)
+            console.info("build \(plan.label): cached as \(reference)")
+            return reference
+        } catch {
+            console.warning("build \(plan.label): not cached in \(cache.location): \(VMFactoryError(error).description)")
+            return nil
+        }
+    }
+
+    /// `--cache-from`: the entry for the plan's input key, when the cache has one that
+    /// verifies and was built from the same inputs; nil (with a warning when an entry was
+    /// refused) otherwise.
+    func lookUp(_ plan: TargetBuildPlan, in cache: any BuildCache) async throws -> CachedBuild? {
+        let work = KernelBuilder.workDirectory(plan.kernel)
+        try FileStore.createDirectory(work)
+        FileStore.removeLeftovers(of: work + "/cache")
+        let directory = FileStore.temporaryName(for: work + "/cache")
+        do {
+            guard let hit = try await cache.fetch(recipe: plan.kernel.recipe.name, target: plan.target, inputKey: plan.kernel.inputKey, into: directory) else {
+                console.info("build \(plan.label): not in the cache \(cache.location); compiling")
+                try? FileStore.removeTree(directory)
+                return nil
+            }
+            let kernel = hit.manifest.kernel
+            guard hit.manifest.target == plan.target, hit.manifest.recipe.name == plan.kernel.recipe.name, kernel?.keys.inputs == plan.kernel.inputKey else {
+                throw VMFactoryError(
+                    .digestMismatch, "\(hit.origin.reference) holds a build of \(hit.manifest.recipe.name)/\(hit.manifest.target) with input key \(kernel?.keys.inputs.hex ?? "none"), not \(plan.kernel.inputKey.hex)",
+                    hint: "the entry is mislabeled; the next --cache-to replaces it"
+                )
+            }
+            console.info("build \(plan.label): from the cache, \(hit.origin.reference) (\(hit.origin.index))")
+            return hit
+        } catch let error as CancellationError {
+            throw error
+        } catch let error as VMFactoryError where error.code == .interrupted {
+            throw error
+        } catch {
+            try? FileStore.removeTree(directory)
+            console.warning("build \(plan.label): the cache entry in \(cache.location) was refused: \(VMFactoryError(error).description); compiling here")
+            return nil
+        }
     }
 
     /// Makes only the init and the initrd of each target (`vmfactory initrd`). The kernel
@@ -79,15 +134,20 @@ extension Factory {
         return results
     }
 
-    func targetPlan(_ recipe: Recipe, target: Target, options: BuildOptions, wantsKernel: Bool) async throws -> TargetBuildPlan {
-        let kernel = try await plan(recipe, target: target, options: options)
+    func targetPlan(_ recipe: Recipe, target: Target, options: BuildOptions, wantsKernel: Bool, distcc: DistccSetup? = nil) async throws -> TargetBuildPlan {
+        var kernel = try await plan(recipe, target: target, options: options)
+        if let distcc {
+            // Each helper's slots, and this machine's cores at least (it preprocesses and links).
+            let jobs = options.jobsGiven ? options.jobs : max(options.jobs, distcc.slots)
+            kernel = try kernel.with { $0.distcc = distcc; $0.jobs = jobs }
+        }
         let initrd = try InitrdBuilder(library: workspace.library, runner: runner, console: console)
             .plan(recipe, target: target, compiler: kernel.toolchain.compiler, sourceDateEpoch: kernel.sourceDateEpoch)
         return TargetBuildPlan(kernel: kernel, initrd: initrd, wantsKernel: wantsKernel)
     }
 
     /// Decides under the build directory's lock, then carries the decision out.
-    func build(_ plan: TargetBuildPlan, source: PreparedSource) async throws -> BuildResult {
+    func build(_ plan: TargetBuildPlan, source: PreparedSource, options: BuildOptions = BuildOptions()) async throws -> BuildResult {
         let start = ContinuousClock.now
         let lock = try await FileLock.acquire(plan.kernel.buildDirectory + ".lock") {
             console.info("waiting: another vmfactory is building \(plan.label) in \(FileStore.displayPath(plan.kernel.buildDirectory))")
@@ -110,17 +170,27 @@ extension Factory {
             console.info("build \(plan.label): up to date (\(current.artifacts.count) artifacts verified by sha256)")
             return BuildResult(target: plan.target, upToDate: true, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: current)
         }
-        let manifest = try await carryOut(decision, plan: plan, current: current, source: source)
-        return BuildResult(target: plan.target, upToDate: false, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: manifest)
+        var cached: CachedBuild?
+        if decision.kernel == .build, let cache = options.cacheFrom { cached = try await lookUp(plan, in: cache) }
+        defer { if let cached { try? FileStore.removeTree(URL(fileURLWithPath: cached.directory).deletingLastPathComponent().path) } }
+        let manifest = try await carryOut(decision, plan: plan, current: current, source: source, cached: cached)
+        var result = BuildResult(target: plan.target, upToDate: false, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: manifest)
+        result.cachedFrom = cached?.origin.reference
+        return result
     }
 
     /// Makes or keeps each part as decided, then publishes the whole set.
-    func carryOut(_ decision: BuildDecision, plan: TargetBuildPlan, current: BuildManifest?, source: PreparedSource) async throws -> BuildManifest {
+    func carryOut(_ decision: BuildDecision, plan: TargetBuildPlan, current: BuildManifest?, source: PreparedSource, cached: CachedBuild? = nil) async throws -> BuildManifest {
         let work = KernelBuilder.workDirectory(plan.kernel)
         try FileStore.createDirectory(work)
         var set = OutputSet()
         let resolvedConfig: String
         switch decision.kernel {
+        case .build where cached != nil:
+            // From a build cache: its kernel files, verified, instead of a compile. The init and
+            // the initrd are made here (seconds), as the cache entry has no init.
+            set.keep(.kernel, of: cached!.manifest, in: cached!.directory, logs: false)
+            resolvedConfig = cached!.directory + "/config"
         case .keep:
             set.keep(.kernel, of: current!, in: plan.outputDirectory, logs: true)
             resolvedConfig = plan.outputDirectory + "/config"
@@ -149,7 +219,8 @@ extension Factory {
         let manifest = BuildManifest(
             schema: BuildManifest.currentSchema, recipe: .init(name: recipe.name, sha256: recipe.digest),
             target: plan.target, sourceDateEpoch: plan.kernel.sourceDateEpoch,
-            kernel: set.kernel, initrd: set.initrd, artifacts: set.artifacts, logs: set.logs
+            kernel: set.kernel, initrd: set.initrd, artifacts: set.artifacts, logs: set.logs,
+            cachedFrom: cached?.origin ?? (decision.kernel == .keep ? current?.cachedFrom : nil)
         )
         OutputPublisher.removeLeftovers(of: plan.outputDirectory, console: console)
         try await OutputPublisher.publish(files: set.files, manifest: manifest, to: plan.outputDirectory)

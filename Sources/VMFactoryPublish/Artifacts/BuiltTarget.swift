@@ -88,11 +88,13 @@ public struct BuiltTarget: Sendable {
     }
 
     /// The manifest without what names the building machine: a source found at a local path
-    /// keeps its sha256 and tree key, not the path (an apt package or a URL is kept). So two
-    /// reproducible builds on two machines publish the same bytes.
+    /// keeps its sha256 and tree key, not the path (an apt package or a URL is kept), and a
+    /// kernel taken from a build cache does not say so. So two reproducible builds on two
+    /// machines publish the same bytes.
     public static func publishable(_ manifest: BuildManifest) -> BuildManifest {
         var published = manifest
         if published.kernel?.source.origin?.kind == .path { published.kernel?.source.origin = nil }
+        published.cachedFrom = nil
         return published
     }
 }

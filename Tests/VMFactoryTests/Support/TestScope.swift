@@ -55,8 +55,8 @@ extension TestSupport {
     /// A cache of the test's own that shares the shared cache's verified sources and source
     /// trees (read-only, content-addressed), and holds copies of `copying` (paths below the
     /// cache, such as `builds/minimal/x86_64` or `configs`) so that the test can change them.
-    static func scopedCache(copying: [String] = []) async throws -> String {
-        let cache = try temporaryDirectory("cache")
+    static func scopedCache(copying: [String] = [], at location: String? = nil) async throws -> String {
+        let cache = try location ?? temporaryDirectory("cache")
         for folder in ["sources/sha256", "trees"] {
             let shared = sharedCache + "/" + folder
             try FileStore.createDirectory(cache + "/" + folder)

@@ -1,0 +1,255 @@
+import Foundation
+import VMFactoryCore
+
+/// Compiling through distcc: make runs here, each compile is preprocessed here and compiled
+/// on a helper (distcc's plain mode, not pump mode), configuration and linking stay here.
+/// The command lines kbuild records stay those of a local build: without ccache the
+/// compiler names reach distcc through a folder of links first in PATH (distcc's masquerade
+/// mode), with ccache through `CCACHE_PREFIX`. So a distributed build and a local one share
+/// a build directory without either recompiling the other's objects, and the keys leave
+/// distcc out, as they leave ccache out: the bytes are the same.
+public struct DistccSetup: Sendable, Equatable {
+    /// The host list distcc gets (`DISTCC_HOSTS`): the helpers that answered.
+    public var hosts: String
+    /// distcc's state and lock folder (`DISTCC_DIR`).
+    public var stateDirectory: String
+    /// The masquerade folder: `gcc`, `s390x-linux-gnu-gcc`, … linked to distcc.
+    public var masquerade: String
+    /// PATH with the masquerade folder first.
+    public var path: String
+    /// The concurrent jobs distcc says the hosts take (`distcc -j`).
+    public var slots: Int
+
+    /// What make's environment gets, on top of the build's own.
+    public func environment(ccache: Bool) -> [String: String] {
+        // distcc would run `gcc` as `x86_64-linux-gnu-gcc`, whose `--version` kbuild writes
+        // into the config and the kernel's banner: the compiler keeps the name it was given.
+        var environment = ["DISTCC_HOSTS": hosts, "DISTCC_DIR": stateDirectory, "DISTCC_NO_REWRITE_CROSS": "1"]
+        if ccache {
+            environment["CCACHE_PREFIX"] = "distcc"
+        } else {
+            environment["PATH"] = path
+        }
+        return environment
+    }
+}
+
+/// One entry of a distcc host list (distcc(1), HOST SPECIFICATIONS).
+public struct DistccHost: Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        /// A distccd reached over TCP.
+        case tcp(host: String, port: UInt16)
+        /// `@host`: distccd started over ssh; it cannot be probed without logging in.
+        case ssh
+        /// `localhost`: compiles here, no daemon.
+        case local
+        /// `--randomize`, `--localslots=N`, `+zeroconf`: options, kept as they are.
+        case option
+    }
+
+    public var text: String
+    public var kind: Kind
+
+    public var description: String { text }
+
+    public static let defaultPort: UInt16 = 3632
+
+    /// Splits a host list at blanks; each word is one host or option.
+    public static func parse(_ list: String) throws -> [DistccHost] {
+        let words = list.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init)
+        guard !words.isEmpty else {
+            throw VMFactoryError(.invalidArgument, "the distcc host list is empty", hint: "give hosts as distcc takes them: HOST[:PORT][/LIMIT] …, such as '10.0.0.2/8 10.0.0.3:3633/4'")
+        }
+        return try words.map { word in
+            if word.hasPrefix("--") || word.hasPrefix("+") { return DistccHost(text: word, kind: .option) }
+            if word.hasPrefix("@") || word.contains("@") { return DistccHost(text: word, kind: .ssh) }
+            // HOST[:PORT][/LIMIT][,OPTION…]
+            var rest = Substring(word)
+            if let comma = rest.firstIndex(of: ",") { rest = rest[..<comma] }
+            if let slash = rest.firstIndex(of: "/") {
+                guard Int(rest[rest.index(after: slash)...]).map({ $0 > 0 }) == true else {
+                    throw VMFactoryError(.invalidArgument, "distcc host '\(word)': the job limit after / is not a positive number", hint: "write HOST[:PORT]/LIMIT, such as 10.0.0.2/8")
+                }
+                rest = rest[..<slash]
+            }
+            var host = String(rest)
+            var port = defaultPort
+            if host.hasPrefix("["), let close = host.firstIndex(of: "]") {
+                // [IPv6]:PORT
+                let after = host[host.index(after: close)...]
+                if after.hasPrefix(":") {
+                    guard let value = UInt16(after.dropFirst()) else { throw invalidPort(word) }
+                    port = value
+                }
+                host = String(host[host.index(after: host.startIndex)..<close])
+            } else if let colon = host.firstIndex(of: ":"), host.filter({ $0 == ":" }).count == 1 {
+                guard let value = UInt16(host[host.index(after: colon)...]) else { throw invalidPort(word) }
+                port = value
+                host = String(host[..<colon])
+            }
+            guard !host.isEmpty else { throw VMFactoryError(.invalidArgument, "distcc host '\(word)' names no host", hint: "write HOST[:PORT][/LIMIT]") }
+            if host == "localhost" { return DistccHost(text: word, kind: .local) }
+            return DistccHost(text: word, kind: .tcp(host: host, port: port))
+        }
+    }
+
+    static func invalidPort(_ word: String) -> VMFactoryError {
+        VMFactoryError(.invalidArgument, "distcc host '\(word)': the port is not a number from 1 to 65535", hint: "write HOST:PORT, such as 10.0.0.2:3632")
+    }
+
+    /// The helpers among `hosts`: those that compile elsewhere.
+    public static func helpers(_ hosts: [DistccHost]) -> [DistccHost] {
+        hosts.filter { if case .local = $0.kind { return false }; if case .option = $0.kind { return false }; return true }
+    }
+}
+
+/// Finds out which helpers answer and sets distcc up for a build.
+public struct DistccPlanner: Sendable {
+    public var runner: any ProcessRunner
+    public var console: Console
+    public var environment: [String: String]
+    public var cacheDirectory: String
+    /// How long a helper may take to accept a connection.
+    public var connectTimeout: Duration = .seconds(2)
+
+    public init(runner: any ProcessRunner, console: Console, environment: [String: String], cacheDirectory: String) {
+        self.runner = runner
+        self.console = console
+        self.environment = environment
+        self.cacheDirectory = cacheDirectory
+    }
+
+    /// Whether each helper accepts a TCP connection (ssh helpers count as answering).
+    public func probe(_ hosts: [DistccHost]) async -> [(DistccHost, String?)] {
+        await withTaskGroup(of: (Int, String?).self) { group in
+            for (position, host) in hosts.enumerated() {
+                group.addTask {
+                    guard case .tcp(let name, let port) = host.kind else { return (position, nil) }
+                    return (position, await TCPProbe.connect(host: name, port: port, timeout: connectTimeout))
+                }
+            }
+            var problems = [String?](repeating: nil, count: hosts.count)
+            for await (position, problem) in group { problems[position] = problem }
+            return hosts.enumerated().map { ($0.element, problems[$0.offset]) }
+        }
+    }
+
+    /// The setup for `list` (the compilers of `targets` masqueraded), or nil with a warning
+    /// when no helper answers: the build then compiles here, as without distcc.
+    public func setup(_ list: String, compilers: [String]) async throws -> DistccSetup? {
+        guard let distcc = Doctor.findExecutable("distcc", environment: environment) else {
+            throw VMFactoryError(.missingTool, "--distcc needs distcc, which is not installed", hint: "sudo apt-get install distcc, or build without --distcc")
+        }
+        let hosts = try DistccHost.parse(list)
+        let helpers = DistccHost.helpers(hosts)
+        guard !helpers.isEmpty else {
+            throw VMFactoryError(.invalidArgument, "the distcc host list '\(list)' names no helper", hint: "list the machines that run distccd, HOST[:PORT][/LIMIT]")
+        }
+        let probed = await probe(hosts)
+        let down = probed.filter { $0.1 != nil }
+        for (host, problem) in down { console.warning("distcc: helper \(host) does not answer (\(problem ?? "")); leaving it out") }
+        let live = probed.filter { $0.1 == nil }.map(\.0)
+        guard !DistccHost.helpers(live).isEmpty else {
+            console.warning("distcc: no helper answers; compiling here, without distcc")
+            return nil
+        }
+        let hostList = live.map(\.text).joined(separator: " ")
+        let masquerade = cacheDirectory + "/distcc/bin"
+        let state = cacheDirectory + "/distcc/state"
+        try FileStore.createDirectory(masquerade)
+        try FileStore.createDirectory(state)
+        for compiler in Set(compilers) {
+            let link = masquerade + "/" + compiler
+            if (try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == distcc { continue }
+            try? FileManager.default.removeItem(atPath: link)
+            try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: distcc)
+        }
+        let result = try await runner.run(Command(distcc, ["-j"], environment: ["DISTCC_HOSTS": hostList, "DISTCC_DIR": state]), output: .stdoutApart)
+        let slots = result.succeeded ? Int(result.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 : 0
+        let path = masquerade + ":" + (environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
+        console.info("distcc: \(DistccHost.helpers(live).count) helper\(DistccHost.helpers(live).count == 1 ? "" : "s") (\(hostList)), \(slots) slots")
+        return DistccSetup(hosts: hostList, stateDirectory: state, masquerade: masquerade, path: path, slots: max(slots, 1))
+    }
+
+    /// For `doctor --distcc`: each helper answers and compiles a small file with each
+    /// compiler, through distcc with no local fallback.
+    public func check(_ list: String, compilers: [String]) async throws -> [(host: String, problems: [String])] {
+        guard let distcc = Doctor.findExecutable("distcc", environment: environment) else {
+            throw VMFactoryError(.missingTool, "distcc is not installed", hint: "sudo apt-get install distcc")
+        }
+        let hosts = DistccHost.helpers(try DistccHost.parse(list))
+        let work = FileStore.temporaryName(for: cacheDirectory + "/tmp/distcc-check")
+        try FileStore.createDirectory(work + "/state")
+        defer { try? FileStore.removeTree(work) }
+        try FileStore.writeAtomically("int vmfactory_distcc_check(int x) { return x * 3; }\n", to: work + "/check.c")
+        var report: [(String, [String])] = []
+        for (host, problem) in await probe(hosts) {
+            if let problem {
+                report.append((host.text, ["does not answer: \(problem)"]))
+                continue
+            }
+            var problems: [String] = []
+            for compiler in compilers {
+                let command = Command(
+                    distcc, [compiler, "-c", "check.c", "-o", "check-\(compiler).o"],
+                    environment: ["DISTCC_HOSTS": host.text, "DISTCC_DIR": work + "/state", "DISTCC_FALLBACK": "0", "DISTCC_SKIP_LOCAL_RETRY": "1", "DISTCC_NO_REWRITE_CROSS": "1"],
+                    workingDirectory: work
+                )
+                let result = try await runner.run(command, output: .capture)
+                if !result.succeeded {
+                    let said = result.output.split(separator: "\n").last.map(String.init) ?? result.statusDescription
+                    problems.append("cannot compile with \(compiler): \(said)")
+                }
+            }
+            report.append((host.text, problems))
+        }
+        return report
+    }
+}
+
+/// A TCP connection attempt with a deadline: nil when the port accepts, else what failed.
+enum TCPProbe {
+    static func connect(host: String, port: UInt16, timeout: Duration) async -> String? {
+        do {
+            return try await BlockingWork.run("connecting to \(host):\(port)") { _ in attempt(host: host, port: port, timeout: timeout) }
+        } catch {
+            return "interrupted"
+        }
+    }
+
+    static func attempt(host: String, port: UInt16, timeout: Duration) -> String? {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_family = AF_UNSPEC
+        var list: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &list)
+        guard status == 0, let first = list else { return "cannot resolve \(host): \(String(cString: gai_strerror(status)))" }
+        defer { freeaddrinfo(list) }
+        var failure = "no address"
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let current = entry {
+            entry = current.pointee.ai_next
+            let fd = socket(current.pointee.ai_family, current.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), current.pointee.ai_protocol)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            if Glibc.connect(fd, current.pointee.ai_addr, current.pointee.ai_addrlen) == 0 { return nil }
+            guard errno == EINPROGRESS else {
+                failure = String(cString: strerror(errno))
+                continue
+            }
+            var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let milliseconds = Int32(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+            let ready = poll(&poller, 1, milliseconds)
+            if ready == 0 {
+                failure = "no answer within \(timeout.components.seconds) s"
+                continue
+            }
+            var error: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+            if error == 0 { return nil }
+            failure = String(cString: strerror(error))
+        }
+        return failure
+    }
+}
