@@ -117,7 +117,7 @@ extension Factory {
             throw error
         } catch {
             try? FileStore.removeTree(directory)
-            console.warning("build \(plan.label): the cache entry in \(cache.location) was refused: \(VMFactoryError(error).description); compiling here")
+            console.warning("build \(plan.label): the cache entry in \(cache.location) could not be used: \(VMFactoryError(error).description); compiling here")
             return nil
         }
     }
