@@ -51,7 +51,10 @@ struct Build: AsyncParsableCommand {
         try await selection.run(global) { factory, recipe, targets in
             let context = CommandContext.current
             var options = BuildOptions(jobs: jobs, useCcache: !noCcache)
-            options.distccHosts = try UserConfig.distccHosts(option: distcc, disabled: noDistcc, environment: context.environment)
+            if let found = try UserConfig.distcc(option: distcc, disabled: noDistcc, environment: context.environment) {
+                options.distccHosts = found.hosts
+                options.distccSource = found.source
+            }
             func cache(_ text: String) throws -> RegistryBuildCache {
                 try RegistryBuildCache(
                     parsing: text, currentDirectory: context.currentDirectory, skopeo: registry.skopeo(context), console: factory.console,

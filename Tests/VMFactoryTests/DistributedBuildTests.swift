@@ -69,5 +69,16 @@ struct DistributedBuildTests {
         #expect(problem?.contains("refused") == true, "\(problem ?? "nil")")
         let unresolvable = await TCPProbe.connect(host: "no-such-host.invalid", port: 3632, timeout: .seconds(2))
         #expect(unresolvable?.contains("cannot resolve") == true)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 4) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        try #require(listening)
+        #expect(await TCPProbe.connect(host: "127.0.0.1", port: UInt16(bigEndian: address.sin_port), timeout: .seconds(2)) == nil)
     }
 }

@@ -10,6 +10,9 @@ public protocol BuildCache: Sendable {
     /// Where the entries are, for messages (`docker://host/repo`, `oci:/path`).
     var location: String { get }
 
+    /// The reference of the entry for `target`'s kernel inputs.
+    func reference(target: Target, inputKey: SHA256Digest) -> String
+
     /// The entry for `target`'s kernel inputs, pulled and verified into a folder below
     /// `directory`; nil when the cache has none. Throws when an entry is there but does not
     /// verify.

@@ -19,6 +19,8 @@ public struct DistccSetup: Sendable, Equatable {
     public var path: String
     /// The concurrent jobs distcc says the hosts take (`distcc -j`).
     public var slots: Int
+    /// distcc itself.
+    public var executable: String = "distcc"
 
     /// What make's environment gets, on top of the build's own.
     public func environment(ccache: Bool) -> [String: String] {
@@ -26,7 +28,7 @@ public struct DistccSetup: Sendable, Equatable {
         // into the config and the kernel's banner: the compiler keeps the name it was given.
         var environment = ["DISTCC_HOSTS": hosts, "DISTCC_DIR": stateDirectory, "DISTCC_NO_REWRITE_CROSS": "1"]
         if ccache {
-            environment["CCACHE_PREFIX"] = "distcc"
+            environment["CCACHE_PREFIX"] = executable
         } else {
             environment["PATH"] = path
         }
@@ -135,20 +137,39 @@ public struct DistccPlanner: Sendable {
     }
 
     /// The setup for `list` (the compilers of `targets` masqueraded), or nil with a warning
-    /// when no helper answers: the build then compiles here, as without distcc.
-    public func setup(_ list: String, compilers: [String]) async throws -> DistccSetup? {
+    /// when no helper answers and compiles: the build then compiles here, as without distcc.
+    /// `source` says where the list came from; a list from the environment or the user's
+    /// config that cannot be used is a warning, one given with --distcc an error.
+    public func setup(_ list: String, compilers: [String], source: String = "--distcc") async throws -> DistccSetup? {
+        let explicit = source == "--distcc"
+        func unusable(_ error: VMFactoryError) throws -> DistccSetup? {
+            if explicit { throw error }
+            console.warning("distcc: \(error.message) (the host list of \(source)); compiling here. \(error.hint ?? "")")
+            return nil
+        }
         guard let distcc = Doctor.findExecutable("distcc", environment: environment) else {
-            throw VMFactoryError(.missingTool, "--distcc needs distcc, which is not installed", hint: "sudo apt-get install distcc, or build without --distcc")
+            return try unusable(VMFactoryError(
+                .missingTool, "distcc is not installed",
+                hint: explicit ? "sudo apt-get install distcc, or build without --distcc" : "install distcc, or give --no-distcc"
+            ))
         }
-        let hosts = try DistccHost.parse(list)
-        let helpers = DistccHost.helpers(hosts)
-        guard !helpers.isEmpty else {
-            throw VMFactoryError(.invalidArgument, "the distcc host list '\(list)' names no helper", hint: "list the machines that run distccd, HOST[:PORT][/LIMIT]")
+        let hosts: [DistccHost]
+        do {
+            hosts = try DistccHost.parse(list)
+        } catch let error as VMFactoryError {
+            return try unusable(error)
         }
-        let probed = await probe(hosts)
-        let down = probed.filter { $0.1 != nil }
-        for (host, problem) in down { console.warning("distcc: helper \(host) does not answer (\(problem ?? "")); leaving it out") }
-        let live = probed.filter { $0.1 == nil }.map(\.0)
+        guard !DistccHost.helpers(hosts).isEmpty else {
+            return try unusable(VMFactoryError(.invalidArgument, "the distcc host list '\(list)' names no helper", hint: "list the machines that run distccd, HOST[:PORT][/LIMIT]"))
+        }
+        // A helper counts when it answers and compiles with every compiler the build needs
+        // the bytes this machine's compiler makes.
+        let checked = try await check(hosts, compilers: compilers, distcc: distcc)
+        for (host, problems) in checked where !problems.isEmpty {
+            console.warning("distcc: helper \(host) left out: \(problems.joined(separator: "; "))")
+        }
+        let usable = Set(checked.filter { $0.problems.isEmpty }.map(\.host))
+        let live = hosts.filter { host in DistccHost.helpers([host]).isEmpty || usable.contains(host.text) }
         guard !DistccHost.helpers(live).isEmpty else {
             console.warning("distcc: no helper answers; compiling here, without distcc")
             return nil
@@ -161,37 +182,52 @@ public struct DistccPlanner: Sendable {
         for compiler in Set(compilers) {
             let link = masquerade + "/" + compiler
             if (try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == distcc { continue }
-            try? FileManager.default.removeItem(atPath: link)
-            try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: distcc)
+            // Made under a temporary name and renamed, so that two builds at once never see
+            // the link missing.
+            let temporary = FileStore.temporaryName(for: link)
+            try FileManager.default.createSymbolicLink(atPath: temporary, withDestinationPath: distcc)
+            try FileStore.rename(temporary, to: link)
         }
         let result = try await runner.run(Command(distcc, ["-j"], environment: ["DISTCC_HOSTS": hostList, "DISTCC_DIR": state]), output: .stdoutApart)
         let slots = result.succeeded ? Int(result.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 : 0
         let path = masquerade + ":" + (environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
         console.info("distcc: \(DistccHost.helpers(live).count) helper\(DistccHost.helpers(live).count == 1 ? "" : "s") (\(hostList)), \(slots) slots")
-        return DistccSetup(hosts: hostList, stateDirectory: state, masquerade: masquerade, path: path, slots: max(slots, 1))
+        return DistccSetup(hosts: hostList, stateDirectory: state, masquerade: masquerade, path: path, slots: max(slots, 1), executable: distcc)
     }
 
     /// For `doctor --distcc`: each helper answers and compiles a small file with each
-    /// compiler, through distcc with no local fallback.
+    /// compiler, through distcc with no local fallback, to the bytes this machine makes.
     public func check(_ list: String, compilers: [String]) async throws -> [(host: String, problems: [String])] {
         guard let distcc = Doctor.findExecutable("distcc", environment: environment) else {
             throw VMFactoryError(.missingTool, "distcc is not installed", hint: "sudo apt-get install distcc")
         }
-        let hosts = DistccHost.helpers(try DistccHost.parse(list))
+        return try await check(try DistccHost.parse(list), compilers: compilers, distcc: distcc)
+    }
+
+    func check(_ hosts: [DistccHost], compilers: [String], distcc: String) async throws -> [(host: String, problems: [String])] {
+        let helpers = DistccHost.helpers(hosts)
+        try FileStore.createDirectory(cacheDirectory + "/tmp")
         let work = FileStore.temporaryName(for: cacheDirectory + "/tmp/distcc-check")
         try FileStore.createDirectory(work + "/state")
         defer { try? FileStore.removeTree(work) }
         try FileStore.writeAtomically("int vmfactory_distcc_check(int x) { return x * 3; }\n", to: work + "/check.c")
+        // What this machine's compilers make, to compare the helpers' objects with.
+        var local: [String: Data] = [:]
+        for compiler in compilers {
+            let result = try await runner.run(Command(compiler, ["-c", "check.c", "-o", "local-\(compiler).o"], workingDirectory: work), output: .capture)
+            if result.succeeded { local[compiler] = try? FileStore.readData(work + "/local-\(compiler).o") }
+        }
         var report: [(String, [String])] = []
-        for (host, problem) in await probe(hosts) {
+        for (position, (host, problem)) in await probe(helpers).enumerated() {
             if let problem {
                 report.append((host.text, ["does not answer: \(problem)"]))
                 continue
             }
             var problems: [String] = []
             for compiler in compilers {
+                let object = "check-\(position)-\(compiler).o"
                 let command = Command(
-                    distcc, [compiler, "-c", "check.c", "-o", "check-\(compiler).o"],
+                    distcc, [compiler, "-c", "check.c", "-o", object],
                     environment: ["DISTCC_HOSTS": host.text, "DISTCC_DIR": work + "/state", "DISTCC_FALLBACK": "0", "DISTCC_SKIP_LOCAL_RETRY": "1", "DISTCC_NO_REWRITE_CROSS": "1"],
                     workingDirectory: work
                 )
@@ -199,6 +235,8 @@ public struct DistccPlanner: Sendable {
                 if !result.succeeded {
                     let said = result.output.split(separator: "\n").last.map(String.init) ?? result.statusDescription
                     problems.append("cannot compile with \(compiler): \(said)")
+                } else if let expected = local[compiler], (try? FileStore.readData(work + "/" + object)) != expected {
+                    problems.append("its \(compiler) makes other bytes than this machine's (another version)")
                 }
             }
             report.append((host.text, problems))
@@ -239,9 +277,14 @@ enum TCPProbe {
             }
             var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             let milliseconds = Int32(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-            let ready = poll(&poller, 1, milliseconds)
+            var ready: Int32
+            repeat { ready = poll(&poller, 1, milliseconds) } while ready < 0 && errno == EINTR
             if ready == 0 {
                 failure = "no answer within \(timeout.components.seconds) s"
+                continue
+            }
+            if ready < 0 {
+                failure = String(cString: strerror(errno))
                 continue
             }
             var error: Int32 = 0

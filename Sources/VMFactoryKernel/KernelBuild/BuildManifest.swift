@@ -3,8 +3,9 @@ import VMFactoryArchive
 import VMFactoryCore
 
 /// `manifest.json` beside the artifacts: what was built, from exactly what, and the sha256 of
-/// everything. Nothing in it depends on when or where the build ran, so two builds of the
-/// same inputs write the same manifest.
+/// everything. Nothing in it depends on when the build ran, and only the source's local path
+/// and a build cache's address (`cachedFrom`) on where: publishing leaves both out, so two
+/// builds of the same inputs publish the same manifest.
 public struct BuildManifest: Sendable, Codable, Equatable {
     public static let fileName = "manifest.json"
     public static let currentSchema = 2

@@ -12,6 +12,8 @@ public struct BuildOptions: Sendable {
     public var useCcache: Bool
     /// A distcc host list: compile on these helpers (see `DistccSetup`).
     public var distccHosts: String?
+    /// Where the host list came from: `--distcc`, `$DISTCC_HOSTS` or the user config's path.
+    public var distccSource = "--distcc"
     /// Artifacts looked up by input key before compiling (`--cache-from`).
     public var cacheFrom: (any BuildCache)?
     /// Where the artifacts go after a build (`--cache-to`).

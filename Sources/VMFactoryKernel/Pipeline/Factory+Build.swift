@@ -59,15 +59,15 @@ extension Factory {
     /// whole set is published at once.
     public func build(_ recipe: Recipe, targets: [Target], options: BuildOptions = BuildOptions()) async throws -> [BuildResult] {
         let source = PreparedSource(factory: self, recipe: recipe)
-        var distcc: DistccSetup?
-        if let hosts = options.distccHosts {
-            let planner = DistccPlanner(runner: runner, console: console, environment: workspace.hostEnvironment, cacheDirectory: workspace.cacheDirectory)
-            distcc = try await planner.setup(hosts, compilers: targets.map { $0.compiler() })
+        // distcc is set up (its helpers tried) only when a target compiles, once for all.
+        let distcc = options.distccHosts.map { hosts in
+            PreparedDistcc(planner: DistccPlanner(runner: runner, console: console, environment: workspace.hostEnvironment, cacheDirectory: workspace.cacheDirectory),
+                           hosts: hosts, source: options.distccSource, compilers: targets.map { $0.compiler() })
         }
         var results: [BuildResult] = []
         for target in targets {
-            let plan = try await targetPlan(recipe, target: target, options: options, wantsKernel: true, distcc: distcc)
-            var result = try await build(plan, source: source, options: options)
+            let plan = try await targetPlan(recipe, target: target, options: options, wantsKernel: true)
+            var result = try await build(plan, source: source, options: options, distcc: distcc)
             if let cache = options.cacheTo { result.cachedTo = await push(result, plan: plan, to: cache) }
             results.append(result)
         }
@@ -77,7 +77,7 @@ extension Factory {
     /// `--cache-to`: the set just built (or found up to date) into the cache. A failure is a
     /// warning: the build itself is done and intact.
     func push(_ result: BuildResult, plan: TargetBuildPlan, to cache: any BuildCache) async -> String? {
-        if let origin = result.manifest.cachedFrom, origin.reference.hasPrefix(cache.location) { return origin.reference }
+        if let origin = result.manifest.cachedFrom, origin.reference == cache.reference(target: plan.target, inputKey: plan.kernel.inputKey) { return origin.reference }
         do {
             let reference = try await cache.store(recipe: plan.kernel.recipe.name, target: plan.target, inputKey: plan.kernel.inputKey, outputDirectory: result.outputDirectory)
             console.info("build \(plan.label): cached as \(reference)")
@@ -103,9 +103,10 @@ extension Factory {
                 return nil
             }
             let kernel = hit.manifest.kernel
-            guard hit.manifest.target == plan.target, hit.manifest.recipe.name == plan.kernel.recipe.name, kernel?.keys.inputs == plan.kernel.inputKey else {
+            // The input key names every input of the kernel; the recipe's name is not one.
+            guard hit.manifest.target == plan.target, kernel?.keys.inputs == plan.kernel.inputKey else {
                 throw VMFactoryError(
-                    .digestMismatch, "\(hit.origin.reference) holds a build of \(hit.manifest.recipe.name)/\(hit.manifest.target) with input key \(kernel?.keys.inputs.hex ?? "none"), not \(plan.kernel.inputKey.hex)",
+                    .digestMismatch, "\(hit.origin.reference) holds a build for \(hit.manifest.target) with input key \(kernel?.keys.inputs.hex ?? "none"), not \(plan.kernel.inputKey.hex)",
                     hint: "the entry is mislabeled; the next --cache-to replaces it"
                 )
             }
@@ -117,7 +118,7 @@ extension Factory {
             throw error
         } catch {
             try? FileStore.removeTree(directory)
-            console.warning("build \(plan.label): the cache entry in \(cache.location) could not be used: \(VMFactoryError(error).description); compiling here")
+            console.warning("build \(plan.label): the cache entry in \(cache.location) could not be used: \(VMFactoryError(error).description); compiling here (a damaged entry in a registry stays until its tag is deleted there)")
             return nil
         }
     }
@@ -134,20 +135,16 @@ extension Factory {
         return results
     }
 
-    func targetPlan(_ recipe: Recipe, target: Target, options: BuildOptions, wantsKernel: Bool, distcc: DistccSetup? = nil) async throws -> TargetBuildPlan {
-        var kernel = try await plan(recipe, target: target, options: options)
-        if let distcc {
-            // Each helper's slots, and this machine's cores at least (it preprocesses and links).
-            let jobs = options.jobsGiven ? options.jobs : max(options.jobs, distcc.slots)
-            kernel = try kernel.with { $0.distcc = distcc; $0.jobs = jobs }
-        }
+    func targetPlan(_ recipe: Recipe, target: Target, options: BuildOptions, wantsKernel: Bool) async throws -> TargetBuildPlan {
+        let kernel = try await plan(recipe, target: target, options: options)
         let initrd = try InitrdBuilder(library: workspace.library, runner: runner, console: console)
             .plan(recipe, target: target, compiler: kernel.toolchain.compiler, sourceDateEpoch: kernel.sourceDateEpoch)
         return TargetBuildPlan(kernel: kernel, initrd: initrd, wantsKernel: wantsKernel)
     }
 
     /// Decides under the build directory's lock, then carries the decision out.
-    func build(_ plan: TargetBuildPlan, source: PreparedSource, options: BuildOptions = BuildOptions()) async throws -> BuildResult {
+    func build(_ plan: TargetBuildPlan, source: PreparedSource, options: BuildOptions = BuildOptions(), distcc: PreparedDistcc? = nil) async throws -> BuildResult {
+        var plan = plan
         let start = ContinuousClock.now
         let lock = try await FileLock.acquire(plan.kernel.buildDirectory + ".lock") {
             console.info("waiting: another vmfactory is building \(plan.label) in \(FileStore.displayPath(plan.kernel.buildDirectory))")
@@ -172,6 +169,11 @@ extension Factory {
         }
         var cached: CachedBuild?
         if decision.kernel == .build, let cache = options.cacheFrom { cached = try await lookUp(plan, in: cache) }
+        if decision.kernel == .build, cached == nil, let setup = try await distcc?.get() {
+            // Each helper's slots, and this machine's cores at least (it preprocesses and links).
+            let jobs = options.jobsGiven ? options.jobs : max(options.jobs, setup.slots)
+            plan = TargetBuildPlan(kernel: try plan.kernel.with { $0.distcc = setup; $0.jobs = jobs }, initrd: plan.initrd, wantsKernel: plan.wantsKernel)
+        }
         defer { if let cached { try? FileStore.removeTree(URL(fileURLWithPath: cached.directory).deletingLastPathComponent().path) } }
         let manifest = try await carryOut(decision, plan: plan, current: current, source: source, cached: cached)
         var result = BuildResult(target: plan.target, upToDate: false, outputDirectory: output, seconds: (ContinuousClock.now - start).seconds, manifest: manifest)
@@ -190,6 +192,8 @@ extension Factory {
             // From a build cache: its kernel files, verified, instead of a compile. The init and
             // the initrd are made here (seconds), as the cache entry has no init.
             set.keep(.kernel, of: cached!.manifest, in: cached!.directory, logs: false)
+            // The command line is the recipe's, not in the input key: this recipe's, then.
+            set.kernel?.cmdline = plan.kernel.target.cmdline
             resolvedConfig = cached!.directory + "/config"
         case .keep:
             set.keep(.kernel, of: current!, in: plan.outputDirectory, logs: true)
@@ -265,6 +269,29 @@ struct OutputSet {
         initrd = part
         artifacts += outcome.artifacts
         files += outcome.files
+    }
+}
+
+/// distcc, set up on first use and shared by the targets of one build.
+actor PreparedDistcc {
+    let planner: DistccPlanner
+    let hosts: String
+    let source: String
+    let compilers: [String]
+    private var prepared: DistccSetup??
+
+    init(planner: DistccPlanner, hosts: String, source: String, compilers: [String]) {
+        self.planner = planner
+        self.hosts = hosts
+        self.source = source
+        self.compilers = compilers
+    }
+
+    func get() async throws -> DistccSetup? {
+        if let prepared { return prepared }
+        let setup = try await planner.setup(hosts, compilers: compilers, source: source)
+        prepared = .some(setup)
+        return setup
     }
 }
 

@@ -65,9 +65,15 @@ public struct UserConfig: Sendable, Equatable {
 
     /// The distcc hosts a build uses: `--distcc`, else `$DISTCC_HOSTS`, else `build.distcc`.
     public static func distccHosts(option: String?, disabled: Bool, environment: [String: String]) throws -> String? {
+        try distcc(option: option, disabled: disabled, environment: environment)?.hosts
+    }
+
+    /// The distcc hosts and where they came from (`--distcc`, `$DISTCC_HOSTS`, the file).
+    public static func distcc(option: String?, disabled: Bool, environment: [String: String]) throws -> (hosts: String, source: String)? {
         if disabled { return nil }
-        if let option { return option }
-        if let hosts = environment["DISTCC_HOSTS"], !hosts.trimmingCharacters(in: .whitespaces).isEmpty { return hosts }
-        return try load(environment: environment).distcc
+        if let option { return (option, "--distcc") }
+        if let hosts = environment["DISTCC_HOSTS"], !hosts.trimmingCharacters(in: .whitespaces).isEmpty { return (hosts, "$DISTCC_HOSTS") }
+        guard let hosts = try load(environment: environment).distcc else { return nil }
+        return (hosts, "build.distcc in " + (path(environment: environment) ?? "the user config"))
     }
 }

@@ -88,13 +88,16 @@ public struct BuiltTarget: Sendable {
     }
 
     /// The manifest without what names the building machine: a source found at a local path
-    /// keeps its sha256 and tree key, not the path (an apt package or a URL is kept), and a
-    /// kernel taken from a build cache does not say so. So two reproducible builds on two
+    /// keeps its sha256 and tree key, not the path (an apt package or a URL is kept), a
+    /// kernel taken from a build cache does not say so, and the logs (not published) are not
+    /// listed. So two reproducible builds on two
     /// machines publish the same bytes.
     public static func publishable(_ manifest: BuildManifest) -> BuildManifest {
         var published = manifest
         if published.kernel?.source.origin?.kind == .path { published.kernel?.source.origin = nil }
         published.cachedFrom = nil
+        // Logs vary from build to build and are not published.
+        published.logs = []
         return published
     }
 }

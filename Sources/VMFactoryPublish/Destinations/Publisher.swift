@@ -135,7 +135,7 @@ public struct Publisher: Sendable {
                 reference: reference, what: "pushing to"
             )
             guard let data = try await skopeo.rawManifest(reference, what: "reading back"), SHA256Digest.of(data).hex == image.index.digest.dropFirst(7) else {
-                throw VMFactoryError(.digestMismatch, "\(reference) does not name \(image.index.digest) after the push", hint: "the registry rewrote the index; check its configuration")
+                throw VMFactoryError(.digestMismatch, "\(reference) does not name \(image.index.digest) after the push", hint: "another push to the tag came in between, or the registry rewrote the index; publish again")
             }
         }
         return changes

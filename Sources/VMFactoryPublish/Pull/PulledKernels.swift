@@ -57,7 +57,7 @@ public struct PulledKernels: Sendable {
     func pullArchive(_ reference: ImageReference, target: Target) async throws -> String {
         let staging = FileStore.temporaryName(for: root + "/incoming")
         defer { try? FileStore.removeTree(staging) }
-        let result = try await puller.pull(reference, targets: [target], output: staging, force: true)
+        let result = try await puller.pull(reference, targets: [target], output: staging, force: true, locking: false)
         guard let digest = SHA256Digest(hex: String(result.index.dropFirst("sha256:".count))) else {
             throw VMFactoryError(.internalError, "pull returned the index digest '\(result.index)'")
         }

@@ -36,7 +36,8 @@ public struct Puller: Sendable {
     }
 
     /// Pulls `targets` (nil: every target the image has) into `output`.
-    public func pull(_ reference: ImageReference, targets wanted: [Target]?, output: String, force: Bool) async throws -> Result {
+    /// `locking`: take the lock beside `output` (not for a private temporary folder).
+    public func pull(_ reference: ImageReference, targets wanted: [Target]?, output: String, force: Bool, locking: Bool = true) async throws -> Result {
         try FileStore.createDirectory(temporaryDirectory)
         FileStore.removeLeftovers(of: temporaryDirectory + "/pull")
         let work = FileStore.temporaryName(for: temporaryDirectory + "/pull")
@@ -45,8 +46,8 @@ public struct Puller: Sendable {
         let (layout, tag) = try await localLayout(reference, work: work)
         let name = reference.description
         let outputExisted = FileStore.exists(output)
-        let lock = try await Publisher.lock(output, console: console)
-        defer { lock.release() }
+        let lock = locking ? try await Publisher.lock(output, console: console) : nil
+        defer { lock?.release() }
         return try await BlockingWork.run("verifying \(name)") { cancellation in
             try FileStore.createDirectory(output)
             // A refused pull leaves no folder it made (rmdir removes only an empty one).

@@ -44,6 +44,10 @@ public struct RegistryBuildCache: BuildCache {
 
     public static func tag(inputKey: SHA256Digest, target: Target) -> String { "\(inputKey.hex)-\(target.rawValue)" }
 
+    public func reference(target: Target, inputKey: SHA256Digest) -> String {
+        reference(Self.tag(inputKey: inputKey, target: target)).description
+    }
+
     func reference(_ tag: String) -> ImageReference {
         switch store {
         case .layout(let path): .ociLayout(path: path, reference: tag)
@@ -63,7 +67,7 @@ public struct RegistryBuildCache: BuildCache {
             guard try await skopeo.rawManifest("docker://\(repository):\(tag)", what: "looking up") != nil else { return nil }
         }
         let puller = Puller(skopeo: skopeo, console: console, temporaryDirectory: temporaryDirectory)
-        let result = try await puller.pull(reference, targets: [target], output: directory, force: true)
+        let result = try await puller.pull(reference, targets: [target], output: directory, force: true, locking: false)
         let folder = result.targets[0].directory
         let manifest = try BuildManifest.load(folder + "/" + BuildManifest.fileName)
         return CachedBuild(directory: folder, manifest: manifest, origin: .init(reference: reference.description, index: result.index))
