@@ -16,12 +16,16 @@ struct RegistryArguments: ParsableArguments {
     @Option(help: "How long a registry may take to answer each skopeo call (60s, 2m).")
     var registryTimeout: DurationArgument?
 
-    func skopeo(_ context: CommandContext) -> Skopeo {
+    var options: RegistryOptions {
         var registry = RegistryOptions()
         registry.credentials = creds
         registry.tlsVerify = tlsVerify
         if let registryTimeout { registry.timeout = registryTimeout.duration }
-        return Skopeo(registry: registry, environment: context.environment, runner: context.runner)
+        return registry
+    }
+
+    func skopeo(_ context: CommandContext) -> Skopeo {
+        Skopeo(registry: options, environment: context.environment, runner: context.runner)
     }
 }
 

@@ -46,14 +46,7 @@ struct Rootfs: AsyncParsableCommand {
     @Option(help: "For tar:FILE, an image config (JSON, as in the OCI image spec) with Entrypoint, Cmd, Env and the rest.")
     var config: String?
 
-    @Option(help: "USER:PASSWORD for a docker:// registry (else skopeo's auth file, REGISTRY_AUTH_FILE).")
-    var creds: String?
-
-    @Option(name: .customLong("tls-verify"), help: "false for a registry without TLS or with a certificate not to check.")
-    var tlsVerify: Bool = true
-
-    @Option(help: "How long a registry may take to answer each skopeo call (60s, 2m).")
-    var registryTimeout: DurationArgument?
+    @OptionGroup var registry: RegistryArguments
 
     func validate() throws {
         if let platform, Platform(parsing: platform) == nil { throw ValidationError("--platform wants OS/ARCH[/VARIANT], such as linux/amd64") }
@@ -74,9 +67,7 @@ struct Rootfs: AsyncParsableCommand {
                 store: ContentStore(cacheDirectory: cache), runner: context.runner, console: console,
                 environment: context.environment, temporaryDirectory: cache + "/tmp"
             )
-            source.registry.credentials = creds
-            source.registry.tlsVerify = tlsVerify
-            if let registryTimeout { source.registry.timeout = registryTimeout.duration }
+            source.registry = registry.options
             source.configFile = config.map { FileStore.absolute($0, relativeTo: context.currentDirectory) }
             let converter = RootfsConverter(source: source, cache: RootfsCache(cacheDirectory: cache), runner: context.runner, console: console)
             let result = try await converter.convert(

@@ -169,6 +169,14 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// How skopeo reaches a registry, for the image and for --kernel-image.
+    var registryOptions: RegistryOptions {
+        var registry = RegistryOptions()
+        registry.credentials = creds
+        registry.tlsVerify = tlsVerify
+        return registry
+    }
+
     /// Everything before the boot: options checked, the image converted, the kernel found
     /// (or built), the plan made. nil when --print-qemu printed it.
     func prepare(_ context: CommandContext, _ console: Console) async throws -> RunSession? {
@@ -189,10 +197,7 @@ struct Run: AsyncParsableCommand {
         let recipe = try factory.recipes.load(self.recipe)
         var pulled: String?
         if let kernelImage {
-            var registry = RegistryOptions()
-            registry.credentials = creds
-            registry.tlsVerify = tlsVerify
-            pulled = try await PulledKernels.directory(kernelImage, target: target, factory: factory, skopeo: Skopeo(registry: registry, environment: context.environment, runner: context.runner))
+            pulled = try await PulledKernels.directory(kernelImage, target: target, factory: factory, skopeo: Skopeo(registry: registryOptions, environment: context.environment, runner: context.runner))
         }
         let (kernel, initrd, cmdline) = try await kernelImages(factory, recipe: recipe, target: target, pulled: pulled)
 
@@ -261,8 +266,7 @@ struct Run: AsyncParsableCommand {
             store: ContentStore(cacheDirectory: cache), runner: context.runner, console: console,
             environment: context.environment, temporaryDirectory: cache + "/tmp"
         )
-        source.registry.credentials = creds
-        source.registry.tlsVerify = tlsVerify
+        source.registry = registryOptions
         let converter = RootfsConverter(source: source, cache: RootfsCache(cacheDirectory: cache), runner: context.runner, console: console)
         let options = DiskOptions(size: try DiskOptions.parseSize("+256M"), format: .qcow2, compression: .zstd)
         let asked = platform.flatMap(Platform.init(parsing:)) ?? target.map { Platform.of($0.target) }

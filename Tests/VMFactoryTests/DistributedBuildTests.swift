@@ -33,11 +33,11 @@ struct DistributedBuildTests {
         let dir = try TestSupport.temporaryDirectory()
         try TestSupport.write("build:\n  distcc: \"10.0.0.9/8\"\n", to: dir + "/vmfactory/config.yaml")
         let environment = ["XDG_CONFIG_HOME": dir]
-        #expect(try UserConfig.distccHosts(option: "a/2", disabled: false, environment: environment.merging(["DISTCC_HOSTS": "b/2"]) { $1 }) == "a/2")
-        #expect(try UserConfig.distccHosts(option: nil, disabled: false, environment: environment.merging(["DISTCC_HOSTS": "b/2"]) { $1 }) == "b/2")
-        #expect(try UserConfig.distccHosts(option: nil, disabled: false, environment: environment) == "10.0.0.9/8")
-        #expect(try UserConfig.distccHosts(option: nil, disabled: true, environment: environment) == nil)
-        #expect(try UserConfig.distccHosts(option: nil, disabled: false, environment: ["XDG_CONFIG_HOME": dir + "/none"]) == nil)
+        #expect(try UserConfig.distcc(option: "a/2", disabled: false, environment: environment.merging(["DISTCC_HOSTS": "b/2"]) { $1 })?.hosts == "a/2")
+        #expect(try UserConfig.distcc(option: nil, disabled: false, environment: environment.merging(["DISTCC_HOSTS": "b/2"]) { $1 })?.hosts == "b/2")
+        #expect(try UserConfig.distcc(option: nil, disabled: false, environment: environment)?.hosts == "10.0.0.9/8")
+        #expect(try UserConfig.distcc(option: nil, disabled: true, environment: environment)?.hosts == nil)
+        #expect(try UserConfig.distcc(option: nil, disabled: false, environment: ["XDG_CONFIG_HOME": dir + "/none"])?.hosts == nil)
         for bad in ["build: [1]\n", "build:\n  distcc: \"\"\n", "build:\n  jobs: 4\n", "other: 1\n", "build: {distcc: [a]}\n"] {
             #expect(throws: VMFactoryError.self, "\(bad)") { try UserConfig.parse(bad, path: "config.yaml") }
         }
@@ -69,16 +69,8 @@ struct DistributedBuildTests {
         #expect(problem?.contains("refused") == true, "\(problem ?? "nil")")
         let unresolvable = await TCPProbe.connect(host: "no-such-host.invalid", port: 3632, timeout: .seconds(2))
         #expect(unresolvable?.contains("cannot resolve") == true)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (fd, port) = try LocalRegistry.listeningSocket()
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 4) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        try #require(listening)
-        #expect(await TCPProbe.connect(host: "127.0.0.1", port: UInt16(bigEndian: address.sin_port), timeout: .seconds(2)) == nil)
+        #expect(await TCPProbe.connect(host: "127.0.0.1", port: port, timeout: .seconds(2)) == nil)
     }
 }

@@ -442,17 +442,8 @@ struct PublishIntegrationTests {
     func hungRegistry() async throws {
         let built = try await Self.built()
         // A socket that listens and never accepts: connections complete, no byte ever comes.
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (fd, port) = try LocalRegistry.listeningSocket()
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 64) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        try #require(listening)
-        let port = UInt16(bigEndian: address.sin_port)
         let begun = ContinuousClock.now
         let run = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", "docker://127.0.0.1:\(port)/vmf/minimal:v1", "--tls-verify=false", "--registry-timeout", "4s"])
         let took = ContinuousClock.now - begun

@@ -63,12 +63,8 @@ public struct UserConfig: Sendable, Equatable {
         return config
     }
 
-    /// The distcc hosts a build uses: `--distcc`, else `$DISTCC_HOSTS`, else `build.distcc`.
-    public static func distccHosts(option: String?, disabled: Bool, environment: [String: String]) throws -> String? {
-        try distcc(option: option, disabled: disabled, environment: environment)?.hosts
-    }
-
-    /// The distcc hosts and where they came from (`--distcc`, `$DISTCC_HOSTS`, the file).
+    /// The distcc hosts a build uses, `--distcc`, else `$DISTCC_HOSTS`, else `build.distcc`,
+    /// and where they came from.
     public static func distcc(option: String?, disabled: Bool, environment: [String: String]) throws -> (hosts: String, source: String)? {
         if disabled { return nil }
         if let option { return (option, "--distcc") }

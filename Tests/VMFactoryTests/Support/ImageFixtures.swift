@@ -254,17 +254,33 @@ final class LocalRegistry: @unchecked Sendable {
 
     /// A port nothing listens on (bound and released).
     static func freePort() throws -> UInt16 {
+        let (fd, port) = try boundSocket(listening: false)
+        close(fd)
+        return port
+    }
+
+    /// A socket on 127.0.0.1 that listens and never accepts: connections complete, no byte
+    /// ever comes. The caller closes it.
+    static func listeningSocket() throws -> (fd: Int32, port: UInt16) {
+        try boundSocket(listening: true)
+    }
+
+    private static func boundSocket(listening: Bool) throws -> (fd: Int32, port: UInt16) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && (!listening || listen(fd, 64) == 0) && getsockname(fd, $0, &length) == 0
+            }
         }
-        guard bound else { throw POSIXError(.EADDRINUSE) }
-        return UInt16(bigEndian: address.sin_port)
+        guard bound else {
+            close(fd)
+            throw POSIXError(.EADDRINUSE)
+        }
+        return (fd, UInt16(bigEndian: address.sin_port))
     }
 
     static func canConnect(_ port: UInt16) -> Bool {
