@@ -20,7 +20,7 @@ struct Build: AsyncParsableCommand {
 
     @OptionGroup var selection: RecipeTargets
 
-    @Option(name: [.long, .customShort("j", allowingJoined: true)], help: "Parallel make jobs, as make's -j (default: the number of cores; with distcc, the helpers' slots).")
+    @Option(name: [.long, .customShort("j", allowingJoined: true)], help: "Parallel make jobs, as make's -j (default: the number of cores; with distcc, the helpers' slots; with icecream, \(IceccPlanner.jobsPerCore) per core).")
     var jobs: Int?
 
     @Flag(help: "Do not compile through ccache even when it is installed.")
@@ -31,6 +31,12 @@ struct Build: AsyncParsableCommand {
 
     @Flag(help: "Compile here even when $DISTCC_HOSTS or the user config name helpers.")
     var noDistcc = false
+
+    @Flag(help: "Compile through icecream: this machine's iceccd and its scheduler pick the helpers (else build.icecc of the user config).")
+    var icecc = false
+
+    @Flag(help: "Do not compile through icecream even when the user config says so.")
+    var noIcecc = false
 
     @Option(help: "Take the artifacts from this build cache when it has the inputs' entry: oci:DIR or docker://HOST/REPO.")
     var cacheFrom: String?
@@ -43,18 +49,17 @@ struct Build: AsyncParsableCommand {
     func validate() throws {
         if let jobs, jobs < 1 || jobs > 1024 { throw ValidationError("--jobs takes a number from 1 to 1024") }
         if distcc != nil && noDistcc { throw ValidationError("--distcc and --no-distcc cannot be used together") }
+        if icecc && noIcecc { throw ValidationError("--icecc and --no-icecc cannot be used together") }
+        if icecc && distcc != nil { throw ValidationError("--icecc and --distcc cannot be used together: a build compiles through one engine") }
     }
 
     func run() async throws {
-        let jobs = self.jobs, noCcache = self.noCcache, distcc = self.distcc, noDistcc = self.noDistcc
+        let jobs = self.jobs, noCcache = self.noCcache, distcc = self.distcc, noDistcc = self.noDistcc, icecc = self.icecc, noIcecc = self.noIcecc
         let cacheFrom = self.cacheFrom, cacheTo = self.cacheTo, registry = self.registry
         try await selection.run(global) { factory, recipe, targets in
             let context = CommandContext.current
             var options = BuildOptions(jobs: jobs, useCcache: !noCcache)
-            if let found = try UserConfig.distcc(option: distcc, disabled: noDistcc, environment: context.environment) {
-                options.distccHosts = found.hosts
-                options.distccSource = found.source
-            }
+            options.helpers = try UserConfig.helpers(distcc: distcc, icecc: icecc, noDistcc: noDistcc, noIcecc: noIcecc, environment: context.environment)
             func cache(_ text: String) throws -> RegistryBuildCache {
                 try RegistryBuildCache(
                     parsing: text, currentDirectory: context.currentDirectory, skopeo: registry.skopeo(context), console: factory.console,

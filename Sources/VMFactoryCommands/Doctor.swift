@@ -17,6 +17,19 @@ struct Doctor: AsyncParsableCommand {
     @Option(help: "Check these distcc helpers instead: each must answer and compile with the targets' compilers ('HOST[:PORT][/LIMIT] …').")
     var distcc: String?
 
+    @Flag(help: "Check icecream instead: this machine's iceccd answers and each target's compiler compiles through icecc to the bytes it makes here.")
+    var icecc = false
+
+    struct IceccCheck: Encodable {
+        var daemon: String?
+        var ok: Bool
+        var problems: [String]
+    }
+
+    func validate() throws {
+        if icecc && distcc != nil { throw ValidationError("--icecc and --distcc check one engine each; give one") }
+    }
+
     struct HelperCheck: Encodable {
         var host: String
         var ok: Bool
@@ -26,7 +39,7 @@ struct Doctor: AsyncParsableCommand {
     func run() async throws {
         let selection = self.target
         let missingOnly = self.missingPackages
-        let distcc = self.distcc
+        let distcc = self.distcc, icecc = self.icecc
         try await global.perform { context, console in
             let targets = selection == .all ? Target.allCases : [Target(rawValue: selection.rawValue)!]
             if let distcc {
@@ -40,6 +53,19 @@ struct Doctor: AsyncParsableCommand {
                     lines += ["", "A helper must run distccd reachable from here (--allow this machine) and have the same compilers by the same names, allowed in its /usr/lib/distcc (update-distcc-symlinks)."]
                 }
                 return Output(text: lines.joined(separator: "\n"), value: checks, failed: checks.contains { !$0.ok })
+            }
+            if icecc {
+                let planner = IceccPlanner(runner: context.runner, console: console, environment: context.environment, cacheDirectory: global.cacheDirectory(context))
+                let compilers = targets.map { $0.compiler() }
+                let found = try await planner.check(compilers: compilers)
+                let check = IceccCheck(daemon: found.daemon, ok: found.problems.isEmpty, problems: found.problems)
+                var lines = check.ok
+                    ? ["icecc: ok through the iceccd at \(found.daemon ?? "?") (\(compilers.joined(separator: ", ")))"]
+                    : found.problems.map { "icecc: " + $0 }
+                if !check.ok {
+                    lines += ["", "icecream needs iceccd running here (systemctl start iceccd), pointed at the scheduler (-s HOST or broadcast), and helpers that run iceccd too."]
+                }
+                return Output(text: lines.joined(separator: "\n"), value: check, failed: !check.ok)
             }
             let report = VMFactoryCore.Doctor.check(targets: targets, environment: context.environment)
             if missingOnly {

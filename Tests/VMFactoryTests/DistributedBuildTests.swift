@@ -20,25 +20,48 @@ struct DistributedBuildTests {
         }
     }
 
-    @Test("distcc reaches make without changing its command lines: PATH first, or ccache's prefix")
+    @Test("distcc and icecream reach make without changing its command lines: PATH first, or ccache's prefix")
     func environment() {
-        let setup = DistccSetup(hosts: "a/2 b/2", stateDirectory: "/c/distcc/state", masquerade: "/c/distcc/bin", path: "/c/distcc/bin:/usr/bin", slots: 4)
-        let common = ["DISTCC_HOSTS": "a/2 b/2", "DISTCC_DIR": "/c/distcc/state", "DISTCC_NO_REWRITE_CROSS": "1"]
-        #expect(setup.environment(ccache: false) == common.merging(["PATH": "/c/distcc/bin:/usr/bin"]) { $1 })
-        #expect(setup.environment(ccache: true) == common.merging(["CCACHE_PREFIX": "distcc"]) { $1 })
+        let variables = ["DISTCC_HOSTS": "a/2 b/2", "DISTCC_DIR": "/c/distcc/state", "DISTCC_NO_REWRITE_CROSS": "1"]
+        let setup = DistributedCompile(engine: .distcc, variables: variables, masquerade: "/c/distcc/bin", path: "/c/distcc/bin:/usr/bin", slots: 4, executable: "/usr/bin/distcc")
+        #expect(setup.environment(ccache: false) == variables.merging(["PATH": "/c/distcc/bin:/usr/bin"]) { $1 })
+        #expect(setup.environment(ccache: true) == variables.merging(["CCACHE_PREFIX": "/usr/bin/distcc"]) { $1 })
+        let icecc = DistributedCompile(engine: .icecc, variables: ["ICECC_VERSION": "/e/gcc.tar.gz"], masquerade: "/c/icecc/bin", path: "/c/icecc/bin:/usr/bin", slots: 8, executable: "/usr/bin/icecc")
+        #expect(icecc.environment(ccache: true) == ["ICECC_VERSION": "/e/gcc.tar.gz", "CCACHE_PREFIX": "/usr/bin/icecc"])
     }
 
-    @Test("the host list comes from --distcc, else DISTCC_HOSTS, else the user config; --no-distcc wins")
+    @Test("ICECC_VERSION: the native environment plain, the cross compiler's tagged with its platform and target prefix")
+    func iceccVersion() {
+        let version = IceccPlanner.version([("s390x-linux-gnu-gcc", "/e/s390x.tar.gz"), ("gcc", "/e/gcc.tar.gz")], platform: "x86_64")
+        #expect(version == "/e/gcc.tar.gz,x86_64:/e/s390x.tar.gz=s390x-linux-gnu")
+        #expect(IceccPlanner.version([("gcc", "/e/gcc.tar.gz")], platform: "x86_64") == "/e/gcc.tar.gz")
+        #expect(IceccPlanner.socketPaths(environment: ["HOME": "/h"]) == ["/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket", "/h/.iceccd.socket"])
+        #expect(IceccPlanner.socketPaths(environment: ["HOME": "/h", "ICECC_TEST_SOCKET": "/t/s"]) == ["/t/s"])
+    }
+
+    @Test("the helpers: --icecc, else --distcc, else DISTCC_HOSTS, else the user config; --no-distcc and --no-icecc win")
     func hostSources() throws {
         let dir = try TestSupport.temporaryDirectory()
-        try TestSupport.write("build:\n  distcc: \"10.0.0.9/8\"\n", to: dir + "/vmfactory/config.yaml")
-        let environment = ["XDG_CONFIG_HOME": dir]
-        #expect(try UserConfig.distcc(option: "a/2", disabled: false, environment: environment.merging(["DISTCC_HOSTS": "b/2"]) { $1 })?.hosts == "a/2")
-        #expect(try UserConfig.distcc(option: nil, disabled: false, environment: environment.merging(["DISTCC_HOSTS": "b/2"]) { $1 })?.hosts == "b/2")
-        #expect(try UserConfig.distcc(option: nil, disabled: false, environment: environment)?.hosts == "10.0.0.9/8")
-        #expect(try UserConfig.distcc(option: nil, disabled: true, environment: environment)?.hosts == nil)
-        #expect(try UserConfig.distcc(option: nil, disabled: false, environment: ["XDG_CONFIG_HOME": dir + "/none"])?.hosts == nil)
-        for bad in ["build: [1]\n", "build:\n  distcc: \"\"\n", "build:\n  jobs: 4\n", "other: 1\n", "build: {distcc: [a]}\n"] {
+        try TestSupport.write("build:\n  distcc: \"10.0.0.9/8\"\n", to: dir + "/d/vmfactory/config.yaml")
+        try TestSupport.write("build:\n  icecc: true\n", to: dir + "/i/vmfactory/config.yaml")
+        let withDistcc = ["XDG_CONFIG_HOME": dir + "/d"], withIcecc = ["XDG_CONFIG_HOME": dir + "/i"]
+        func helpers(_ distcc: String? = nil, icecc: Bool = false, noDistcc: Bool = false, noIcecc: Bool = false, in environment: [String: String]) throws -> CompileHelpers? {
+            try UserConfig.helpers(distcc: distcc, icecc: icecc, noDistcc: noDistcc, noIcecc: noIcecc, environment: environment)
+        }
+        let hosts = withDistcc.merging(["DISTCC_HOSTS": "b/2"]) { $1 }
+        #expect(try helpers("a/2", in: hosts) == .distcc(hosts: "a/2", source: "--distcc"))
+        #expect(try helpers(in: hosts) == .distcc(hosts: "b/2", source: "$DISTCC_HOSTS"))
+        #expect(try helpers(in: withDistcc) == .distcc(hosts: "10.0.0.9/8", source: "build.distcc in \(dir)/d/vmfactory/config.yaml"))
+        #expect(try helpers(noDistcc: true, in: hosts) == nil)
+        #expect(try helpers(in: ["XDG_CONFIG_HOME": dir + "/none"]) == nil)
+        #expect(try helpers(icecc: true, in: hosts) == .icecc(source: "--icecc"))
+        #expect(try helpers(in: withIcecc) == .icecc(source: "build.icecc in \(dir)/i/vmfactory/config.yaml"))
+        #expect(try helpers(noIcecc: true, in: withIcecc) == nil)
+        #expect(try helpers(in: withIcecc.merging(["DISTCC_HOSTS": "b/2"]) { $1 }) == .distcc(hosts: "b/2", source: "$DISTCC_HOSTS"))
+        #expect(try helpers(in: withIcecc)?.explicit == false)
+        #expect(try UserConfig.parse("build:\n  icecc: false\n", path: "config.yaml") == UserConfig())
+        for bad in ["build: [1]\n", "build:\n  distcc: \"\"\n", "build:\n  jobs: 4\n", "other: 1\n", "build: {distcc: [a]}\n",
+                    "build:\n  icecc: maybe\n", "build:\n  icecc: true\n  distcc: a/2\n"] {
             #expect(throws: VMFactoryError.self, "\(bad)") { try UserConfig.parse(bad, path: "config.yaml") }
         }
     }

@@ -1,38 +1,65 @@
 import Foundation
 import VMFactoryCore
 
-/// Compiling through distcc: make runs here, each compile is preprocessed here and compiled
-/// on a helper (distcc's plain mode, not pump mode), configuration and linking stay here.
-/// The command lines kbuild records stay those of a local build: without ccache the
-/// compiler names reach distcc through a folder of links first in PATH (distcc's masquerade
-/// mode), with ccache through `CCACHE_PREFIX`. So a distributed build and a local one share
-/// a build directory without either recompiling the other's objects, and the keys leave
-/// distcc out, as they leave ccache out: the bytes are the same.
-public struct DistccSetup: Sendable, Equatable {
-    /// The host list distcc gets (`DISTCC_HOSTS`): the helpers that answered.
-    public var hosts: String
-    /// distcc's state and lock folder (`DISTCC_DIR`).
-    public var stateDirectory: String
-    /// The masquerade folder: `gcc`, `s390x-linux-gnu-gcc`, … linked to distcc.
+/// Compiling on helper machines, through distcc or icecream: make runs here, each compile is
+/// preprocessed here and compiled on a helper (distcc's plain mode, not pump mode; icecream's
+/// only mode), configuration, assembly and linking stay here. The command lines kbuild
+/// records stay those of a local build: without ccache the compiler names reach the engine
+/// through a folder of links first in PATH (the masquerade mode both engines have), with
+/// ccache through `CCACHE_PREFIX`. So a distributed build and a local one share a build
+/// directory without either recompiling the other's objects, and the keys leave the engine
+/// out, as they leave ccache out: the bytes are the same.
+public struct DistributedCompile: Sendable, Equatable {
+    public enum Engine: String, Sendable, Equatable {
+        case distcc
+        case icecc
+    }
+
+    public var engine: Engine
+    /// The engine's own variables: `DISTCC_HOSTS`, `DISTCC_DIR`, … or `ICECC_…`.
+    public var variables: [String: String]
+    /// The masquerade folder: `gcc`, `s390x-linux-gnu-gcc`, … linked to the engine.
     public var masquerade: String
     /// PATH with the masquerade folder first.
     public var path: String
-    /// The concurrent jobs distcc says the hosts take (`distcc -j`).
+    /// The concurrent jobs the helpers take (`distcc -j`), or the default for icecream.
     public var slots: Int
-    /// distcc itself.
-    public var executable: String = "distcc"
+    /// The engine's client, `distcc` or `icecc`.
+    public var executable: String
+
+    public init(engine: Engine, variables: [String: String], masquerade: String, path: String, slots: Int, executable: String) {
+        self.engine = engine
+        self.variables = variables
+        self.masquerade = masquerade
+        self.path = path
+        self.slots = slots
+        self.executable = executable
+    }
 
     /// What make's environment gets, on top of the build's own.
     public func environment(ccache: Bool) -> [String: String] {
-        // distcc would run `gcc` as `x86_64-linux-gnu-gcc`, whose `--version` kbuild writes
-        // into the config and the kernel's banner: the compiler keeps the name it was given.
-        var environment = ["DISTCC_HOSTS": hosts, "DISTCC_DIR": stateDirectory, "DISTCC_NO_REWRITE_CROSS": "1"]
+        var environment = variables
         if ccache {
             environment["CCACHE_PREFIX"] = executable
         } else {
             environment["PATH"] = path
         }
         return environment
+    }
+
+    /// Links each compiler's name to `executable` in `folder`, and returns PATH with it first.
+    static func masquerade(_ compilers: [String], as executable: String, in folder: String, path: String?) throws -> String {
+        try FileStore.createDirectory(folder)
+        for compiler in Set(compilers) {
+            let link = folder + "/" + compiler
+            if (try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == executable { continue }
+            // Made under a temporary name and renamed, so that two builds at once never see
+            // the link missing.
+            let temporary = FileStore.temporaryName(for: link)
+            try FileManager.default.createSymbolicLink(atPath: temporary, withDestinationPath: executable)
+            try FileStore.rename(temporary, to: link)
+        }
+        return folder + ":" + (path ?? "/usr/local/bin:/usr/bin:/bin")
     }
 }
 
@@ -140,9 +167,9 @@ public struct DistccPlanner: Sendable {
     /// when no helper answers and compiles: the build then compiles here, as without distcc.
     /// `source` says where the list came from; a list from the environment or the user's
     /// config that cannot be used is a warning, one given with --distcc an error.
-    public func setup(_ list: String, compilers: [String], source: String = "--distcc") async throws -> DistccSetup? {
+    public func setup(_ list: String, compilers: [String], source: String = "--distcc") async throws -> DistributedCompile? {
         let explicit = source == "--distcc"
-        func unusable(_ error: VMFactoryError) throws -> DistccSetup? {
+        func unusable(_ error: VMFactoryError) throws -> DistributedCompile? {
             if explicit { throw error }
             console.warning("distcc: \(error.message) (the host list of \(source)); compiling here. \(error.hint ?? "")")
             return nil
@@ -175,24 +202,18 @@ public struct DistccPlanner: Sendable {
             return nil
         }
         let hostList = live.map(\.text).joined(separator: " ")
-        let masquerade = cacheDirectory + "/distcc/bin"
         let state = cacheDirectory + "/distcc/state"
-        try FileStore.createDirectory(masquerade)
         try FileStore.createDirectory(state)
-        for compiler in Set(compilers) {
-            let link = masquerade + "/" + compiler
-            if (try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == distcc { continue }
-            // Made under a temporary name and renamed, so that two builds at once never see
-            // the link missing.
-            let temporary = FileStore.temporaryName(for: link)
-            try FileManager.default.createSymbolicLink(atPath: temporary, withDestinationPath: distcc)
-            try FileStore.rename(temporary, to: link)
-        }
+        let path = try DistributedCompile.masquerade(compilers, as: distcc, in: cacheDirectory + "/distcc/bin", path: environment["PATH"])
         let result = try await runner.run(Command(distcc, ["-j"], environment: ["DISTCC_HOSTS": hostList, "DISTCC_DIR": state]), output: .stdoutApart)
         let slots = result.succeeded ? Int(result.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 : 0
-        let path = masquerade + ":" + (environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
         console.info("distcc: \(DistccHost.helpers(live).count) helper\(DistccHost.helpers(live).count == 1 ? "" : "s") (\(hostList)), \(slots) slots")
-        return DistccSetup(hosts: hostList, stateDirectory: state, masquerade: masquerade, path: path, slots: max(slots, 1), executable: distcc)
+        // distcc would run `gcc` as `x86_64-linux-gnu-gcc`, whose `--version` kbuild writes
+        // into the config and the kernel's banner: the compiler keeps the name it was given.
+        return DistributedCompile(
+            engine: .distcc, variables: ["DISTCC_HOSTS": hostList, "DISTCC_DIR": state, "DISTCC_NO_REWRITE_CROSS": "1"],
+            masquerade: cacheDirectory + "/distcc/bin", path: path, slots: max(slots, 1), executable: distcc
+        )
     }
 
     /// For `doctor --distcc`: each helper answers and compiles a small file with each

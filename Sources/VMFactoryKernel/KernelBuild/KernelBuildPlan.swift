@@ -25,15 +25,15 @@ public struct KernelBuildPlan: Sendable {
         /// The ccache executable, when builds go through it. It is left out of the keys: a cache
         /// hit gives the same bytes as a compile.
         public var ccache: String?
-        /// distcc, when compiles go to helpers. Left out of the keys like ccache.
-        public var distcc: DistccSetup?
+        /// distcc or icecream, when compiles go to helpers. Left out of the keys like ccache.
+        public var helpers: DistributedCompile?
         public var hostMachine: String
         public var buildDirectory: String
         public var outputDirectory: String
 
         public init(
             recipe: Recipe, target: TargetRecipe, treeKey: SHA256Digest, toolchain: Toolchain, sourceDateEpoch: Int,
-            jobs: Int, ccache: String? = nil, distcc: DistccSetup? = nil, hostMachine: String = Target.hostMachine, buildDirectory: String, outputDirectory: String
+            jobs: Int, ccache: String? = nil, helpers: DistributedCompile? = nil, hostMachine: String = Target.hostMachine, buildDirectory: String, outputDirectory: String
         ) {
             self.recipe = recipe
             self.target = target
@@ -42,7 +42,7 @@ public struct KernelBuildPlan: Sendable {
             self.sourceDateEpoch = sourceDateEpoch
             self.jobs = jobs
             self.ccache = ccache
-            self.distcc = distcc
+            self.helpers = helpers
             self.hostMachine = hostMachine
             self.buildDirectory = buildDirectory
             self.outputDirectory = outputDirectory
@@ -95,7 +95,7 @@ public struct KernelBuildPlan: Sendable {
     public var sourceDateEpoch: Int { inputs.sourceDateEpoch }
     public var jobs: Int { inputs.jobs }
     public var ccache: String? { inputs.ccache }
-    public var distcc: DistccSetup? { inputs.distcc }
+    public var helpers: DistributedCompile? { inputs.helpers }
     public var hostMachine: String { inputs.hostMachine }
     public var buildDirectory: String { inputs.buildDirectory }
     public var outputDirectory: String { inputs.outputDirectory }
@@ -185,8 +185,8 @@ public struct KernelBuildPlan: Sendable {
             // locations still hit.
             environment["CCACHE_BASEDIR"] = cacheDirectory
         }
-        if let distcc {
-            environment.merge(distcc.environment(ccache: ccache != nil)) { _, new in new }
+        if let helpers {
+            environment.merge(helpers.environment(ccache: ccache != nil)) { _, new in new }
         }
         return environment
     }

@@ -10,21 +10,38 @@ public struct BuildOptions: Sendable {
     public var jobsGiven: Bool
     /// Compile through ccache when it is installed.
     public var useCcache: Bool
-    /// A distcc host list: compile on these helpers (see `DistccSetup`).
-    public var distccHosts: String?
-    /// Where the host list came from: `--distcc`, `$DISTCC_HOSTS` or the user config's path.
-    public var distccSource = "--distcc"
+    /// Compile on helper machines (see `DistributedCompile`).
+    public var helpers: CompileHelpers?
     /// Artifacts looked up by input key before compiling (`--cache-from`).
     public var cacheFrom: (any BuildCache)?
     /// Where the artifacts go after a build (`--cache-to`).
     public var cacheTo: (any BuildCache)?
 
-    public init(jobs: Int? = nil, useCcache: Bool = true, distccHosts: String? = nil) {
+    public init(jobs: Int? = nil, useCcache: Bool = true, helpers: CompileHelpers? = nil) {
         self.jobs = jobs ?? ProcessInfo.processInfo.activeProcessorCount
         self.jobsGiven = jobs != nil
         self.useCcache = useCcache
-        self.distccHosts = distccHosts
+        self.helpers = helpers
     }
+}
+
+/// The helper machines a build compiles on, and where that was asked for: `--distcc`,
+/// `$DISTCC_HOSTS`, `--icecc` or the user config's path. One asked for on the command line
+/// that cannot be used is an error; one from the environment or the config a warning.
+public enum CompileHelpers: Sendable, Equatable {
+    /// distcc with this host list.
+    case distcc(hosts: String, source: String)
+    /// icecream, through the iceccd of this machine and its scheduler.
+    case icecc(source: String)
+
+    public var source: String {
+        switch self {
+        case .distcc(_, let source), .icecc(let source): source
+        }
+    }
+
+    /// Asked for on the command line.
+    public var explicit: Bool { source.hasPrefix("--") }
 }
 
 /// What building one target gave.

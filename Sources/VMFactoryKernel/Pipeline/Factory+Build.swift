@@ -59,15 +59,12 @@ extension Factory {
     /// whole set is published at once.
     public func build(_ recipe: Recipe, targets: [Target], options: BuildOptions = BuildOptions()) async throws -> [BuildResult] {
         let source = PreparedSource(factory: self, recipe: recipe)
-        // distcc is set up (its helpers tried) only when a target compiles, once for all.
-        let distcc = options.distccHosts.map { hosts in
-            PreparedDistcc(planner: DistccPlanner(runner: runner, console: console, environment: workspace.hostEnvironment, cacheDirectory: workspace.cacheDirectory),
-                           hosts: hosts, source: options.distccSource, compilers: targets.map { $0.compiler() })
-        }
+        // The helpers are set up (tried) only when a target compiles, once for all.
+        let helpers = options.helpers.map { PreparedHelpers(factory: self, helpers: $0, compilers: targets.map { $0.compiler() }) }
         var results: [BuildResult] = []
         for target in targets {
             let plan = try await targetPlan(recipe, target: target, options: options, wantsKernel: true)
-            var result = try await build(plan, source: source, options: options, distcc: distcc)
+            var result = try await build(plan, source: source, options: options, helpers: helpers)
             if let cache = options.cacheTo { result.cachedTo = await push(result, plan: plan, to: cache) }
             results.append(result)
         }
@@ -143,7 +140,7 @@ extension Factory {
     }
 
     /// Decides under the build directory's lock, then carries the decision out.
-    func build(_ plan: TargetBuildPlan, source: PreparedSource, options: BuildOptions = BuildOptions(), distcc: PreparedDistcc? = nil) async throws -> BuildResult {
+    func build(_ plan: TargetBuildPlan, source: PreparedSource, options: BuildOptions = BuildOptions(), helpers: PreparedHelpers? = nil) async throws -> BuildResult {
         var plan = plan
         let start = ContinuousClock.now
         let lock = try await FileLock.acquire(plan.kernel.buildDirectory + ".lock") {
@@ -169,10 +166,10 @@ extension Factory {
         }
         var cached: CachedBuild?
         if decision.kernel == .build, let cache = options.cacheFrom { cached = try await lookUp(plan, in: cache) }
-        if decision.kernel == .build, cached == nil, let setup = try await distcc?.get() {
-            // Each helper's slots, and this machine's cores at least (it preprocesses and links).
+        if decision.kernel == .build, cached == nil, let setup = try await helpers?.get() {
+            // The helpers' slots, and this machine's cores at least (it preprocesses and links).
             let jobs = options.jobsGiven ? options.jobs : max(options.jobs, setup.slots)
-            plan = TargetBuildPlan(kernel: try plan.kernel.with { $0.distcc = setup; $0.jobs = jobs }, initrd: plan.initrd, wantsKernel: plan.wantsKernel)
+            plan = TargetBuildPlan(kernel: try plan.kernel.with { $0.helpers = setup; $0.jobs = jobs }, initrd: plan.initrd, wantsKernel: plan.wantsKernel)
         }
         defer { if let cached { try? FileStore.removeTree(URL(fileURLWithPath: cached.directory).deletingLastPathComponent().path) } }
         let manifest = try await carryOut(decision, plan: plan, current: current, source: source, cached: cached)
@@ -272,24 +269,31 @@ struct OutputSet {
     }
 }
 
-/// distcc, set up on first use and shared by the targets of one build.
-actor PreparedDistcc {
-    let planner: DistccPlanner
-    let hosts: String
-    let source: String
+/// distcc or icecream, set up on first use and shared by the targets of one build.
+actor PreparedHelpers {
+    let factory: Factory
+    let helpers: CompileHelpers
     let compilers: [String]
-    private var prepared: DistccSetup??
+    private var prepared: DistributedCompile??
 
-    init(planner: DistccPlanner, hosts: String, source: String, compilers: [String]) {
-        self.planner = planner
-        self.hosts = hosts
-        self.source = source
+    init(factory: Factory, helpers: CompileHelpers, compilers: [String]) {
+        self.factory = factory
+        self.helpers = helpers
         self.compilers = compilers
     }
 
-    func get() async throws -> DistccSetup? {
+    func get() async throws -> DistributedCompile? {
         if let prepared { return prepared }
-        let setup = try await planner.setup(hosts, compilers: compilers, source: source)
+        let environment = factory.workspace.hostEnvironment, cache = factory.workspace.cacheDirectory
+        let setup: DistributedCompile?
+        switch helpers {
+        case .distcc(let hosts, let source):
+            let planner = DistccPlanner(runner: factory.runner, console: factory.console, environment: environment, cacheDirectory: cache)
+            setup = try await planner.setup(hosts, compilers: compilers, source: source)
+        case .icecc(let source):
+            let planner = IceccPlanner(runner: factory.runner, console: factory.console, environment: environment, cacheDirectory: cache)
+            setup = try await planner.setup(compilers: compilers, source: source)
+        }
         prepared = .some(setup)
         return setup
     }

@@ -6,15 +6,19 @@ import Yams
 /// `~/.config/vmfactory/config.yaml`):
 ///
 ///     build:
-///       distcc: "10.0.0.2/8 10.0.0.3/8"
+///       distcc: "10.0.0.2/8 10.0.0.3/8"   # or
+///       icecc: true
 ///
 /// Command-line options and the environment come first; the file fills in what they leave.
 public struct UserConfig: Sendable, Equatable {
     /// `build.distcc`: a distcc host list for every build.
     public var distcc: String?
+    /// `build.icecc`: compile through icecream for every build.
+    public var icecc: Bool
 
-    public init(distcc: String? = nil) {
+    public init(distcc: String? = nil, icecc: Bool = false) {
         self.distcc = distcc
+        self.icecc = icecc
     }
 
     public static func path(environment: [String: String]) -> String? {
@@ -29,7 +33,7 @@ public struct UserConfig: Sendable, Equatable {
         return try parse(try FileStore.readText(path), path: path)
     }
 
-    static let knownBuildKeys: Set<String> = ["distcc"]
+    static let knownBuildKeys: Set<String> = ["distcc", "icecc"]
 
     public static func parse(_ text: String, path: String) throws -> UserConfig {
         let node: Node?
@@ -45,14 +49,21 @@ public struct UserConfig: Sendable, Equatable {
         var config = UserConfig()
         for (key, value) in root {
             guard key.string == "build" else {
-                throw VMFactoryError(.invalidArgument, "\(path): unknown key '\(key.string ?? "?")'", hint: "the file knows build.distcc")
+                throw VMFactoryError(.invalidArgument, "\(path): unknown key '\(key.string ?? "?")'", hint: "the file knows build.distcc and build.icecc")
             }
             guard let build = value.mapping else {
                 throw VMFactoryError(.invalidArgument, "\(path): build is not a mapping", hint: "write `distcc: HOSTS` below `build:`")
             }
             for (name, entry) in build {
                 guard let name = name.string, knownBuildKeys.contains(name) else {
-                    throw VMFactoryError(.invalidArgument, "\(path): unknown key build.\(name.string ?? "?")", hint: "the file knows build.distcc")
+                    throw VMFactoryError(.invalidArgument, "\(path): unknown key build.\(name.string ?? "?")", hint: "the file knows build.distcc and build.icecc")
+                }
+                if name == "icecc" {
+                    guard let on = entry.scalar.flatMap(Bool.construct(from:)) else {
+                        throw VMFactoryError(.invalidArgument, "\(path): build.icecc is not true or false", hint: "write `icecc: true` to compile through this machine's iceccd")
+                    }
+                    config.icecc = on
+                    continue
                 }
                 guard let hosts = entry.scalar?.string, !hosts.isEmpty else {
                     throw VMFactoryError(.invalidArgument, "\(path): build.distcc is not a host list", hint: "write it as distcc takes it, such as \"10.0.0.2/8 10.0.0.3/8\"")
@@ -60,16 +71,25 @@ public struct UserConfig: Sendable, Equatable {
                 config.distcc = hosts
             }
         }
+        if config.icecc, config.distcc != nil {
+            throw VMFactoryError(.invalidArgument, "\(path): build.distcc and build.icecc both set", hint: "keep one: a build compiles through one engine")
+        }
         return config
     }
 
-    /// The distcc hosts a build uses, `--distcc`, else `$DISTCC_HOSTS`, else `build.distcc`,
-    /// and where they came from.
-    public static func distcc(option: String?, disabled: Bool, environment: [String: String]) throws -> (hosts: String, source: String)? {
-        if disabled { return nil }
-        if let option { return (option, "--distcc") }
-        if let hosts = environment["DISTCC_HOSTS"], !hosts.trimmingCharacters(in: .whitespaces).isEmpty { return (hosts, "$DISTCC_HOSTS") }
-        guard let hosts = try load(environment: environment).distcc else { return nil }
-        return (hosts, "build.distcc in " + (path(environment: environment) ?? "the user config"))
+    /// The helpers a build compiles on: `--icecc`, else `--distcc`, else `$DISTCC_HOSTS`,
+    /// else the file's `build.icecc` or `build.distcc`; `--no-icecc` and `--no-distcc` each
+    /// turn their engine off.
+    public static func helpers(distcc: String?, icecc: Bool, noDistcc: Bool, noIcecc: Bool, environment: [String: String]) throws -> CompileHelpers? {
+        if icecc { return .icecc(source: "--icecc") }
+        if !noDistcc, let hosts = distcc { return .distcc(hosts: hosts, source: "--distcc") }
+        if !noDistcc, let hosts = environment["DISTCC_HOSTS"], !hosts.trimmingCharacters(in: .whitespaces).isEmpty {
+            return .distcc(hosts: hosts, source: "$DISTCC_HOSTS")
+        }
+        let config = try load(environment: environment)
+        let file = path(environment: environment) ?? "the user config"
+        if config.icecc, !noIcecc { return .icecc(source: "build.icecc in " + file) }
+        if let hosts = config.distcc, !noDistcc { return .distcc(hosts: hosts, source: "build.distcc in " + file) }
+        return nil
     }
 }
