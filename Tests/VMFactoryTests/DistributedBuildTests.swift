@@ -23,10 +23,10 @@ struct DistributedBuildTests {
     @Test("distcc and icecream reach make without changing its command lines: PATH first, or ccache's prefix")
     func environment() {
         let variables = ["DISTCC_HOSTS": "a/2 b/2", "DISTCC_DIR": "/c/distcc/state", "DISTCC_NO_REWRITE_CROSS": "1"]
-        let setup = DistributedCompile(engine: .distcc, variables: variables, masquerade: "/c/distcc/bin", path: "/c/distcc/bin:/usr/bin", slots: 4, executable: "/usr/bin/distcc")
+        let setup = DistributedCompile(variables: variables, path: "/c/distcc/bin:/usr/bin", slots: 4, executable: "/usr/bin/distcc")
         #expect(setup.environment(ccache: false) == variables.merging(["PATH": "/c/distcc/bin:/usr/bin"]) { $1 })
         #expect(setup.environment(ccache: true) == variables.merging(["CCACHE_PREFIX": "/usr/bin/distcc"]) { $1 })
-        let icecc = DistributedCompile(engine: .icecc, variables: ["ICECC_VERSION": "/e/gcc.tar.gz"], masquerade: "/c/icecc/bin", path: "/c/icecc/bin:/usr/bin", slots: 8, executable: "/usr/bin/icecc")
+        let icecc = DistributedCompile(variables: ["ICECC_VERSION": "/e/gcc.tar.gz"], path: "/c/icecc/bin:/usr/bin", slots: 8, executable: "/usr/bin/icecc")
         #expect(icecc.environment(ccache: true) == ["ICECC_VERSION": "/e/gcc.tar.gz", "CCACHE_PREFIX": "/usr/bin/icecc"])
     }
 

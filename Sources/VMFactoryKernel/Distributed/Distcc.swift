@@ -10,27 +10,17 @@ import VMFactoryCore
 /// directory without either recompiling the other's objects, and the keys leave the engine
 /// out, as they leave ccache out: the bytes are the same.
 public struct DistributedCompile: Sendable, Equatable {
-    public enum Engine: String, Sendable, Equatable {
-        case distcc
-        case icecc
-    }
-
-    public var engine: Engine
     /// The engine's own variables: `DISTCC_HOSTS`, `DISTCC_DIR`, … or `ICECC_…`.
     public var variables: [String: String]
-    /// The masquerade folder: `gcc`, `s390x-linux-gnu-gcc`, … linked to the engine.
-    public var masquerade: String
-    /// PATH with the masquerade folder first.
+    /// PATH with the masquerade folder first: `gcc`, `s390x-linux-gnu-gcc`, … linked to the engine.
     public var path: String
     /// The concurrent jobs the helpers take (`distcc -j`), or the default for icecream.
     public var slots: Int
     /// The engine's client, `distcc` or `icecc`.
     public var executable: String
 
-    public init(engine: Engine, variables: [String: String], masquerade: String, path: String, slots: Int, executable: String) {
-        self.engine = engine
+    public init(variables: [String: String], path: String, slots: Int, executable: String) {
         self.variables = variables
-        self.masquerade = masquerade
         self.path = path
         self.slots = slots
         self.executable = executable
@@ -211,8 +201,7 @@ public struct DistccPlanner: Sendable {
         // distcc would run `gcc` as `x86_64-linux-gnu-gcc`, whose `--version` kbuild writes
         // into the config and the kernel's banner: the compiler keeps the name it was given.
         return DistributedCompile(
-            engine: .distcc, variables: ["DISTCC_HOSTS": hostList, "DISTCC_DIR": state, "DISTCC_NO_REWRITE_CROSS": "1"],
-            masquerade: cacheDirectory + "/distcc/bin", path: path, slots: max(slots, 1), executable: distcc
+            variables: ["DISTCC_HOSTS": hostList, "DISTCC_DIR": state, "DISTCC_NO_REWRITE_CROSS": "1"], path: path, slots: max(slots, 1), executable: distcc
         )
     }
 
@@ -227,17 +216,9 @@ public struct DistccPlanner: Sendable {
 
     func check(_ hosts: [DistccHost], compilers: [String], distcc: String) async throws -> [(host: String, problems: [String])] {
         let helpers = DistccHost.helpers(hosts)
-        try FileStore.createDirectory(cacheDirectory + "/tmp")
-        let work = FileStore.temporaryName(for: cacheDirectory + "/tmp/distcc-check")
-        try FileStore.createDirectory(work + "/state")
-        defer { try? FileStore.removeTree(work) }
-        try FileStore.writeAtomically("int vmfactory_distcc_check(int x) { return x * 3; }\n", to: work + "/check.c")
-        // What this machine's compilers make, to compare the helpers' objects with.
-        var local: [String: Data] = [:]
-        for compiler in compilers {
-            let result = try await runner.run(Command(compiler, ["-c", "check.c", "-o", "local-\(compiler).o"], workingDirectory: work), output: .capture)
-            if result.succeeded { local[compiler] = try? FileStore.readData(work + "/local-\(compiler).o") }
-        }
+        let check = try await CompileCheck.make(runner: runner, cacheDirectory: cacheDirectory, compilers: compilers)
+        defer { check.remove() }
+        try FileStore.createDirectory(check.work + "/state")
         var report: [(String, [String])] = []
         for (position, (host, problem)) in await probe(helpers).enumerated() {
             if let problem {
@@ -246,18 +227,13 @@ public struct DistccPlanner: Sendable {
             }
             var problems: [String] = []
             for compiler in compilers {
-                let object = "check-\(position)-\(compiler).o"
-                let command = Command(
-                    distcc, [compiler, "-c", "check.c", "-o", object],
-                    environment: ["DISTCC_HOSTS": host.text, "DISTCC_DIR": work + "/state", "DISTCC_FALLBACK": "0", "DISTCC_SKIP_LOCAL_RETRY": "1", "DISTCC_NO_REWRITE_CROSS": "1"],
-                    workingDirectory: work
-                )
-                let result = try await runner.run(command, output: .capture)
-                if !result.succeeded {
-                    let said = result.output.split(separator: "\n").last.map(String.init) ?? result.statusDescription
-                    problems.append("cannot compile with \(compiler): \(said)")
-                } else if let expected = local[compiler], (try? FileStore.readData(work + "/" + object)) != expected {
-                    problems.append("its \(compiler) makes other bytes than this machine's (another version)")
+                let environment = [
+                    "DISTCC_HOSTS": host.text, "DISTCC_DIR": check.work + "/state", "DISTCC_FALLBACK": "0", "DISTCC_SKIP_LOCAL_RETRY": "1", "DISTCC_NO_REWRITE_CROSS": "1",
+                ]
+                switch try await check.compare(compiler, engine: distcc, environment: environment, object: "check-\(position)-\(compiler).o") {
+                case .same, .noReference: break
+                case .failed(let said): problems.append("cannot compile with \(compiler): \(said)")
+                case .differs: problems.append("its \(compiler) makes other bytes than this machine's (another version)")
                 }
             }
             report.append((host.text, problems))

@@ -71,11 +71,17 @@ public struct IceccPlanner: Sendable {
     /// The setup for `compilers`, or nil with a warning when this machine has no iceccd
     /// that answers: the build then compiles here, as without icecream. icecc not installed
     /// is an error when `--icecc` asked for it, else a warning.
-    public func setup(compilers: [String], source: String = "--icecc") async throws -> DistributedCompile? {
-        let explicit = source.hasPrefix("--")
+    /// `icecc` and `icecc-create-env`, or nil when icecream is not installed.
+    func tools() -> (icecc: String, createEnv: String)? {
         guard let icecc = Doctor.findExecutable("icecc", environment: environment),
               let createEnv = Doctor.findExecutable("icecc-create-env", environment: environment)
-        else {
+        else { return nil }
+        return (icecc, createEnv)
+    }
+
+    public func setup(compilers: [String], source: String = "--icecc") async throws -> DistributedCompile? {
+        let explicit = source.hasPrefix("--")
+        guard let (icecc, createEnv) = tools() else {
             let error = VMFactoryError(.missingTool, "icecream (icecc) is not installed", hint: explicit ? "sudo apt-get install icecc, or build without --icecc" : "install icecc, or give --no-icecc")
             if explicit { throw error }
             console.warning("icecc: \(error.message) (asked for by \(source)); compiling here. \(error.hint ?? "")")
@@ -94,15 +100,13 @@ public struct IceccPlanner: Sendable {
         let path = try DistributedCompile.masquerade(compilers, as: icecc, in: cacheDirectory + "/icecc/bin", path: environment["PATH"])
         let slots = ProcessInfo.processInfo.activeProcessorCount * Self.jobsPerCore
         console.info("icecc: through the iceccd at \(socket), \(slots) jobs unless -j says otherwise")
-        return DistributedCompile(engine: .icecc, variables: variables, masquerade: cacheDirectory + "/icecc/bin", path: path, slots: slots, executable: icecc)
+        return DistributedCompile(variables: variables, path: path, slots: slots, executable: icecc)
     }
 
     /// For `doctor --icecc`: the local daemon answers, and each compiler compiles a small
     /// file through icecc to the bytes it makes here.
     public func check(compilers: [String]) async throws -> (daemon: String?, problems: [String]) {
-        guard let icecc = Doctor.findExecutable("icecc", environment: environment),
-              let createEnv = Doctor.findExecutable("icecc-create-env", environment: environment)
-        else {
+        guard let (icecc, createEnv) = tools() else {
             throw VMFactoryError(.missingTool, "icecream (icecc) is not installed", hint: "sudo apt-get install icecc")
         }
         let daemon = localDaemon()
@@ -112,27 +116,15 @@ public struct IceccPlanner: Sendable {
     }
 
     func check(compilers: [String], icecc: String, variables: [String: String]) async throws -> [(compiler: String, problem: String?)] {
-        try FileStore.createDirectory(cacheDirectory + "/tmp")
-        let work = FileStore.temporaryName(for: cacheDirectory + "/tmp/icecc-check")
-        try FileStore.createDirectory(work)
-        defer { try? FileStore.removeTree(work) }
-        try FileStore.writeAtomically("int vmfactory_icecc_check(int x) { return x * 3; }\n", to: work + "/check.c")
+        let check = try await CompileCheck.make(runner: runner, cacheDirectory: cacheDirectory, compilers: compilers)
+        defer { check.remove() }
         var report: [(String, String?)] = []
         for compiler in compilers {
-            let local = try await runner.run(Command(compiler, ["-O2", "-c", "check.c", "-o", "local.o"], workingDirectory: work), output: .capture)
-            guard local.succeeded else {
-                report.append((compiler, "\(compiler) does not compile here: \(local.output.split(separator: "\n").last.map(String.init) ?? local.statusDescription)"))
-                continue
-            }
-            let command = Command(icecc, [compiler, "-O2", "-c", "check.c", "-o", "icecc.o"], environment: variables, workingDirectory: work)
-            let result = try await runner.run(command, output: .capture)
-            if !result.succeeded {
-                let said = result.output.split(separator: "\n").last.map(String.init) ?? result.statusDescription
-                report.append((compiler, "icecc cannot compile with \(compiler): \(said)"))
-            } else if try FileStore.readData(work + "/icecc.o") != FileStore.readData(work + "/local.o") {
-                report.append((compiler, "\(compiler) through icecc makes other bytes than here (a helper with another compiler environment)"))
-            } else {
-                report.append((compiler, nil))
+            switch try await check.compare(compiler, engine: icecc, environment: variables, object: "icecc-\(compiler).o") {
+            case .same: report.append((compiler, nil))
+            case .noReference(let said): report.append((compiler, "\(compiler) does not compile here: \(said)"))
+            case .failed(let said): report.append((compiler, "icecc cannot compile with \(compiler): \(said)"))
+            case .differs: report.append((compiler, "\(compiler) through icecc makes other bytes than here (a helper with another compiler environment)"))
             }
         }
         return report
