@@ -37,11 +37,27 @@ final class IceccCluster: @unchecked Sendable {
         let network = "vmftest\(getpid())x\(port)"
         // ICECC_TESTS: broadcasts stay on loopback, so that the cluster never meets another.
         let environment = TestSupport.environment.merging(["ICECC_TESTS": "1"]) { $1 }
-        func spawn(_ executable: String, _ arguments: [String], socket: String? = nil) async throws -> ChildProcess {
-            let path = try #require(Doctor.findExecutable(executable, environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]))
+        func find(_ executable: String) throws -> String {
+            try #require(Doctor.findExecutable(executable, environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]))
+        }
+        func spawn(_ executable: String, _ arguments: [String], socket: String? = nil, idle: Bool = false) async throws -> ChildProcess {
+            var command = Command(try find(executable), arguments)
+            if idle {
+                // The helper stands in for another machine, idle. On this one the rest of the
+                // suite keeps both cores busy, and iceccd, which reports its load from
+                // /proc/stat, would call itself full (1000), and the scheduler would give it
+                // nothing. So it reads a /proc/stat that never moves (a copy of this
+                // machine's, bound over it in a mount namespace of its own), which iceccd
+                // counts as an idle machine.
+                command = Command(try find("unshare"), [
+                    "--mount", "--propagation", "private", "sh", "-c",
+                    #"cat /proc/stat > "$1" && mount --bind "$1" /proc/stat && shift && exec "$@""#,
+                    "sh", directory + "/stat-idle", command.executable,
+                ] + command.arguments)
+            }
             var variables = environment
             if let socket { variables["ICECC_TEST_SOCKET"] = socket }
-            return try await ChildProcess.spawn(Command(path, arguments), environment: variables, stdout: .null, stderr: .null)
+            return try await ChildProcess.spawn(command, environment: variables, stdout: .null, stderr: .null)
         }
         var processes: [ChildProcess] = []
         do {
@@ -51,7 +67,7 @@ final class IceccCluster: @unchecked Sendable {
                     "-n", network, "-s", "127.0.0.1:\(port)", "-N", name, "-b", directory + "/envs-" + name, "-m", "2",
                     "-p", String(try LocalRegistry.freePort()), "-l", directory + "/\(name).log", "-vv",
                 ]
-                processes.append(try await spawn("iceccd", arguments, socket: directory + "/socket-" + name))
+                processes.append(try await spawn("iceccd", arguments, socket: directory + "/socket-" + name, idle: name == "helper"))
             }
             let connected = await TestSupport.eventually(within: 45) {
                 ["local", "helper"].allSatisfy { ((try? FileStore.readText(directory + "/\($0).log")) ?? "").contains("Connected to scheduler") }
