@@ -236,4 +236,38 @@ struct RunTests {
         #expect(missing.status == 125)
         #expect(missing.stderr.contains("the host path /nonexistent-vmfactory does not exist"))
     }
+
+    @Test("the run's overlay is what qemu-img create writes, byte for byte, for disks of several sizes; qemu-img checks it, qemu-io writes through it and the backing file keeps its bytes", .needsTool("qemu-img"), .needsTool("qemu-io"))
+    func overlay() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        for size in ["64M", "300M", "1G", "5368709632", "2T"] {
+            let base = dir + "/base-\(size).qcow2"
+            _ = try await ImageFixtures.run("qemu-img", ["create", "-q", "-f", "qcow2", base, size])
+            let ours = dir + "/ours-\(size).qcow2", theirs = dir + "/theirs-\(size).qcow2"
+            try Qcow2Overlay.create(backing: base, at: ours)
+            _ = try await ImageFixtures.run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, theirs])
+            #expect(try FileStore.readData(ours) == FileStore.readData(theirs), "the overlay of a \(size) disk differs from qemu-img's")
+            let check = try await TestSupport.run("qemu-img", ["check", ours])
+            #expect(check.termination == .exited(0), "\(check.output)")
+            let info = try await ImageFixtures.run("qemu-img", ["info", "--output=json", ours])
+            #expect(info.contains("\"backing-filename\": \"\(base)\"") && info.contains("\"backing-filename-format\": \"qcow2\""), "\(info)")
+        }
+
+        // Written through QEMU's block layer: the write lands in the overlay, the base keeps its bytes.
+        let base = dir + "/base-1G.qcow2", overlay = dir + "/ours-1G.qcow2"
+        _ = try await ImageFixtures.run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x5a 0 128k", base])
+        let before = try await TestSupport.sha256sum(base)
+        _ = try await ImageFixtures.run("qemu-io", ["-f", "qcow2", "-c", "write -P 0xa5 64k 1m", overlay])
+        let read = try await ImageFixtures.run("qemu-io", ["-f", "qcow2", "-c", "read -P 0x5a 0 64k", "-c", "read -P 0xa5 64k 1m", overlay])
+        #expect(!read.contains("Pattern verification failed"), "\(read)")
+        #expect(try await TestSupport.sha256sum(base) == before)
+        #expect(try await TestSupport.run("qemu-img", ["check", overlay]).termination == .exited(0))
+
+        // Not a qcow2 file: said, with what to do.
+        try FileStore.writeAtomically(Data(count: 4096), to: dir + "/raw.img")
+        let error = #expect(throws: VMFactoryError.self) { try Qcow2Overlay.create(backing: dir + "/raw.img", at: dir + "/bad.qcow2") }
+        #expect(error?.message.contains("is not a qcow2 disk") == true)
+        #expect(error?.hint?.contains("vmfactory rootfs") == true)
+        #expect(!FileStore.exists(dir + "/bad.qcow2"))
+    }
 }

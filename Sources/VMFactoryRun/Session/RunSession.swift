@@ -3,6 +3,7 @@ import Synchronization
 import VMFactoryArchive
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryImage
 
 /// How a run ended, as `vmfactory run`'s exit status says it.
 public struct RunOutcome: Sendable {
@@ -70,10 +71,7 @@ public struct RunSession: Sendable {
 
     /// The overlay over the image's disk (which stays as it is) and the run's initrd.
     func prepare(_ files: RunPlan.Files) async throws {
-        try await runner.runChecked(
-            Command("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", plan.disk, files.overlay]),
-            what: "creating the run's overlay on \(FileStore.displayPath(plan.disk))"
-        )
+        try Qcow2Overlay.create(backing: plan.disk, at: files.overlay)
         let settings = ArchiveWriter.Entry(path: "etc/vmfactory/run.conf", kind: .file(Data(plan.runConfig.utf8)), mode: 0o644, uid: 0, gid: 0, mtime: 0)
         let appendix = files.initrd + ".run"
         try ArchiveWriter.write([settings], to: appendix, format: .cpioNewc, compression: .none)
