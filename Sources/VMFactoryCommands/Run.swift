@@ -248,7 +248,7 @@ struct Run: AsyncParsableCommand {
         }
         for port in ports { console.info("run: port \(port.description)") }
         var session = RunSession(
-            id: id, plan: plan, folders: folders, runner: context.runner, console: console,
+            id: id, plan: plan, folders: folders, console: console,
             baseEnvironment: Command.baseEnvironment(from: context.environment), stdout: context.stdout, stderr: context.stderr
         )
         session.timeout = timeout?.duration

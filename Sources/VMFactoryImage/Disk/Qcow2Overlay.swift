@@ -60,7 +60,8 @@ public enum Qcow2Overlay {
         func put64(_ value: UInt64) { header += withUnsafeBytes(of: value.bigEndian, Array.init) }
         func pad(to alignment: Int) { header += [UInt8](repeating: 0, count: (alignment - header.count % alignment) % alignment) }
 
-        let extensions = 8 + 8 + 8 + featureNames.count * 48 + 8
+        let featureTable = featureNames.count * 48
+        let extensions = 8 + 8 + 8 + featureTable + 8
         let backingOffset = headerLength + extensions
         guard !name.isEmpty, name.count <= 1023, backingOffset + name.count <= clusterSize else {
             throw VMFactoryError(.invalidArgument, "the disk's path is too long for a qcow2 backing file name (at most 1023 bytes)", hint: "use a shorter --cache-dir")
@@ -90,7 +91,7 @@ public enum Qcow2Overlay {
         header += Array("qcow2".utf8)
         pad(to: 8)
         put32(featureNameExtension)
-        put32(UInt32(featureNames.count * 48))
+        put32(UInt32(featureTable))
         for (type, bit, featureName) in featureNames {
             header += [type, bit] + Array(featureName.utf8)
             header += [UInt8](repeating: 0, count: 46 - featureName.utf8.count)

@@ -22,7 +22,6 @@ public struct RunOutcome: Sendable {
 public struct RunSession: Sendable {
     public var plan: RunPlan
     public var folders: RunFolders
-    public var runner: any ProcessRunner
     public var console: Console
     /// What QEMU's and virtiofsd's environment is made from.
     public var baseEnvironment: [String: String]
@@ -42,11 +41,10 @@ public struct RunSession: Sendable {
     /// The run's id (`RunFolders.newID`).
     public var id: String
 
-    public init(id: String, plan: RunPlan, folders: RunFolders, runner: any ProcessRunner, console: Console, baseEnvironment: [String: String], stdout: TextOutput, stderr: TextOutput) {
+    public init(id: String, plan: RunPlan, folders: RunFolders, console: Console, baseEnvironment: [String: String], stdout: TextOutput, stderr: TextOutput) {
         self.id = id
         self.plan = plan
         self.folders = folders
-        self.runner = runner
         self.console = console
         self.baseEnvironment = baseEnvironment
         self.stdout = stdout
