@@ -49,9 +49,9 @@ final class DistccDaemon: @unchecked Sendable {
 }
 
 /// One x86_64 build of the minimal recipe through two distccd helpers on 127.0.0.1, in a cache
-/// of its own, made once per test run: the distcc test checks it, the cache test builds in its
-/// build directory again (a copied build directory would rebuild everything: objtool's
-/// dependencies name the directory's path).
+/// of its own, made once per test run: the distcc test checks it, the cache and icecream tests
+/// build in its build directory again (a copied build directory would rebuild everything:
+/// objtool's dependencies name the directory's path).
 actor DistccBuild {
     static let shared = DistccBuild()
 
@@ -84,11 +84,11 @@ actor DistccBuild {
     }
 }
 
-/// Kernel builds across machines, with the field's engines: distcc helpers on loopback, and
-/// a build cache in Debian's docker-registry and in an OCI layout. The reference is the
+/// Kernel builds across machines, with the field's engines: distcc helpers and an icecream
+/// cluster on loopback, and a build cache in Debian's docker-registry and in an OCI layout. The reference is the
 /// shared build of the minimal recipe.
 @Suite(
-    "Builds beyond one machine: distcc and a registry as the build cache", .tags(.integration), .scoped, .needsPinnedKernel,
+    "Builds beyond one machine: distcc, icecream and a registry as the build cache", .tags(.integration), .scoped, .needsPinnedKernel,
     .needsTool("make"), .needsTool("distcc"), .needsTool("distccd"), .needsTool("skopeo"), .needsTool("docker-registry"), .needsTool("s390x-linux-gnu-gcc"),
     .serialized
 )
