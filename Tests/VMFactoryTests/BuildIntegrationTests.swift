@@ -168,29 +168,15 @@ struct BuildIntegrationTests {
     @Test("vmfactory killed part-way takes its make with it and leaves no complete-looking set; the next build finishes, from other paths, with the same bytes")
     func killedBuildResumesReproducibly() async throws {
         let built = try await SharedBuild.shared.get()
-        let dir = try TestSupport.temporaryDirectory()
-        let cache = try await TestSupport.scopedCache(), output = dir + "/outputs"
-        let command = Command(TestSupport.executable, try Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache"])
-        let vmfactory = try await ChildProcess.spawn(command, environment: TestSupport.environment, stdout: .null, stderr: .null)
-
-        // Kill vmfactory itself (not its make) hard, a few hundred compile steps in.
-        let work = cache + "/builds/minimal/x86_64/.vmfactory"
-        let going = await TestSupport.eventually(within: 900) {
-            let text = (try? String(contentsOfFile: work + "/build.log", encoding: .utf8)) ?? ""
-            return vmfactory.hasExited || text.split(separator: "\n").filter { BuildProgress.isStep($0) }.count >= 300
-        }
-        #expect(going && !vmfactory.hasExited, "the build never got going")
-        let group = try #require(pid_t((try FileStore.readText(work + "/make.pid")).trimmingCharacters(in: .whitespacesAndNewlines)))
-        #expect(MakeGuard.isRunning(group))
-        vmfactory.signalLeader(SIGKILL)
-        #expect(await vmfactory.wait() == .signaled(SIGKILL))
+        let resumed = try await ResumedBuild.shared.get()
+        #expect(resumed.gotGoing, "the build never got going")
+        #expect(resumed.makeWasRunning, "make was not running when vmfactory was killed")
+        #expect(resumed.killed == .signaled(SIGKILL))
         // The parent-death signal reaches make, which stops its compilers and exits.
-        let gone = await TestSupport.eventually(within: 10) { !MakeGuard.isRunning(group) }
-        #expect(gone, "make (process group \(group)) outlived vmfactory")
-        #expect(!FileStore.exists(output + "/minimal/x86_64/manifest.json"))
-        #expect(!FileStore.exists(output + "/minimal/x86_64/vmlinux"))
+        #expect(resumed.makeGone, "make (process group \(resumed.makeGroup)) outlived vmfactory")
+        #expect(!resumed.leftComplete, "the killed build left \(resumed.output)/minimal/x86_64 looking complete")
 
-        let rerun = try await TestSupport.runCLI(try Self.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache", "--format", "json"])
+        let rerun = resumed.rerun
         #expect(rerun.status == 0, "\(rerun.stderr)")
         // The killed run had resolved and filed the config before make started.
         #expect(rerun.stderr.contains("reusing the config resolved earlier from the same inputs"), "\(rerun.stderr)")
@@ -203,6 +189,68 @@ struct BuildIntegrationTests {
         #expect(manifest.artifacts == reference.artifacts)
         #expect(manifest.kernel?.keys == reference.kernel?.keys)
         #expect(manifest == reference)
+    }
+}
+
+/// The minimal recipe's x86_64 kernel built once more per test run, in a cache and an output
+/// folder of its own (other paths than the shared build's), as a build goes when vmfactory is
+/// killed part-way: the first attempt is killed with SIGKILL a few hundred compile steps in,
+/// the second finishes it, every object compiled (`--no-ccache`). The killed-build test checks
+/// what happened; the distcc and icecream tests then compile shares of its objects again
+/// through their helpers, in its build directory (a copy would rebuild everything: objtool's
+/// dependencies name the directory's path), instead of compiling the whole kernel each.
+actor ResumedBuild {
+    static let shared = ResumedBuild()
+
+    struct Built: Sendable {
+        var cache: String
+        var output: String
+        /// The build log counted 300 compile steps while vmfactory still ran.
+        var gotGoing: Bool
+        var makeGroup: pid_t
+        var makeWasRunning: Bool
+        var killed: CommandResult.Termination
+        /// make's process group was gone within 10 s of the kill.
+        var makeGone: Bool
+        /// The killed attempt left a manifest or a vmlinux in the output folder.
+        var leftComplete: Bool
+        var rerun: TestSupport.Run
+    }
+
+    private var task: Task<Built, any Error>?
+
+    func get() async throws -> Built {
+        if task == nil {
+            task = Task {
+                // In the test process's folder, not a test's: it outlives the test that made it.
+                _ = try await SharedBuild.shared.get()
+                let root = TestScope.processRoot + "/resumed-build"
+                let cache = try await TestSupport.scopedCache(at: root + "/cache"), output = root + "/outputs"
+                let arguments = try BuildIntegrationTests.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache"]
+                let vmfactory = try await ChildProcess.spawn(Command(TestSupport.executable, arguments), environment: TestSupport.environment, stdout: .null, stderr: .null)
+
+                // Kill vmfactory itself (not its make) hard, a few hundred compile steps in.
+                let work = cache + "/builds/minimal/x86_64/.vmfactory"
+                let going = await TestSupport.eventually(within: 900) {
+                    let text = (try? String(contentsOfFile: work + "/build.log", encoding: .utf8)) ?? ""
+                    return vmfactory.hasExited || text.split(separator: "\n").filter { BuildProgress.isStep($0) }.count >= 300
+                }
+                let gotGoing = going && !vmfactory.hasExited
+                let group = pid_t(((try? FileStore.readText(work + "/make.pid")) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+                let makeWasRunning = group > 0 && MakeGuard.isRunning(group)
+                vmfactory.signalLeader(SIGKILL)
+                let killed = await vmfactory.wait()
+                let makeGone = await TestSupport.eventually(within: 10) { group > 0 && !MakeGuard.isRunning(group) }
+                let leftComplete = FileStore.exists(output + "/minimal/x86_64/manifest.json") || FileStore.exists(output + "/minimal/x86_64/vmlinux")
+
+                let rerun = try await TestSupport.runCLI(arguments + ["--format", "json"])
+                return Built(
+                    cache: cache, output: output, gotGoing: gotGoing, makeGroup: group, makeWasRunning: makeWasRunning, killed: killed,
+                    makeGone: makeGone, leftComplete: leftComplete, rerun: rerun
+                )
+            }
+        }
+        return try await task!.value
     }
 }
 

@@ -48,10 +48,10 @@ final class DistccDaemon: @unchecked Sendable {
     }
 }
 
-/// One x86_64 build of the minimal recipe through two distccd helpers on 127.0.0.1, in a cache
-/// of its own, made once per test run: the distcc test checks it, the cache and icecream tests
-/// build in its build directory again (a copied build directory would rebuild everything:
-/// objtool's dependencies name the directory's path).
+/// An x86_64 build of the minimal recipe through two distccd helpers on 127.0.0.1, made once per
+/// test run in the resumed build's build directory with every second object of the kernel
+/// proper removed (the command lines are the same with distcc, so kbuild compiles only those):
+/// the distcc test checks it, the cache and icecream tests build in its build directory again.
 actor DistccBuild {
     static let shared = DistccBuild()
 
@@ -61,6 +61,8 @@ actor DistccBuild {
         var daemons: [DistccDaemon]
         var hosts: String
         var run: TestSupport.Run
+        /// The objects removed before the build, which it compiled again.
+        var removed: [String]
         /// Compile jobs each helper had finished when the build ended.
         var compiles: [Int]
     }
@@ -70,14 +72,15 @@ actor DistccBuild {
     func get() async throws -> Built {
         if task == nil {
             task = Task {
+                let cache = try await ResumedBuild.shared.get().cache
+                // In the test process's folder, not a test's: it outlives the test that made it.
                 let root = TestScope.processRoot + "/distcc-build"
                 let first = try await DistccDaemon.start(in: root + "/logs")
                 let second = try await DistccDaemon.start(in: root + "/logs")
                 let hosts = "\(first.host)/2 \(second.host)/2"
-                // In the test process's folder, not a test's: it outlives the test that made it.
-                let cache = try await TestSupport.scopedCache(at: root + "/cache")
+                let removed = try DistributedBuildIntegrationTests.removeCompiledObjects(in: cache + "/builds/minimal/x86_64", stride: 2)
                 let run = try await DistributedBuildIntegrationTests.build(cache: cache, output: root + "/out", ["--distcc", hosts])
-                return Built(cache: cache, output: root + "/out", daemons: [first, second], hosts: hosts, run: run, compiles: [first.compiles, second.compiles])
+                return Built(cache: cache, output: root + "/out", daemons: [first, second], hosts: hosts, run: run, removed: removed, compiles: [first.compiles, second.compiles])
             }
         }
         return try await task!.value
@@ -112,6 +115,29 @@ struct DistributedBuildIntegrationTests {
         return try await TestSupport.runCLI(arguments + (source ? try TestSupport.sourceDirArguments() : []) + extra, environment: environment)
     }
 
+    /// Objects of the kernel proper in a build directory, compiled from C, every `stride`-th of
+    /// them in path order (spread over the tree), removed so that the next build compiles them
+    /// again. Host programs (scripts/, tools/: objtool among them) are left alone: relinking
+    /// objtool would make kbuild redo every object.
+    static func removeCompiledObjects(in build: String, stride: Int) throws -> [String] {
+        let sourceTree = try FileManager.default.destinationOfSymbolicLink(atPath: build + "/source")
+        let kept = ["scripts/", "tools/", "arch/x86/tools/", "usr/", "."]
+        var objects: [String] = []
+        let walker = FileManager.default.enumerator(atPath: build)
+        while let path = walker?.nextObject() as? String {
+            guard path.hasSuffix(".o"), !kept.contains(where: path.hasPrefix) else { continue }
+            let folder = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
+            guard !folder.isEmpty, !name.hasPrefix("."),
+                FileStore.isRegularFile(build + "/" + folder + "/." + name + ".cmd"),
+                FileStore.isRegularFile(sourceTree + "/" + path.dropLast(2) + ".c")
+            else { continue }
+            objects.append(path)
+        }
+        let chosen = objects.sorted().enumerated().filter { $0.offset % stride == 0 }.map(\.element)
+        for object in chosen { try FileManager.default.removeItem(atPath: build + "/" + object) }
+        return chosen
+    }
+
     /// A `make` first in PATH that writes down how it was called, then runs the real one.
     static func recordingMake(in directory: String) throws -> (path: String, log: String) {
         let bin = directory + "/bin"
@@ -127,7 +153,7 @@ struct DistributedBuildIntegrationTests {
         ((try? FileStore.readText(log)) ?? "").split(separator: "\n").map(String.init).filter { $0 != "--version" }
     }
 
-    @Test("distcc: doctor checks the helpers; an x86_64 build through two helpers on loopback reaches both and gives the reference bytes; with every helper down the build compiles here, warning")
+    @Test("distcc: doctor checks the helpers; an x86_64 build through two helpers on loopback compiles on both and gives the reference bytes; with every helper down the build compiles here, warning")
     func distcc() async throws {
         _ = try await Self.reference()
         let dir = try TestSupport.temporaryDirectory()
@@ -140,7 +166,9 @@ struct DistributedBuildIntegrationTests {
         #expect(built.run.status == 0, "\(built.run.stderr)")
         #expect(built.run.stderr.contains("distcc: 2 helpers"), "\(built.run.stderr)")
         #expect(built.run.stderr.contains("make vmlinux bzImage -j4"), "-j is the helpers' slots: \(built.run.stderr)")
-        #expect(built.compiles[0] > 100 && built.compiles[1] > 100, "compile jobs per helper: \(built.compiles)")
+        #expect(built.removed.count > 300, "objects compiled from C in the build directory: \(built.removed.count)")
+        for object in built.removed { #expect(FileStore.isRegularFile(built.cache + "/builds/minimal/x86_64/" + object), "\(object) was not compiled again") }
+        #expect(built.compiles.allSatisfy { $0 > built.removed.count / 5 }, "compile jobs per helper: \(built.compiles) of \(built.removed.count)")
         try await Self.expectIdentical(built.output + "/minimal/x86_64")
 
         // doctor: both helpers answer and have both compilers; a port nothing listens on does not answer.

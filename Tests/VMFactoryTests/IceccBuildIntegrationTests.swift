@@ -91,33 +91,10 @@ final class IceccCluster: @unchecked Sendable {
 }
 
 extension DistributedBuildIntegrationTests {
-    /// Objects of the kernel proper in a build directory, compiled from C, every `stride`-th of
-    /// them in path order (spread over the tree), removed so that the next build compiles them
-    /// again. Host programs (scripts/, tools/: objtool among them) are left alone: relinking
-    /// objtool would make kbuild redo every object.
-    static func removeCompiledObjects(in build: String, stride: Int) throws -> [String] {
-        let sourceTree = try FileManager.default.destinationOfSymbolicLink(atPath: build + "/source")
-        let kept = ["scripts/", "tools/", "arch/x86/tools/", "usr/", "."]
-        var objects: [String] = []
-        let walker = FileManager.default.enumerator(atPath: build)
-        while let path = walker?.nextObject() as? String {
-            guard path.hasSuffix(".o"), !kept.contains(where: path.hasPrefix) else { continue }
-            let folder = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
-            guard !folder.isEmpty, !name.hasPrefix("."),
-                FileStore.isRegularFile(build + "/" + folder + "/." + name + ".cmd"),
-                FileStore.isRegularFile(sourceTree + "/" + path.dropLast(2) + ".c")
-            else { continue }
-            objects.append(path)
-        }
-        let chosen = objects.sorted().enumerated().filter { $0.offset % stride == 0 }.map(\.element)
-        for object in chosen { try FileManager.default.removeItem(atPath: build + "/" + object) }
-        return chosen
-    }
-
-    /// In the distcc build's cache, serialized with the tests that use it: a share of its objects
-    /// removed and compiled again through icecream gives the reference bytes. (Command lines are
-    /// the same through either engine, so kbuild compiles only what is missing; a build of its own
-    /// would compile the whole kernel a third time in the suite.)
+    /// In the distcc build's build directory, serialized with the other tests that build there:
+    /// every second object of the kernel proper removed and compiled again through icecream
+    /// gives the reference bytes (the command lines are the same through either engine, so
+    /// kbuild compiles only what is missing).
     @Test(
         "icecream: doctor checks the daemon and both compilers; an x86_64 build through a scheduler and a helper on loopback compiles on the helper and gives the reference bytes; with no iceccd the build compiles here, warning",
         .needsTool("icecc"), .needsTool("icecc-create-env")
