@@ -222,8 +222,8 @@ actor ResumedBuild {
     func get() async throws -> Built {
         if task == nil {
             task = Task {
-                // In the test process's folder, not a test's: it outlives the test that made it.
                 _ = try await SharedBuild.shared.get()
+                // In the test process's folder, not a test's: it outlives the test that made it.
                 let root = TestScope.processRoot + "/resumed-build"
                 let cache = try await TestSupport.scopedCache(at: root + "/cache"), output = root + "/outputs"
                 let arguments = try BuildIntegrationTests.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache"]

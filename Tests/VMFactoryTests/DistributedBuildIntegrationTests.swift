@@ -88,8 +88,8 @@ actor DistccBuild {
 }
 
 /// Kernel builds across machines, with the field's engines: distcc helpers and an icecream
-/// cluster on loopback, and a build cache in Debian's docker-registry and in an OCI layout. The reference is the
-/// shared build of the minimal recipe.
+/// cluster on loopback, and a build cache in Debian's docker-registry and in an OCI layout.
+/// The reference is the shared build of the minimal recipe.
 @Suite(
     "Builds beyond one machine: distcc, icecream and a registry as the build cache", .tags(.integration), .scoped, .needsPinnedKernel,
     .needsTool("make"), .needsTool("distcc"), .needsTool("distccd"), .needsTool("skopeo"), .needsTool("docker-registry"), .needsTool("s390x-linux-gnu-gcc"),
