@@ -28,8 +28,10 @@ enum SingleTarget: String, ExpressibleByArgument, CaseIterable {
 }
 
 /// A duration written as `60s`, `500ms`, `2m` or a number of seconds.
-struct DurationArgument: ExpressibleByArgument {
+struct DurationArgument: ExpressibleByArgument, CustomStringConvertible {
     var duration: Duration
+    /// As it was written (`60s`), which is how help shows a default.
+    var description: String
 
     init?(argument: String) {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
@@ -42,6 +44,7 @@ struct DurationArgument: ExpressibleByArgument {
         }
         guard let value = Double(text), value > 0, value.isFinite else { return nil }
         duration = .milliseconds(Int64((value * scale * 1000).rounded()))
+        description = argument
     }
 
     static var defaultCompletionKind: CompletionKind { .default }

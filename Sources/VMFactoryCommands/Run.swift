@@ -85,7 +85,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "End the VM after this long (exit 124): 30s, 2m.")
     var timeout: DurationArgument?
 
-    @Option(help: "How long a stopped command may take to exit before the VM ends (default 10s).")
+    @Option(help: "How long a stopped command may take to exit before the VM ends.")
     var stopTimeout: DurationArgument = DurationArgument(argument: "10s")!
 
     @Option(help: "A published kernel and initrd to run with (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker://HOST/REPO:TAG), pulled and verified once, instead of the recipe's build.")

@@ -55,6 +55,23 @@ struct CommandLineTests {
         #expect(result.stdout.isEmpty)
     }
 
+    @Test("help shows a duration's default as it is written on the command line", arguments: [
+        (["boot", "--help"], "--timeout <timeout>", "(default: 60s)"),
+        (["bench", "--help"], "--timeout <timeout>", "(default: 60s)"),
+        (["run", "--help"], "--stop-timeout <stop-timeout>", "(default: 10s)"),
+    ])
+    func durationDefaults(_ arguments: [String], _ option: String, _ shown: String) async throws {
+        let result = await TestSupport.runCommand(arguments)
+        #expect(result.status == 0, "\(result.stderr)")
+        // The option's help runs over several wrapped lines; the default closes it.
+        let help = result.stdout.components(separatedBy: .whitespacesAndNewlines).filter { !$0.isEmpty }.joined(separator: " ")
+        let start = try #require(help.range(of: option), "\(result.stdout)")
+        let rest = help[start.upperBound...]
+        let end = rest.range(of: " -")?.lowerBound ?? rest.endIndex
+        #expect(rest[..<end].hasSuffix(shown), "\(rest[..<end])")
+        #expect(!result.stdout.contains("DurationArgument"))
+    }
+
     @Test("doctor names what is missing from PATH and prints the one apt-get line that adds it")
     func doctorMissing() async throws {
         // A PATH with only make and gcc on it (stand-ins that do nothing).
