@@ -213,7 +213,8 @@ struct DistributedBuildIntegrationTests {
         let tag = RegistryBuildCache.tag(inputKey: inputKey, target: .x86_64)
         #expect(tag == inputKey.hex + "-x86_64")
         let raw = try await ImageFixtures.run("skopeo", ["inspect", "--raw", "--tls-verify=false", "\(cacheRef):\(tag)"])
-        #expect(a.stdout.contains(SHA256Digest.of(raw).hex), "the entry is not what the push reported: \(a.stdout)")
+        #expect(a.stdout.contains(SHA256Digest.of(raw).hex), "the entry is not what the push reported: \(a.stderr)")
+        #expect(b.stderr.contains(SHA256Digest.of(raw).hex), "the entry is not what the second push reported: \(b.stderr)")
 
         // The second machine: a fresh cache, no source, a make that would run is written down.
         let machineB = try TestSupport.temporaryDirectory("fresh")

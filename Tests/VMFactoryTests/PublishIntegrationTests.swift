@@ -451,4 +451,40 @@ struct PublishIntegrationTests {
         #expect(run.stderr.contains("does not answer"), "\(run.stderr)")
         #expect(took < .seconds(20), "took \(took)")
     }
+
+    /// docker-registry's filesystem storage rewrites a tag's link in place (truncate, write),
+    /// so a client that reads the tag while another pushes it can read an empty link: the
+    /// registry answers 500. That state is made here by emptying the link.
+    @Test("a tag the registry fails on for a moment (500, its link being rewritten by another pusher) is read again and pulled; one that keeps failing is said to fail on the registry's side")
+    func registryServerError() async throws {
+        let built = try await Self.built()
+        let dir = try TestSupport.temporaryDirectory()
+        let registry = try await LocalRegistry.start(in: dir + "/registry", authenticated: false)
+        defer { registry.stop() }
+        let reference = "docker://\(registry.host)/vmf/minimal:v1"
+        let pushed = try await Self.publish(built, ["--to", reference, "--tls-verify=false"])
+        let link = dir + "/registry/storage/docker/registry/v2/repositories/vmf/minimal/_manifests/tags/v1/current/link"
+        #expect(try FileStore.readText(link) == pushed.digest)
+        try Data().write(to: URL(fileURLWithPath: link))
+        let skopeo = try await TestSupport.runner.run(Command("skopeo", ["inspect", "--raw", "--tls-verify=false", reference]), output: .capture)
+        #expect(!skopeo.succeeded && skopeo.output.contains("500 Internal Server Error"), "skopeo read an emptied tag: \(skopeo.output)")
+
+        // The link written back 1.2 s later: the pull's reads meet the 500 first.
+        let restore = Task {
+            try await Task.sleep(for: .milliseconds(1200))
+            try Data(pushed.digest.utf8).write(to: URL(fileURLWithPath: link))
+        }
+        let pulled = try await Self.cli(built, ["pull", reference, "--tls-verify=false", "--output", dir + "/pulled"])
+        try await restore.value
+        #expect(pulled.status == 0, "\(pulled.stderr)")
+        for target in Target.allCases { try await Self.expectSameAsBuild(dir + "/pulled/" + target.rawValue, target, built) }
+
+        // Emptied for good: every try fails, and the error says where the fault is.
+        try Data().write(to: URL(fileURLWithPath: link))
+        let failed = try await Self.cli(built, ["pull", reference, "--tls-verify=false", "--output", dir + "/never"])
+        #expect(failed.status != 0)
+        #expect(failed.stderr.contains("500 Internal Server Error") && failed.stderr.contains("failed on its side"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("failed on its side \(Skopeo.registryFaultPauses.count + 1) times in a row"), "\(failed.stderr)")
+        #expect(!FileStore.exists(dir + "/never"))
+    }
 }

@@ -110,10 +110,15 @@ struct RootfsTests {
         #expect(LayerTree.resolve("../../..", from: ["a", "b"]) == nil)
     }
 
-    @Test("skopeo's fatal line, without its quoting and the prefix that repeats the reference")
+    @Test("skopeo's fatal line, without its quoting and the prefix that repeats the reference, on one line; what it means")
     func skopeoMessages() {
         let line = #"time="2026-01-01T00:00:00Z" level=fatal msg="Error parsing image name \"docker://h/x:v1\": pinging container registry h: Get \"https://h/v2/\": dial tcp: connect: connection refused""#
         #expect(ImageSource.skopeoMessage("noise\n" + line + "\n") == #"pinging container registry h: Get "https://h/v2/": dial tcp: connect: connection refused"#)
+        let list = #"time="2026-01-01T00:00:00Z" level=fatal msg="writing manifest: uploading manifest sha256:12 to h/x: errors:\ndigest invalid\nmanifest blob unknown: blob unknown to registry\n""#
+        #expect(ImageSource.skopeoMessage(list) == "writing manifest: uploading manifest sha256:12 to h/x: errors: digest invalid; manifest blob unknown: blob unknown to registry")
+        #expect(Skopeo.Failure(message: ImageSource.skopeoMessage(list) ?? "") == .registryFault)
+        #expect(Skopeo.Failure(message: "reading manifest v1 in h/x: received unexpected HTTP status: 500 Internal Server Error") == .registryFault)
+        #expect(Skopeo.Failure(message: "reading manifest v1 in h/x: manifest unknown: manifest unknown") == .notFound)
         #expect(ImageSource.skopeoMessage("plain words") == "plain words")
         #expect(ImageSource.skopeoMessage("") == nil)
     }

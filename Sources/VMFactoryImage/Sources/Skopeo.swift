@@ -45,7 +45,8 @@ public struct Skopeo: Sendable {
     }
 
     /// What skopeo's last log line says (`level=fatal msg="…"`), without its quoting and the
-    /// prefix that repeats the reference.
+    /// prefix that repeats the reference, on one line: the lines of a registry's error list
+    /// joined with "; ".
     public static func message(_ output: String) -> String? {
         guard var line = output.split(separator: "\n").last.map(String.init) else { return nil }
         if let start = line.range(of: "msg=\"") {
@@ -53,7 +54,7 @@ public struct Skopeo: Sendable {
             var escaped = false
             for character in line[start.upperBound...] {
                 if escaped {
-                    message.append(character)
+                    message += character == "n" ? "\n" : character == "t" ? " " : String(character)
                     escaped = false
                 } else if character == "\\" {
                     escaped = true
@@ -63,7 +64,8 @@ public struct Skopeo: Sendable {
                     message.append(character)
                 }
             }
-            line = message
+            line = message.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                .reduce("") { joined, part in joined.isEmpty ? part : joined + (joined.hasSuffix(":") ? " " : "; ") + part }
         }
         if line.hasPrefix("Error parsing image name "), let colon = line.range(of: "\": ") {
             line = String(line[colon.upperBound...])
@@ -73,7 +75,7 @@ public struct Skopeo: Sendable {
 
     /// What a failure message means, as a hint.
     public enum Failure: Sendable, Equatable {
-        case unauthorized, unreachable, tls, notFound, other
+        case unauthorized, unreachable, tls, notFound, registryFault, other
 
         public init(message: String) {
             let lower = message.lowercased()
@@ -84,6 +86,9 @@ public struct Skopeo: Sendable {
                 self = .unreachable
             } else if lower.contains("http response to https client") || lower.contains("certificate") || lower.contains("tls") {
                 self = .tls
+            } else if lower.contains("unexpected http status: 5") || lower.contains("internal server error") || lower.contains("service unavailable")
+                        || lower.contains("bad gateway") || lower.contains("gateway timeout") || lower.contains("blob unknown to registry") {
+                self = .registryFault
             } else if lower.contains("manifest unknown") || lower.contains("not found") || lower.contains("name unknown") {
                 self = .notFound
             } else {
@@ -130,12 +135,20 @@ public struct Skopeo: Sendable {
         return try await runner.run(command, output: .stdoutApart)
     }
 
+    /// The pauses before a command is run again after the registry failed on its side: a
+    /// server error (5xx), or a push whose manifest names a blob the registry had just taken
+    /// and then did not find. Both happen for a moment while another client pushes the same
+    /// image: docker-registry's filesystem storage rewrites a tag's or a blob's link in place
+    /// (truncate, write), and a read in between finds it empty. Every command retried is
+    /// idempotent (a read, or a push of content-addressed blobs and a tag).
+    public static let registryFaultPauses: [Duration] = [.milliseconds(500), .seconds(1), .seconds(2)]
+
     /// Runs skopeo, and says in vmfactory's words what its failure means.
     public func run(_ command: Command, reference: String, what: String) async throws -> CommandResult {
-        let result = try await execute(command)
+        let (result, tries) = try await executeRetrying(command)
         guard result.succeeded else {
             let said = Self.message(result.errorOutput) ?? result.statusDescription
-            throw VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: Failure(message: said)), details: ["command: \(command)"])
+            throw failure(said, tries: tries, command: command, reference: reference, what: what)
         }
         return result
     }
@@ -144,12 +157,31 @@ public struct Skopeo: Sendable {
     /// such tag (other failures throw).
     public func rawManifest(_ reference: String, what: String) async throws -> Data? {
         let command = command("inspect", ["--raw", reference])
-        let result = try await execute(command)
+        let (result, tries) = try await executeRetrying(command)
         if result.succeeded { return Data(result.output.utf8) }
         let said = Self.message(result.errorOutput) ?? result.statusDescription
+        if Failure(message: said) == .notFound { return nil }
+        throw failure(said, tries: tries, command: command, reference: reference, what: what)
+    }
+
+    /// Runs a command, again after each pause while the registry fails on its side.
+    func executeRetrying(_ command: Command) async throws -> (CommandResult, tries: Int) {
+        var tries = 1
+        while true {
+            let result = try await execute(command)
+            guard !result.succeeded, tries <= Self.registryFaultPauses.count,
+                  Failure(message: Self.message(result.errorOutput) ?? result.statusDescription) == .registryFault
+            else { return (result, tries) }
+            try await Task.sleep(for: Self.registryFaultPauses[tries - 1])
+            tries += 1
+        }
+    }
+
+    func failure(_ said: String, tries: Int, command: Command, reference: String, what: String) -> VMFactoryError {
         let failure = Failure(message: said)
-        if failure == .notFound { return nil }
-        throw VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: failure), details: ["command: \(command)"])
+        var details = ["command: \(command)"]
+        if tries > 1 { details.append("the registry failed on its side \(tries) times in a row") }
+        return VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: failure), details: details)
     }
 
     func hint(for failure: Failure) -> String {
@@ -161,6 +193,7 @@ public struct Skopeo: Sendable {
         case .unreachable: "the registry does not answer; check that it runs and its address"
         case .tls: "a registry without TLS or with a certificate this host does not trust: add --tls-verify=false"
         case .notFound: "the registry has no such image or tag"
+        case .registryFault: "the registry failed on its side; try again, and see its log if it goes on"
         case .other: "see skopeo's message above"
         }
     }
