@@ -119,6 +119,15 @@ struct RootfsTests {
         #expect(Skopeo.Failure(message: ImageSource.skopeoMessage(list) ?? "") == .registryFault)
         #expect(Skopeo.Failure(message: "reading manifest v1 in h/x: received unexpected HTTP status: 500 Internal Server Error") == .registryFault)
         #expect(Skopeo.Failure(message: "reading manifest v1 in h/x: manifest unknown: manifest unknown") == .notFound)
+        // The repository's and the tag's words are the user's: they mean nothing.
+        let tls = "docker://127.0.0.1:5000/vmf/tls-kernels:denied"
+        let said = #"reading manifest denied in 127.0.0.1:5000/vmf/tls-kernels: received unexpected HTTP status: 500 Internal Server Error"#
+        #expect(Skopeo.Failure(message: said) == .unauthorized, "read whole, the names mislead")
+        #expect(Skopeo.Failure(message: said, references: ["--quiet", tls]) == .registryFault)
+        #expect(Skopeo.Failure(message: #"Get "https://127.0.0.1:5000/v2/vmf/tls-kernels/manifests/denied": x509: certificate signed by unknown authority"#, references: [tls]) == .tls)
+        #expect(Skopeo.Failure(message: "reading manifest denied in 127.0.0.1:5000/vmf/tls-kernels: manifest unknown", references: [tls]) == .notFound)
+        #expect(Skopeo.Failure.withoutNames("pinging h/x: x is down", of: ["docker://h/x:1"]) == "pinging x is down")
+        #expect(Skopeo.Failure.withoutNames("in docker.io/library/alpine: denied", of: ["docker://alpine"]) == "in denied")
         #expect(ImageSource.skopeoMessage("plain words") == "plain words")
         #expect(ImageSource.skopeoMessage("") == nil)
     }

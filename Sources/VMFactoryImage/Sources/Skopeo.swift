@@ -77,8 +77,11 @@ public struct Skopeo: Sendable {
     public enum Failure: Sendable, Equatable {
         case unauthorized, unreachable, tls, notFound, registryFault, other
 
-        public init(message: String) {
-            let lower = message.lowercased()
+        /// `references`: the images the command names (`docker://…`). Their repositories and
+        /// tags are the user's words and may be any ("tls", "denied"); they are left out of
+        /// what is read for the meaning.
+        public init(message: String, references: [String] = []) {
+            let lower = Self.withoutNames(message, of: references).lowercased()
             if lower.contains("unauthorized") || lower.contains("authentication required") || lower.contains("denied") {
                 self = .unauthorized
             } else if lower.contains("connection refused") || lower.contains("no such host") || lower.contains("timeout") || lower.contains("deadline exceeded")
@@ -94,6 +97,35 @@ public struct Skopeo: Sendable {
             } else {
                 self = .other
             }
+        }
+
+        /// The words of `message` but those that name a repository of `references` (a path
+        /// holding the repository's components in a row: `h:5000/vmf/tls`, `https://h/v2/vmf/tls/…`)
+        /// or are its tag.
+        static func withoutNames(_ message: String, of references: [String]) -> String {
+            var names: [(path: [Substring], tag: Substring?)] = []
+            for reference in references where reference.hasPrefix("docker://") {
+                var name = reference.dropFirst("docker://".count)
+                if let at = name.firstIndex(of: "@") { name = name[..<at] }
+                var tag: Substring?
+                if let colon = name.lastIndex(of: ":"), !name[colon...].contains("/") {
+                    tag = name[name.index(after: colon)...]
+                    name = name[..<colon]
+                }
+                var path = name.split(separator: "/")
+                if path.count > 1, Skopeo.registryHost(of: "docker://" + name) != "docker.io" { path.removeFirst() }
+                if !path.isEmpty { names.append((path, tag)) }
+            }
+            guard !names.isEmpty else { return message }
+            return message.split(separator: " ", omittingEmptySubsequences: false).filter { word in
+                let bare = word.trimmingCharacters(in: CharacterSet(charactersIn: "\"':,;()"))
+                let parts = bare.split(separator: "/", omittingEmptySubsequences: false)
+                return !names.contains { name in
+                    bare == name.tag.map(String.init) || (0...max(0, parts.count - name.path.count)).contains { start in
+                        parts.count >= name.path.count && Array(parts[start..<start + name.path.count]) == name.path
+                    }
+                }
+            }.joined(separator: " ")
         }
     }
 
@@ -160,7 +192,7 @@ public struct Skopeo: Sendable {
         let (result, tries) = try await executeRetrying(command)
         if result.succeeded { return Data(result.output.utf8) }
         let said = Self.message(result.errorOutput) ?? result.statusDescription
-        if Failure(message: said) == .notFound { return nil }
+        if Failure(message: said, references: [reference]) == .notFound { return nil }
         throw failure(said, tries: tries, command: command, reference: reference, what: what)
     }
 
@@ -170,7 +202,7 @@ public struct Skopeo: Sendable {
         while true {
             let result = try await execute(command)
             guard !result.succeeded, tries <= Self.registryFaultPauses.count,
-                  Failure(message: Self.message(result.errorOutput) ?? result.statusDescription) == .registryFault
+                  Failure(message: Self.message(result.errorOutput) ?? result.statusDescription, references: command.arguments) == .registryFault
             else { return (result, tries) }
             try await Task.sleep(for: Self.registryFaultPauses[tries - 1])
             tries += 1
@@ -178,7 +210,7 @@ public struct Skopeo: Sendable {
     }
 
     func failure(_ said: String, tries: Int, command: Command, reference: String, what: String) -> VMFactoryError {
-        let failure = Failure(message: said)
+        let failure = Failure(message: said, references: command.arguments)
         var details = ["command: \(command)"]
         if tries > 1 { details.append("the registry failed on its side \(tries) times in a row") }
         return VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: failure), details: details)
