@@ -121,9 +121,9 @@ public struct Skopeo: Sendable {
                 let bare = word.trimmingCharacters(in: CharacterSet(charactersIn: "\"':,;()"))
                 let parts = bare.split(separator: "/", omittingEmptySubsequences: false)
                 return !names.contains { name in
-                    bare == name.tag.map(String.init) || (0...max(0, parts.count - name.path.count)).contains { start in
-                        parts.count >= name.path.count && Array(parts[start..<start + name.path.count]) == name.path
-                    }
+                    let width = name.path.count
+                    return bare == name.tag.map(String.init)
+                        || (parts.count >= width && (0...parts.count - width).contains { Array(parts[$0..<$0 + width]) == name.path })
                 }
             }.joined(separator: " ")
         }
