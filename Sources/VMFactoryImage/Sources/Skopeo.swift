@@ -103,15 +103,9 @@ public struct Skopeo: Sendable {
         /// holding the repository's components in a row: `h:5000/vmf/tls`, `https://h/v2/vmf/tls/…`)
         /// or are its tag.
         static func withoutNames(_ message: String, of references: [String]) -> String {
-            var names: [(path: [Substring], tag: Substring?)] = []
+            var names: [(path: [Substring], tag: String?)] = []
             for reference in references where reference.hasPrefix("docker://") {
-                var name = reference.dropFirst("docker://".count)
-                if let at = name.firstIndex(of: "@") { name = name[..<at] }
-                var tag: Substring?
-                if let colon = name.lastIndex(of: ":"), !name[colon...].contains("/") {
-                    tag = name[name.index(after: colon)...]
-                    name = name[..<colon]
-                }
+                let (name, tag, _) = ImageSource.split(repository: String(reference.dropFirst("docker://".count)))
                 var path = name.split(separator: "/")
                 if path.count > 1, Skopeo.registryHost(of: "docker://" + name) != "docker.io" { path.removeFirst() }
                 if !path.isEmpty { names.append((path, tag)) }
@@ -122,7 +116,7 @@ public struct Skopeo: Sendable {
                 let parts = bare.split(separator: "/", omittingEmptySubsequences: false)
                 return !names.contains { name in
                     let width = name.path.count
-                    return bare == name.tag.map(String.init)
+                    return bare == name.tag
                         || (parts.count >= width && (0...parts.count - width).contains { Array(parts[$0..<$0 + width]) == name.path })
                 }
             }.joined(separator: " ")
@@ -177,11 +171,8 @@ public struct Skopeo: Sendable {
 
     /// Runs skopeo, and says in vmfactory's words what its failure means.
     public func run(_ command: Command, reference: String, what: String) async throws -> CommandResult {
-        let (result, tries) = try await executeRetrying(command)
-        guard result.succeeded else {
-            let said = Self.message(result.errorOutput) ?? result.statusDescription
-            throw failure(said, tries: tries, command: command, reference: reference, what: what)
-        }
+        let (result, failed) = try await executeRetrying(command)
+        if let failed { throw error(failed, command: command, reference: reference, what: what) }
         return result
     }
 
@@ -189,31 +180,38 @@ public struct Skopeo: Sendable {
     /// such tag (other failures throw).
     public func rawManifest(_ reference: String, what: String) async throws -> Data? {
         let command = command("inspect", ["--raw", reference])
-        let (result, tries) = try await executeRetrying(command)
-        if result.succeeded { return Data(result.output.utf8) }
-        let said = Self.message(result.errorOutput) ?? result.statusDescription
-        if Failure(message: said, references: [reference]) == .notFound { return nil }
-        throw failure(said, tries: tries, command: command, reference: reference, what: what)
+        let (result, failed) = try await executeRetrying(command)
+        guard let failed else { return Data(result.output.utf8) }
+        if failed.meaning == .notFound { return nil }
+        throw error(failed, command: command, reference: reference, what: what)
     }
 
-    /// Runs a command, again after each pause while the registry fails on its side.
-    func executeRetrying(_ command: Command) async throws -> (CommandResult, tries: Int) {
+    /// A command's failure: what skopeo said, what that means, and how many times it ran.
+    struct Failed {
+        var said: String
+        var meaning: Failure
+        var tries: Int
+    }
+
+    /// Runs a command, again after each pause while the registry fails on its side; the
+    /// last result, and its failure if it failed.
+    func executeRetrying(_ command: Command) async throws -> (CommandResult, Failed?) {
         var tries = 1
         while true {
             let result = try await execute(command)
-            guard !result.succeeded, tries <= Self.registryFaultPauses.count,
-                  Failure(message: Self.message(result.errorOutput) ?? result.statusDescription, references: command.arguments) == .registryFault
-            else { return (result, tries) }
+            if result.succeeded { return (result, nil) }
+            let said = Self.message(result.errorOutput) ?? result.statusDescription
+            let failed = Failed(said: said, meaning: Failure(message: said, references: command.arguments), tries: tries)
+            guard failed.meaning == .registryFault, tries <= Self.registryFaultPauses.count else { return (result, failed) }
             try await Task.sleep(for: Self.registryFaultPauses[tries - 1])
             tries += 1
         }
     }
 
-    func failure(_ said: String, tries: Int, command: Command, reference: String, what: String) -> VMFactoryError {
-        let failure = Failure(message: said, references: command.arguments)
+    func error(_ failed: Failed, command: Command, reference: String, what: String) -> VMFactoryError {
         var details = ["command: \(command)"]
-        if tries > 1 { details.append("the registry failed on its side \(tries) times in a row") }
-        return VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(said)", hint: hint(for: failure), details: details)
+        if failed.tries > 1 { details.append("the registry failed on its side \(failed.tries) times in a row") }
+        return VMFactoryError(.fetchFailed, "\(what) \(reference) failed: \(failed.said)", hint: hint(for: failed.meaning), details: details)
     }
 
     func hint(for failure: Failure) -> String {
