@@ -241,16 +241,22 @@ struct RootfsSafetyIntegrationTests {
         let image = try await ImageFixtures.singleLayer(entries, in: dir, name: "big")
         let cache = try TestSupport.temporaryDirectory("cache")
         let command = Command(TestSupport.executable, ["rootfs", image.reference, "--cache-dir", cache])
-        let child = try await ChildProcess.spawn(command, environment: command.environment(on: TestSupport.environment), stdout: .null, stderr: .null)
+        let log = dir + "/rootfs.log"
+        let logFD = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { close(logFD) }
+        let child = try await ChildProcess.spawn(command, environment: command.environment(on: TestSupport.environment), stdout: .null, stderr: .descriptor(logFD))
         let rootfs = cache + "/rootfs"
         // Killed while layer data goes into the disk: more blocks written than mke2fs writes.
-        let writing = await TestSupport.eventually(within: 60) {
-            TestSupport.files(under: rootfs).contains { name in
+        // The wait is long (a debug build on a host busy with kernel builds reads the 120 MiB
+        // layer slowly) and ends early if the conversion ends by itself.
+        let begun = ContinuousClock.now
+        let writing = await TestSupport.eventually(within: 300) {
+            child.hasExited || TestSupport.files(under: rootfs).contains { name in
                 var st = stat()
                 return name.contains(".partial/disk.raw") && stat(rootfs + "/" + name, &st) == 0 && Int64(st.st_blocks) * 512 > 16 << 20
             }
-        }
-        try #require(writing, "the conversion did not start writing the disk")
+        } && !child.hasExited
+        try #require(writing, "the conversion did not start writing the disk (after \(ContinuousClock.now - begun), exited: \(child.hasExited)): \((try? FileStore.readText(log)) ?? "")")
         kill(child.pid, SIGKILL)
         _ = await child.wait()
         // mke2fs and qemu-img get their parent-death signal; give the kernel a moment.
