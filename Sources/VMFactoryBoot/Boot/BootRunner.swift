@@ -24,6 +24,8 @@ public struct BootRun: Sendable, Codable {
         case timedOut = "timed-out"
         /// `stop` said the run had seen enough, and QEMU was stopped.
         case stopped
+        /// QEMU said its accelerator stopped the guest for good, and QEMU was stopped.
+        case acceleratorFailed = "accelerator-failed"
     }
 
     public var lines: [ConsoleLine]
@@ -45,7 +47,9 @@ public struct BootRun: Sendable, Codable {
 
 /// Runs QEMU with its console on stdout, stamps every line as it arrives, and never lets a
 /// guest hang the caller: after `timeout`, when `stop` says the run has seen enough, or when
-/// the task is cancelled (Ctrl-C), QEMU's process group gets SIGTERM, then SIGKILL.
+/// the task is cancelled (Ctrl-C), QEMU's process group gets SIGTERM, then SIGKILL. When QEMU
+/// says that KVM stopped the guest (QEMU then waits, paused, for ever), it is stopped at once
+/// and the run throws `acceleratorFailed`.
 public struct BootRunner: Sendable {
     /// What QEMU's environment is made from (`Command.baseEnvironment`).
     public var baseEnvironment: [String: String]
@@ -67,7 +71,9 @@ public struct BootRunner: Sendable {
             try await Task.sleep(for: timeout)
             if state.end(.timedOut) { qemu.terminate(grace: grace) }
         }
-        async let stderr = PipeReader.readAll(qemu.stderr!, limit: 1 << 20)
+        async let stderr = PipeReader.readAll(qemu.stderr!, limit: 1 << 20) { line in
+            if QEMUMessages.acceleratorFailure(in: line) != nil, state.end(.acceleratorFailed) { qemu.terminate(grace: grace) }
+        }
         async let console: Void = PipeReader.readLines(qemu.stdout!) { text in
             let line = ConsoleLine(time: (ContinuousClock.now - started).seconds, text: text)
             state.lines.withLock { $0.append(line) }
@@ -84,6 +90,10 @@ public struct BootRunner: Sendable {
         let seconds = (ContinuousClock.now - started).seconds
         let lines = state.lines.withLock { $0 }
         let ending = state.ending.withLock { $0 }
+        if ending == .acceleratorFailed {
+            let said = messages.split(separator: "\n").lazy.compactMap { QEMUMessages.acceleratorFailure(in: String($0)) }.first ?? "an accelerator error"
+            throw QEMUMessages.acceleratorError(said, stderr: messages)
+        }
         guard ending == .exited else {
             return BootRun(lines: lines, ending: ending, status: nil, signal: nil, stderr: messages, seconds: seconds)
         }

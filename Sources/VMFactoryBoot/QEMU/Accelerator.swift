@@ -60,16 +60,22 @@ public struct AcceleratorProbe: Sendable {
         console.info("probing KVM with a short boot (at most \(Int(patience.seconds)) s, once)…")
         var probe = machine
         probe.accelerator = .kvm
-        let run = try await bootRunner.run(probe.command, timeout: patience, stop: { $0.text.contains(marker) })
-        let works = run.firstLine(containing: marker) != nil
+        let works: Bool
         let reason: String
-        if works {
-            reason = "the probe reached '\(marker)'"
-        } else if run.ending == .timedOut {
-            reason = "the probe guest printed nothing usable within \(Int(patience.seconds)) s"
-        } else {
-            let said = run.stderr.split(separator: "\n").last.map(String.init) ?? "no message"
-            reason = "QEMU ended the probe: \(said)"
+        do {
+            let run = try await bootRunner.run(probe.command, timeout: patience, stop: { $0.text.contains(marker) })
+            works = run.firstLine(containing: marker) != nil
+            if works {
+                reason = "the probe reached '\(marker)'"
+            } else if run.ending == .timedOut {
+                reason = "the probe guest printed nothing usable within \(Int(patience.seconds)) s"
+            } else {
+                let said = run.stderr.split(separator: "\n").last.map(String.init) ?? "no message"
+                reason = "QEMU ended the probe: \(said)"
+            }
+        } catch let error as VMFactoryError where error.code == .acceleratorFailed {
+            works = false
+            reason = error.message
         }
         let record = Record(qemu: identity.qemu, hostKernel: identity.hostKernel, cpu: identity.cpu, works: works, reason: reason)
         try? FileStore.writeAtomically(try JSON.encode(record), to: recordPath)

@@ -21,6 +21,8 @@ public struct VMFactoryError: Error, Sendable, CustomStringConvertible {
         case interrupted = "interrupted"
         case bootFailed = "boot-failed"
         case bootTimedOut = "boot-timed-out"
+        /// QEMU's accelerator (KVM) stopped the guest: the host cannot run it that way.
+        case acceleratorFailed = "accelerator-failed"
         /// An image made for another platform than the one asked for (the detail names it).
         case wrongPlatform = "wrong-platform"
         case io = "io"

@@ -19,6 +19,32 @@ public enum PipeReader {
         }
     }
 
+    /// `readAll`, also handing each line to `onLine` as soon as it is complete (for messages
+    /// that must be acted on while the writer still runs). A line is cut at 4 KiB.
+    public static func readAll(_ fd: Int32, limit: Int = 64 << 20, onLine: @escaping @Sendable (String) -> Void) async -> Data {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var data = Data()
+                var line: [UInt8] = []
+                forEachChunk(fd) { chunk in
+                    if data.count < limit { data.append(contentsOf: chunk.prefix(limit - data.count)) }
+                    for byte in chunk {
+                        if byte == 0x0a {
+                            onLine(String(decoding: line, as: UTF8.self))
+                            line.removeAll(keepingCapacity: true)
+                        } else if line.count < 4096 {
+                            line.append(byte)
+                        }
+                    }
+                    return true
+                }
+                if !line.isEmpty { onLine(String(decoding: line, as: UTF8.self)) }
+                close(fd)
+                continuation.resume(returning: data)
+            }
+        }
+    }
+
     /// Hands each line (without its newline and trailing carriage returns) to `onLine` as soon
     /// as it is complete, until the end of file or until `onLine` returns false. Closes `fd`.
     public static func readLines(_ fd: Int32, _ onLine: @escaping @Sendable (String) -> Bool) async {

@@ -15,6 +15,8 @@ final class RunChannels: Sendable {
         case interrupted
         /// The command did not stop within the grace period after a stop.
         case stopKilled
+        /// QEMU said that its accelerator stopped the guest for good (QEMU's line).
+        case acceleratorFailed(String)
     }
 
     struct ExitLine: Sendable {
@@ -266,6 +268,8 @@ final class RunChannels: Sendable {
             return (137, "the command did not stop within \(Elapsed.format(stopGrace)) of its stop signal; the VM was ended")
         case .interrupted?:
             return (130, "interrupted; the VM was ended")
+        case .acceleratorFailed(let said)?:
+            return (125, QEMUMessages.acceleratorError(said, stderr: qemuSaid).description)
         case nil:
             break
         }

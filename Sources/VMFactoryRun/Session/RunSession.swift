@@ -136,7 +136,9 @@ public struct RunSession: Sendable {
             if showConsole { consoleOutput.writeLine(line) }
             return true
         }
-        async let qemuSaid = PipeReader.readAll(qemu.stderr!, limit: 1 << 20)
+        async let qemuSaid = PipeReader.readAll(qemu.stderr!, limit: 1 << 20) { line in
+            if let said = QEMUMessages.acceleratorFailure(in: line) { channels.end(.acceleratorFailed(said)) }
+        }
 
         // -it: keys go to the guest's terminal as they are typed, Ctrl-C included.
         let raw = plan.tty && plan.interactive ? RawTerminal(fd: STDIN_FILENO) : nil
