@@ -25,7 +25,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(
@@ -40,6 +39,12 @@ let package = Package(
             pkgConfig: "liblz4",
             providers: [.apt(["liblz4-dev"])]
         ),
+        // SHA-256 from the system's libcrypto (OpenSSL), with the CPU's SHA extensions.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
         // Linux calls Swift's Glibc module does not export, and the fork/exec that sets a
         // process group and a parent-death signal in the child between the two.
         .target(name: "CLinux"),
@@ -50,10 +55,7 @@ let package = Package(
         ),
         .target(
             name: "VMFactoryCore",
-            dependencies: [
-                "CLinux",
-                .product(name: "Crypto", package: "swift-crypto"),
-            ]
+            dependencies: ["CLinux", "COpenSSL"]
         ),
         .target(
             name: "VMFactoryArchive",

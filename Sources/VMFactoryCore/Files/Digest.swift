@@ -1,4 +1,4 @@
-import Crypto
+import COpenSSL
 import Foundation
 import Synchronization
 
@@ -15,8 +15,11 @@ public struct SHA256Digest: Hashable, Sendable, Codable, CustomStringConvertible
         self.hex = lowered
     }
 
-    init(_ digest: SHA256.Digest) {
-        self.hex = digest.map { String(format: "%02x", $0) }.joined()
+    init(bytes: some Sequence<UInt8>) {
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = []
+        for byte in bytes { text += [digits[Int(byte >> 4)], digits[Int(byte & 0x0f)]] }
+        self.hex = String(decoding: text, as: UTF8.self)
     }
 
     public var description: String { hex }
@@ -39,7 +42,9 @@ public struct SHA256Digest: Hashable, Sendable, Codable, CustomStringConvertible
     }
 
     public static func of(_ data: some DataProtocol) -> SHA256Digest {
-        SHA256Digest(SHA256.hash(data: data))
+        var hasher = StreamingHasher()
+        for region in data.regions { region.withUnsafeBytes { hasher.update($0) } }
+        return hasher.finalize()
     }
 
     public static func of(_ string: String) -> SHA256Digest {
@@ -110,24 +115,54 @@ public struct PieceDigests: Codable, Sendable, Equatable {
 }
 
 /// Incremental SHA-256 for bytes that are streamed once: downloads, copies, extraction input.
+/// The system's libcrypto does the work (OpenSSL's SHA-256, with the CPU's SHA extensions
+/// where it has them). A value: a copy hashes on by itself.
 public struct StreamingHasher {
-    private var hasher = SHA256()
+    /// One libcrypto digest context, freed with the last copy that holds it.
+    private final class Context {
+        let pointer: OpaquePointer
+
+        init() {
+            guard let pointer = EVP_MD_CTX_new(), EVP_DigestInit_ex(pointer, EVP_sha256(), nil) == 1 else {
+                fatalError("libcrypto cannot start a SHA-256 digest")
+            }
+            self.pointer = pointer
+        }
+
+        init(copying other: Context) {
+            guard let pointer = EVP_MD_CTX_new(), EVP_MD_CTX_copy_ex(pointer, other.pointer) == 1 else {
+                fatalError("libcrypto cannot copy a SHA-256 digest")
+            }
+            self.pointer = pointer
+        }
+
+        deinit { EVP_MD_CTX_free(pointer) }
+    }
+
+    private var context = Context()
     public private(set) var byteCount: Int64 = 0
 
     public init() {}
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
-        hasher.update(bufferPointer: bytes)
+        if !isKnownUniquelyReferenced(&context) { context = Context(copying: context) }
+        if let base = bytes.baseAddress, bytes.count > 0 { EVP_DigestUpdate(context.pointer, base, bytes.count) }
         byteCount += Int64(bytes.count)
     }
 
     public mutating func update(_ data: Data) {
-        hasher.update(data: data)
-        byteCount += Int64(data.count)
+        data.withUnsafeBytes { update($0) }
     }
 
+    /// The digest of what was hashed so far; the hasher itself can go on.
     public func finalize() -> SHA256Digest {
-        SHA256Digest(hasher.finalize())
+        let done = Context(copying: context)
+        var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard EVP_DigestFinal_ex(done.pointer, &digest, &length) == 1, length == 32 else {
+            fatalError("libcrypto cannot finish a SHA-256 digest")
+        }
+        return SHA256Digest(bytes: digest.prefix(32))
     }
 }
 
