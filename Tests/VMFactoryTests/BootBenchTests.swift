@@ -151,6 +151,50 @@ struct BootBenchUnitTests {
         #expect(!first.exact && first == second)
         #expect(first.pValue < 0.001)
     }
+
+    @Test("QEMU's messages that leave the guest stopped for good are recognised, and only those")
+    func acceleratorMessages() {
+        #expect(QEMUMessages.acceleratorFailure(in: "KVM internal error. Suberror: 1") == "KVM internal error. Suberror: 1")
+        #expect(QEMUMessages.acceleratorFailure(in: "KVM: entry failed, hardware error 0x80000021") != nil)
+        #expect(QEMUMessages.acceleratorFailure(in: "error: kvm run failed Bad address") != nil)
+        for other in ["qemu-system-x86_64: terminating on signal 15", "extra data[0]: 0x0000000000000001", "emulation failure", "the guest said KVM internal error"] {
+            #expect(QEMUMessages.acceleratorFailure(in: other) == nil, "\(other)")
+        }
+        let error = QEMUMessages.acceleratorError("KVM internal error. Suberror: 1", stderr: "KVM internal error. Suberror: 1\nemulation failure\n")
+        #expect(error.code == .acceleratorFailed)
+        #expect(error.hint?.contains("--accel tcg") == true)
+        #expect(error.details == ["QEMU said:", "| KVM internal error. Suberror: 1", "| emulation failure"])
+    }
+
+    /// A stand-in for QEMU that prints what QEMU 7.2 prints when KVM cannot run the guest, and
+    /// then waits for ever as that QEMU does, under the name `qemu-system-x86_64` in a folder of
+    /// its own (to put first on PATH).
+    static func kvmFailingQEMU(in directory: String) throws -> String {
+        let folder = directory + "/qemu"
+        try FileStore.createDirectory(folder)
+        for name in ["qemu-system-x86_64", "qemu-system-s390x"] {
+            try FileManager.default.copyItem(atPath: TestSupport.repositoryRoot + "/Tests/fixtures/qemu-kvm-internal-error.sh", toPath: folder + "/" + name)
+        }
+        return folder
+    }
+
+    @Test("QEMU saying that KVM stopped the guest ends the run at once: QEMU is stopped and the error says to use TCG", .tags(.integration))
+    func kvmInternalError() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let qemu = try Self.kvmFailingQEMU(in: dir) + "/qemu-system-x86_64"
+        let started = ContinuousClock.now
+        let error = try await #require(throws: VMFactoryError.self) {
+            _ = try await TestSupport.bootRunner.run(Command(qemu, ["-M", "microvm", "-accel", "kvm"]), timeout: .seconds(120))
+        }
+        let seconds = (ContinuousClock.now - started).seconds
+        #expect(seconds < 10, "took \(seconds) s: the message was not acted on")
+        #expect(error.code == .acceleratorFailed)
+        #expect(error.message.contains("KVM stopped the guest at once (QEMU: KVM internal error. Suberror: 1)"), "\(error)")
+        #expect(error.hint?.contains("--accel tcg") == true)
+        #expect(error.details.contains("| emulation failure"), "\(error.details)")
+        let left = try await TestSupport.run("pgrep", ["-f", dir])
+        #expect(left.output.isEmpty, "the stand-in QEMU still runs: \(left.output)")
+    }
 }
 
 /// Real boots and benchmarks of the built kernels under TCG, through the command line.
@@ -160,7 +204,7 @@ struct BootBenchUnitTests {
 )
 struct BenchBootTests {
     static func arguments(_ command: String, output: String, _ rest: [String]) -> [String] {
-        [command, "--recipe", "minimal", "--cache-dir", TestSupport.sharedCache, "--output-dir", output] + rest
+        [command, "--recipe", "container", "--cache-dir", TestSupport.sharedCache, "--output-dir", output] + rest
     }
 
     @Test("vmfactory boot streams the console and exits with the guest's exit code; --print-qemu prints the command", arguments: Target.allCases)
@@ -174,10 +218,10 @@ struct BenchBootTests {
         #expect(lines.last == "vmfactory-init: exit 0")
         // auto takes KVM where a probe boot works, else TCG with a note that says why.
         if target == .s390x {
-            #expect(run.stderr.contains("booting minimal/s390x under TCG") && run.stderr.contains("s390x guests run under TCG"), "\(run.stderr)")
+            #expect(run.stderr.contains("booting container/s390x under TCG") && run.stderr.contains("s390x guests run under TCG"), "\(run.stderr)")
         } else {
-            let kvm = run.stderr.contains("booting minimal/x86_64 under KVM")
-            let explainedTCG = run.stderr.contains("booting minimal/x86_64 under TCG")
+            let kvm = run.stderr.contains("booting container/x86_64 under KVM")
+            let explainedTCG = run.stderr.contains("booting container/x86_64 under TCG")
                 && (run.stderr.contains("KVM is not available") || run.stderr.contains("KVM did not boot a guest on this host"))
             #expect(kvm || explainedTCG, "\(run.stderr)")
         }
@@ -202,11 +246,11 @@ struct BenchBootTests {
     func bench(_ target: Target) async throws {
         let built = try await SharedBuild.shared.get()
         let dir = try TestSupport.temporaryDirectory()
-        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: dir + "/minimal")
+        try FileManager.default.copyItem(atPath: built.output + "/container", toPath: dir + "/container")
         let run = try await TestSupport.runCLI(Self.arguments("bench", output: dir, ["--target", target.rawValue, "--runs", "3", "--warmup", "1", "--accel", "tcg", "--format", "json"]))
         #expect(run.status == 0, "\(run.stderr)")
         let printed = try JSONDecoder().decode(BenchReport.self, from: Data(run.stdout.utf8))
-        let folder = dir + "/minimal/\(target)/bench"
+        let folder = dir + "/container/\(target)/bench"
         let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: URL(fileURLWithPath: folder + "/report.json")))
         #expect(report.samples == printed.samples)
         #expect(report.samples.count == 4)
@@ -227,7 +271,7 @@ struct BenchBootTests {
 
         let markdown = try String(contentsOfFile: folder + "/report.md", encoding: .utf8)
         #expect(markdown.contains("## spawn → ready line"))
-        #expect(markdown.contains("| minimal | 3 |"))
+        #expect(markdown.contains("| container | 3 |"))
         let svg = try Data(contentsOf: URL(fileURLWithPath: folder + "/report.svg"))
         let parser = XMLParser(data: svg)
         #expect(parser.parse(), "report.svg is not well-formed XML")
@@ -254,13 +298,13 @@ struct BenchBootTests {
         #expect(left.output.isEmpty, "QEMU still runs: \(left.output)")
 
         // In a benchmark the same boot is recorded as failed, never dropped.
-        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: dir + "/outputs/minimal")
+        try FileManager.default.copyItem(atPath: built.output + "/container", toPath: dir + "/outputs/container")
         let bench = try await TestSupport.runCLI(Self.arguments("bench", output: dir + "/outputs", [
             "--target", "x86_64", "--accel", "tcg", "--runs", "1", "--warmup", "0", "--timeout", "4s", "--initrd", dir + "/empty.cpio", "--append", "panic=0",
         ]))
         #expect(bench.status == 1)
         #expect(bench.stderr.contains("1 of 1 measured boots failed"))
-        let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/outputs/minimal/x86_64/bench/report.json")))
+        let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/outputs/container/x86_64/bench/report.json")))
         #expect(report.samples.count == 1)
         #expect(report.samples.first?.ok == false)
         #expect(report.samples.first?.failure?.contains("timed out") == true)
@@ -276,6 +320,25 @@ struct BenchBootTests {
         #expect(run.stderr.contains("QEMU said:"))
     }
 
+    @Test("vmfactory boot --accel kvm on a host whose KVM stops the guest fails at once, says to use --accel tcg, and leaves no QEMU")
+    func kvmFailsAtOnce() async throws {
+        let built = try await SharedBuild.shared.get()
+        let dir = try TestSupport.temporaryDirectory()
+        let fake = try BootBenchUnitTests.kvmFailingQEMU(in: dir)
+        let started = ContinuousClock.now
+        let run = try await TestSupport.runCLI(
+            Self.arguments("boot", output: built.output, ["--target", "x86_64", "--accel", "kvm", "--timeout", "120s"]),
+            environment: ["PATH": fake + ":" + (TestSupport.environment["PATH"] ?? "/usr/bin:/bin")]
+        )
+        let seconds = (ContinuousClock.now - started).seconds
+        #expect(run.status == 1, "\(run.stderr)")
+        #expect(seconds < 15, "took \(seconds) s")
+        #expect(run.stderr.contains("KVM stopped the guest at once (QEMU: KVM internal error. Suberror: 1); QEMU was stopped"), "\(run.stderr)")
+        #expect(run.stderr.contains("use --accel tcg"), "\(run.stderr)")
+        let left = try await TestSupport.run("pgrep", ["-f", dir])
+        #expect(left.output.isEmpty, "the stand-in QEMU still runs: \(left.output)")
+    }
+
     /// The limits in Tests/budgets/boot.json.
     struct Budget: Decodable {
         var preset: RuntimeCmdline
@@ -288,7 +351,7 @@ struct BenchBootTests {
         let limit = try #require(budget.readySeconds[target.rawValue])
         let built = try await SharedBuild.shared.get()
         let dir = try TestSupport.temporaryDirectory()
-        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: dir + "/minimal")
+        try FileManager.default.copyItem(atPath: built.output + "/container", toPath: dir + "/container")
         let run = await TestSupport.runCommand(Self.arguments("bench", output: dir, [
             "--target", target.rawValue, "--icount", "--runs", "1", "--warmup", "0", "--cmdline-preset", budget.preset.rawValue, "--format", "json",
         ]), runner: TestSupport.runner)

@@ -16,16 +16,16 @@ struct BuildIntegrationTests {
         return [UInt8](try handle.read(upToCount: count) ?? Data())
     }
 
-    @Test("the minimal recipe builds for both targets: bootable image formats, a complete manifest, reproducible settings")
-    func minimalBothTargets() async throws {
+    @Test("the container recipe (the one the run suites boot) builds for both targets: bootable image formats, a complete manifest, reproducible settings")
+    func sharedBuildBothTargets() async throws {
         let built = try await SharedBuild.shared.get()
         #expect(built.results.map(\.target) == [.x86_64, .s390x])
         #expect(built.results.allSatisfy { !$0.upToDate })
-        #expect(built.stderr.contains("build minimal/x86_64: ["), "no [n/N] progress: \(built.stderr)")
-        let recipePath = TestSupport.repositoryRoot + "/recipes/minimal.yaml"
+        #expect(built.stderr.contains("build container/x86_64: ["), "no [n/N] progress: \(built.stderr)")
+        let recipePath = TestSupport.repositoryRoot + "/recipes/container.yaml"
 
         for result in built.results {
-            let directory = built.output + "/minimal/\(result.target)"
+            let directory = built.output + "/container/\(result.target)"
             #expect(result.outputDirectory == directory)
             let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
             let images = result.target == .x86_64 ? ["bzImage", "vmlinux"] : ["bzImage"]
@@ -34,7 +34,7 @@ struct BuildIntegrationTests {
             // The manifest on disk is the one printed, and describes exactly these files.
             let manifest = try BuildManifest.load(directory + "/manifest.json")
             #expect(manifest == result.manifest)
-            #expect(manifest.recipe.name == "minimal")
+            #expect(manifest.recipe.name == "container")
             #expect(manifest.recipe.sha256.hex == (try await TestSupport.sha256sum(recipePath)))
             #expect(manifest.target == result.target)
             #expect(manifest.sourceDateEpoch == 1_735_689_600)
@@ -80,7 +80,7 @@ struct BuildIntegrationTests {
         }
 
         // x86_64: vmlinux is an ELF with the PVH entry note; bzImage carries HdrS.
-        let x86 = built.output + "/minimal/x86_64"
+        let x86 = built.output + "/container/x86_64"
         #expect(try Self.bytes(x86 + "/vmlinux", at: 0, count: 4) == [0x7f, 0x45, 0x4c, 0x46])
         let notes = try await TestSupport.run("readelf", ["-n", x86 + "/vmlinux"])
         let xenNotes = notes.output.split(separator: "\n").filter { $0.trimmingCharacters(in: .whitespaces).hasPrefix("Xen") }
@@ -92,7 +92,7 @@ struct BuildIntegrationTests {
         #expect(banner.range(of: Data("#1 Wed Jan  1 00:00:00 UTC 2025".utf8)) != nil)
 
         // s390x: an uncompressed image, S390EP at 0x10008.
-        let s390 = built.output + "/minimal/s390x"
+        let s390 = built.output + "/container/s390x"
         #expect(try KernelConfig.load(s390 + "/config")["KERNEL_UNCOMPRESSED"] == .yes)
         #expect(try Self.bytes(s390 + "/bzImage", at: 0x10008, count: 6) == Array("S390EP".utf8))
     }
@@ -100,7 +100,7 @@ struct BuildIntegrationTests {
     @Test("a rebuild with nothing changed verifies the artifacts and runs nothing; a second build waits for the lock")
     func noOpRebuildAndLock() async throws {
         let built = try await SharedBuild.shared.get()
-        let log = built.output + "/minimal/x86_64/build.log"
+        let log = built.output + "/container/x86_64/build.log"
         let before = try FileManager.default.attributesOfItem(atPath: log)[.modificationDate] as? Date
 
         let again = try await TestSupport.runCLI(try Self.buildArguments(cache: TestSupport.sharedCache, output: built.output) + ["--format", "json"])
@@ -108,7 +108,7 @@ struct BuildIntegrationTests {
         let results = try JSONDecoder().decode([BuildResult].self, from: Data(again.stdout.utf8))
         #expect(results.map(\.upToDate) == [true, true])
         #expect(results.map(\.manifest) == built.results.map(\.manifest))
-        #expect(again.stderr.contains("build minimal/x86_64: up to date"))
+        #expect(again.stderr.contains("build container/x86_64: up to date"))
         #expect(!again.stderr.contains("make vmlinux"))
         #expect(try FileManager.default.attributesOfItem(atPath: log)[.modificationDate] as? Date == before)
 
@@ -116,13 +116,13 @@ struct BuildIntegrationTests {
         // another build would; the command waits, says so, and goes on once the lock is free.
         let cache = try await TestSupport.scopedCache()
         let output = try TestSupport.temporaryDirectory("outputs")
-        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: output + "/minimal")
-        let lock = try await FileLock.acquire(cache + "/builds/minimal/x86_64.lock")
+        try FileManager.default.copyItem(atPath: built.output + "/container", toPath: output + "/container")
+        let lock = try await FileLock.acquire(cache + "/builds/container/x86_64.lock")
         let stderr = TextOutput.memory()
         let waiting = Task {
             try await LoggedCLI.run(try Self.buildArguments(cache: cache, output: output, target: "x86_64"), stderr: stderr)
         }
-        let waited = await TestSupport.eventually(within: 60) { stderr.text.contains("waiting: another vmfactory is building minimal/x86_64") }
+        let waited = await TestSupport.eventually(within: 60) { stderr.text.contains("waiting: another vmfactory is building container/x86_64") }
         #expect(waited, "\(stderr.text)")
         lock.release()
         let status = try await waiting.value
@@ -133,10 +133,10 @@ struct BuildIntegrationTests {
     @Test("an artifact changed after the build is caught by its sha256 and built again")
     func tamperedArtifact() async throws {
         let built = try await SharedBuild.shared.get()
-        let cache = try await TestSupport.scopedCache(copying: ["builds/minimal/x86_64", "configs"])
+        let cache = try await TestSupport.scopedCache(copying: ["builds/container/x86_64", "configs"])
         let copy = try TestSupport.temporaryDirectory("outputs")
-        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: copy + "/minimal")
-        let image = copy + "/minimal/x86_64/bzImage"
+        try FileManager.default.copyItem(atPath: built.output + "/container", toPath: copy + "/container")
+        let image = copy + "/container/x86_64/bzImage"
         let original = try Data(contentsOf: URL(fileURLWithPath: image))
         var tampered = original
         tampered[0x1000] ^= 0xff
@@ -148,7 +148,7 @@ struct BuildIntegrationTests {
         let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
         #expect(results.first?.upToDate == false)
         #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == original)
-        #expect(try await BuildManifest.load(copy + "/minimal/x86_64/manifest.json").verify(in: copy + "/minimal/x86_64").isEmpty)
+        #expect(try await BuildManifest.load(copy + "/container/x86_64/manifest.json").verify(in: copy + "/container/x86_64").isEmpty)
     }
 
     @Test("a config that does not verify stops the build before make, naming the symbol")
@@ -174,7 +174,7 @@ struct BuildIntegrationTests {
         #expect(resumed.killed == .signaled(SIGKILL))
         // The parent-death signal reaches make, which stops its compilers and exits.
         #expect(resumed.makeGone, "make (process group \(resumed.makeGroup)) outlived vmfactory")
-        #expect(!resumed.leftComplete, "the killed build left \(resumed.output)/minimal/x86_64 looking complete")
+        #expect(!resumed.leftComplete, "the killed build left \(resumed.output)/container/x86_64 looking complete")
 
         let rerun = resumed.rerun
         #expect(rerun.status == 0, "\(rerun.stderr)")
@@ -192,13 +192,14 @@ struct BuildIntegrationTests {
     }
 }
 
-/// The minimal recipe's x86_64 kernel built once more per test run, in a cache and an output
+/// The container recipe's x86_64 kernel built once more per test run, in a cache and an output
 /// folder of its own (other paths than the shared build's), as a build goes when vmfactory is
 /// killed part-way: the first attempt is killed with SIGKILL a few hundred compile steps in,
-/// the second finishes it, every object compiled (`--no-ccache`). The killed-build test checks
-/// what happened; the distcc and icecream tests then compile shares of its objects again
-/// through their helpers, in its build directory (a copy would rebuild everything: objtool's
-/// dependencies name the directory's path), instead of compiling the whole kernel each.
+/// the second finishes it. Both compile through ccache with the shared build's ccache folder,
+/// so that what this build does not test (compiling the same objects again) costs little; the
+/// distcc and icecream tests then compile shares of its objects again for real, through their
+/// helpers and from these other paths, in its build directory (a copy would rebuild
+/// everything: objtool's dependencies name the directory's path), with an empty ccache folder.
 actor ResumedBuild {
     static let shared = ResumedBuild()
 
@@ -226,11 +227,13 @@ actor ResumedBuild {
                 // In the test process's folder, not a test's: it outlives the test that made it.
                 let root = TestScope.processRoot + "/resumed-build"
                 let cache = try await TestSupport.scopedCache(at: root + "/cache"), output = root + "/outputs"
-                let arguments = try BuildIntegrationTests.buildArguments(cache: cache, output: output, target: "x86_64") + ["--no-ccache"]
+                try FileStore.createDirectory(TestSupport.sharedCache + "/ccache")
+                try FileManager.default.createSymbolicLink(atPath: cache + "/ccache", withDestinationPath: TestSupport.sharedCache + "/ccache")
+                let arguments = try BuildIntegrationTests.buildArguments(cache: cache, output: output, target: "x86_64")
                 let vmfactory = try await ChildProcess.spawn(Command(TestSupport.executable, arguments), environment: TestSupport.environment, stdout: .null, stderr: .null)
 
                 // Kill vmfactory itself (not its make) hard, a few hundred compile steps in.
-                let work = cache + "/builds/minimal/x86_64/.vmfactory"
+                let work = cache + "/builds/container/x86_64/.vmfactory"
                 let going = await TestSupport.eventually(within: 900) {
                     let text = (try? String(contentsOfFile: work + "/build.log", encoding: .utf8)) ?? ""
                     return vmfactory.hasExited || text.split(separator: "\n").filter { BuildProgress.isStep($0) }.count >= 300
@@ -241,9 +244,11 @@ actor ResumedBuild {
                 vmfactory.signalLeader(SIGKILL)
                 let killed = await vmfactory.wait()
                 let makeGone = await TestSupport.eventually(within: 10) { group > 0 && !MakeGuard.isRunning(group) }
-                let leftComplete = FileStore.exists(output + "/minimal/x86_64/manifest.json") || FileStore.exists(output + "/minimal/x86_64/vmlinux")
+                let leftComplete = FileStore.exists(output + "/container/x86_64/manifest.json") || FileStore.exists(output + "/container/x86_64/vmlinux")
 
                 let rerun = try await TestSupport.runCLI(arguments + ["--format", "json"])
+                // From here on, compiles in this cache are real: its ccache folder starts empty.
+                try DistributedBuildIntegrationTests.emptyCcache(in: cache)
                 return Built(
                     cache: cache, output: output, gotGoing: gotGoing, makeGroup: group, makeWasRunning: makeWasRunning, killed: killed,
                     makeGone: makeGone, leftComplete: leftComplete, rerun: rerun
@@ -260,13 +265,13 @@ extension BuildIntegrationTests {
         let built = try await SharedBuild.shared.get()
         let dir = try TestSupport.temporaryDirectory()
         let cache = try await TestSupport.scopedCache(copying: ["configs"])
-        try FileManager.default.copyItem(atPath: built.output + "/minimal", toPath: dir + "/outputs/minimal")
+        try FileManager.default.copyItem(atPath: built.output + "/container", toPath: dir + "/outputs/container")
         // The same recipe under the same name, with a gzip initrd.
-        let minimal = try FileStore.readText(TestSupport.repositoryRoot + "/recipes/minimal.yaml")
-        try TestSupport.write(minimal.replacingOccurrences(of: "  compression: none", with: "  compression: gzip"), to: dir + "/recipes/minimal.yaml")
+        let recipe = try FileStore.readText(TestSupport.repositoryRoot + "/recipes/container.yaml")
+        try TestSupport.write(recipe.replacingOccurrences(of: "  compression: none", with: "  compression: gzip"), to: dir + "/recipes/container.yaml")
         let before = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
 
-        var arguments = ["initrd", "--recipe", dir + "/recipes/minimal.yaml", "--target", "x86_64", "--offline", "--format", "json",
+        var arguments = ["initrd", "--recipe", dir + "/recipes/container.yaml", "--target", "x86_64", "--offline", "--format", "json",
                          "--cache-dir", cache, "--output-dir", dir + "/outputs"] + (try TestSupport.sourceDirArguments())
         let run = await TestSupport.runCommand(arguments, runner: TestSupport.runner)
         #expect(run.status == 0, "\(run.stderr)")
@@ -276,7 +281,7 @@ extension BuildIntegrationTests {
         #expect(manifest.artifacts(of: .kernel) == before.artifacts(of: .kernel))
         #expect(manifest.initrd?.compression == .gzip)
         #expect(manifest.artifacts(of: .initrd).map(\.name) == ["init", "initrd.cpio.gz"])
-        let output = dir + "/outputs/minimal/x86_64"
+        let output = dir + "/outputs/container/x86_64"
         #expect(!FileStore.exists(output + "/initrd.cpio"))
         #expect(try await manifest.verify(in: output).isEmpty)
         #expect(try BuildManifest.load(output + "/manifest.json") == manifest)
@@ -293,16 +298,16 @@ extension BuildIntegrationTests {
         let built = try await SharedBuild.shared.get()
         let reference = try #require(built.results.first { $0.target == .x86_64 }?.manifest)
         let dir = try TestSupport.temporaryDirectory()
-        let cache = try await TestSupport.scopedCache(copying: ["builds/minimal/x86_64", "configs"])
+        let cache = try await TestSupport.scopedCache(copying: ["builds/container/x86_64", "configs"])
         let factory = try TestSupport.factory(cache: cache, output: dir + "/outputs")
-        let recipe = try factory.recipes.load("minimal")
+        let recipe = try factory.recipes.load("container")
         let key = try await factory.plan(recipe, target: .x86_64, options: BuildOptions()).configKey
         let configs = ResolvedConfigCache(cacheDirectory: cache)
         #expect(configs.entry(key) != nil, "the shared build did not file its config")
 
         // File a config that differs from what Kconfig resolves here only by a line that
         // syncconfig puts back, as a config filed on another host could.
-        let resolved = try FileStore.readText(built.output + "/minimal/x86_64/config")
+        let resolved = try FileStore.readText(built.output + "/container/x86_64/config")
         let planted = resolved.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("CONFIG_CC_VERSION_TEXT=") }.joined(separator: "\n")
         #expect(planted != resolved)
         try TestSupport.write(planted, to: dir + "/planted/config")
@@ -317,7 +322,7 @@ extension BuildIntegrationTests {
         let manifest = try #require(try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8)).first?.manifest)
         #expect(manifest.kernel?.config.resolved == reference.kernel?.config.resolved)
         #expect(manifest.artifacts(of: .kernel) == reference.artifacts(of: .kernel))
-        #expect(try FileStore.readText(dir + "/outputs/minimal/x86_64/config") == resolved)
+        #expect(try FileStore.readText(dir + "/outputs/container/x86_64/config") == resolved)
         #expect(configs.entry(key) == nil)
     }
 }

@@ -108,7 +108,7 @@ struct FetchTests {
         #expect(error.hint?.contains("--source-dir") == true)
     }
 
-    @Test("a member file is read out of a .deb that dpkg-deb built", .needsTool("dpkg-deb"))
+    @Test("a member file is read out of a .deb that dpkg-deb built", .tags(.integration), .needsTool("dpkg-deb"))
     func debMember() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let root = dir + "/pkg"

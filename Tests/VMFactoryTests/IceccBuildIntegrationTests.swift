@@ -92,7 +92,7 @@ final class IceccCluster: @unchecked Sendable {
 
 extension DistributedBuildIntegrationTests {
     /// In the distcc build's build directory, serialized with the other tests that build there:
-    /// every second object of the kernel proper removed and compiled again through icecream
+    /// every eighth object of the kernel proper removed and compiled again through icecream
     /// gives the reference bytes (the command lines are the same through either engine, so
     /// kbuild compiles only what is missing).
     @Test(
@@ -116,9 +116,10 @@ extension DistributedBuildIntegrationTests {
         let listed = try await TestSupport.run("tar", ["tzf", cache + "/icecc/environments/" + (try #require(environments.first { $0.hasPrefix("s390x") }))])
         #expect(listed.output.contains("usr/bin/gcc") && listed.output.contains("usr/bin/cc1"), "\(listed.output)")
 
-        let build = cache + "/builds/minimal/x86_64"
-        let removed = try Self.removeCompiledObjects(in: build, stride: 2)
-        #expect(removed.count > 300, "objects compiled from C in the build directory: \(removed.count)")
+        let build = cache + "/builds/container/x86_64"
+        try Self.emptyCcache(in: cache)
+        let (removed, objects) = try Self.removeCompiledObjects(in: build, stride: 8)
+        #expect(objects > 600 && removed.count == (objects + 7) / 8, "objects compiled from C in the build directory: \(objects), removed \(removed.count)")
         let before = cluster.remoteCompiles
         let built = try await Self.build(cache: cache, output: dir + "/out", ["--icecc"], environment: cluster.clientEnvironment)
         #expect(built.status == 0, "\(built.stderr)")
@@ -128,7 +129,7 @@ extension DistributedBuildIntegrationTests {
         for object in removed { #expect(FileStore.isRegularFile(build + "/" + object), "\(object) was not compiled again") }
         let remote = cluster.remoteCompiles - before
         #expect(remote > removed.count / 5, "compiles on the helper: \(remote) of \(removed.count)")
-        try await Self.expectIdentical(dir + "/out/minimal/x86_64")
+        try await Self.expectIdentical(dir + "/out/container/x86_64")
 
         // No iceccd any more: the build compiles here, with the warning, to the same bytes.
         cluster.stop()
@@ -139,6 +140,6 @@ extension DistributedBuildIntegrationTests {
         #expect(local.stderr.contains("icecc: no iceccd answers on this machine"), "\(local.stderr)")
         for object in again { #expect(FileStore.isRegularFile(build + "/" + object), "\(object) was not compiled again") }
         #expect(cluster.remoteCompiles - before == remote)
-        try await Self.expectIdentical(dir + "/out-local/minimal/x86_64")
+        try await Self.expectIdentical(dir + "/out-local/container/x86_64")
     }
 }

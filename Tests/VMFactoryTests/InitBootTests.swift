@@ -128,7 +128,7 @@ struct InitBootTests {
             """, in: dir)
         let built = try await SharedBuild.shared.get()
         return Command(TestSupport.executable, [
-            "boot", "--recipe", "minimal", "--target", "x86_64", "--accel", "tcg", "--timeout", "120s",
+            "boot", "--recipe", "container", "--target", "x86_64", "--accel", "tcg", "--timeout", "120s",
             "--cache-dir", TestSupport.sharedCache, "--output-dir", built.output, "--initrd", initrd,
         ])
     }

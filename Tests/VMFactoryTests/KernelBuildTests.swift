@@ -109,7 +109,7 @@ struct KernelBuildTests {
         #expect(base.buildKey(resolvedConfig: .of("a")) != base.buildKey(resolvedConfig: .of("b")))
     }
 
-    @Test("a manifest round-trips through JSON and catches an artifact that changed")
+    @Test("a manifest round-trips through JSON and catches an artifact that changed", .tags(.integration))
     func manifestVerify() async throws {
         let dir = try TestSupport.temporaryDirectory()
         try TestSupport.write("kernel bytes", to: dir + "/bzImage")
@@ -221,7 +221,7 @@ struct KernelBuildTests {
         #expect(BuildProgress(logFile: log, estimate: nil).summary == "[0]")
     }
 
-    @Test("make runs under a shell that records its process group, and a make left running is stopped")
+    @Test("make runs under a shell that records its process group, and a make left running is stopped", .tags(.integration))
     func leftoverMake() async throws {
         let wrapped = MakeGuard.wrapped(Command("make", ["-C", "/src", "O=/b", "vmlinux"]), pidFile: "/b/.vmfactory/make.pid")
         #expect(wrapped.argv == ["/bin/sh", "-c", "echo $$ > \"$0\" && exec \"$@\"", "/b/.vmfactory/make.pid", "make", "-C", "/src", "O=/b", "vmlinux"])
@@ -392,7 +392,7 @@ extension KernelBuildTests {
         #expect(BuildDecision.decide(plan: initrdOnly, intact: []) == BuildDecision(kernel: .resolveConfig, keepInitrd: false))
     }
 
-    @Test("a log file that cannot be opened is an I/O error naming it, not a missing tool; a missing tool is named as one")
+    @Test("a log file that cannot be opened is an I/O error naming it, not a missing tool; a missing tool is named as one", .tags(.integration))
     func runnerErrors() async throws {
         let dir = try TestSupport.temporaryDirectory()
         try TestSupport.write("a file, not a folder", to: dir + "/file")

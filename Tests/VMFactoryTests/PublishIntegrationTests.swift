@@ -6,7 +6,7 @@ import Testing
 @testable import VMFactoryKernel
 @testable import VMFactoryPublish
 
-/// `vmfactory publish` and `pull` as users run them: the minimal recipe's real build for both
+/// `vmfactory publish` and `pull` as users run them: the container recipe's real build for both
 /// targets, published to layouts, archives, folders and Debian's docker-registry on
 /// 127.0.0.1, read back by skopeo, umoci, tar and sha256sum.
 @Suite(
@@ -33,7 +33,7 @@ struct PublishIntegrationTests {
 
     /// `publish … --format json`, which must succeed; the index digest it prints.
     static func publish(_ built: Published, _ arguments: [String]) async throws -> (digest: String, result: [String: Any]) {
-        let run = try await cli(built, ["publish", "--recipe", "minimal", "--format", "json"] + arguments)
+        let run = try await cli(built, ["publish", "--recipe", "container", "--format", "json"] + arguments)
         #expect(run.status == 0, "publish \(arguments) failed:\n\(run.stderr)\n\(run.stdout)")
         let result = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any], "stdout is no JSON object: \(run.stdout)")
         return (try #require(result["index"] as? String), result)
@@ -44,7 +44,7 @@ struct PublishIntegrationTests {
     }
 
     static func artifactDirectory(_ built: Published, _ target: Target) -> String {
-        built.output + "/minimal/" + target.rawValue
+        built.output + "/container/" + target.rawValue
     }
 
     /// The bytes of the build manifest as publish writes it.
@@ -95,7 +95,7 @@ struct PublishIntegrationTests {
         let epoch = try #require(built.manifests[.x86_64]?.sourceDateEpoch)
         #expect(indexAnnotations[AnnotationKey.created] == rfc3339(epoch: epoch))
         #expect(indexAnnotations[AnnotationKey.version] == built.manifests[.x86_64]?.kernel?.release)
-        #expect(indexAnnotations[AnnotationKey.recipe] == "minimal")
+        #expect(indexAnnotations[AnnotationKey.recipe] == "container")
         let entries = try #require(index["manifests"] as? [[String: Any]])
         #expect(entries.compactMap { ($0["platform"] as? [String: String]).map { "\($0["os"] ?? "")/\($0["architecture"] ?? "")" } }.sorted() == ["linux/amd64", "linux/s390x"])
         for entry in entries {
@@ -110,7 +110,7 @@ struct PublishIntegrationTests {
             #expect(annotations[AnnotationKey.cmdline] == manifest.kernel?.cmdline)
             #expect(annotations[AnnotationKey.version] == manifest.kernel?.release)
             #expect(annotations[AnnotationKey.created] == rfc3339(epoch: manifest.sourceDateEpoch))
-            #expect(annotations[AnnotationKey.recipe] == "minimal")
+            #expect(annotations[AnnotationKey.recipe] == "container")
         }
 
         // The s390x layer, copied out by skopeo and listed and unpacked by tar: /boot, 0:0, the epoch.
@@ -169,7 +169,7 @@ struct PublishIntegrationTests {
         #expect(pulled.status == 0, "\(pulled.stderr)")
         for target in Target.allCases { try await Self.expectSameAsBuild(dir + "/from-archive/" + target.rawValue, target, built) }
 
-        let folder = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", "dir:\(dir)/files"])
+        let folder = try await Self.cli(built, ["publish", "--recipe", "container", "--to", "dir:\(dir)/files"])
         #expect(folder.status == 0, "\(folder.stderr)")
         for target in Target.allCases { try await Self.expectSameAsBuild(dir + "/files/" + target.rawValue, target, built) }
     }
@@ -180,7 +180,7 @@ struct PublishIntegrationTests {
         let dir = try TestSupport.temporaryDirectory()
         let (both, _) = try await Self.publish(built, ["--to", "oci:\(dir)/layout:v1", "--tag", "keep"])
         let before = try FileStore.readData(dir + "/layout/index.json")
-        let refused = try await Self.cli(built, ["publish", "--recipe", "minimal", "--target", "x86_64", "--to", "oci:\(dir)/layout:v1"])
+        let refused = try await Self.cli(built, ["publish", "--recipe", "container", "--target", "x86_64", "--to", "oci:\(dir)/layout:v1"])
         #expect(refused.status != 0)
         #expect(refused.stderr.contains(both) && refused.stderr.contains("--force"), "\(refused.stderr)")
         #expect(try FileStore.readData(dir + "/layout/index.json") == before, "a refused publish changed index.json")
@@ -198,7 +198,7 @@ struct PublishIntegrationTests {
         let (old, _) = try await Self.publish(built, ["--target", "s390x", "--to", "oci:\(dir)/layout:v1"])
         let before = try FileStore.readData(dir + "/layout/index.json")
         let command = Command(TestSupport.executable, [
-            "publish", "--recipe", "minimal", "--to", "oci:\(dir)/layout:v1", "--force", "--cache-dir", built.cache, "--output-dir", built.output,
+            "publish", "--recipe", "container", "--to", "oci:\(dir)/layout:v1", "--force", "--cache-dir", built.cache, "--output-dir", built.output,
         ])
         let child = try await ChildProcess.spawn(command, environment: command.environment(on: TestSupport.environment), stdout: .null, stderr: .null)
         let tmp = built.cache + "/tmp"
@@ -245,7 +245,7 @@ struct PublishIntegrationTests {
         #expect(other.status == 0, "\(other.stderr)")
 
         // An image whose digests all agree, but whose bzImage is not the build manifest's.
-        var target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .s390x), recipe: "minimal", target: .s390x)
+        var target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .s390x), recipe: "container", target: .s390x)
         let forged = dir + "/forged-bzImage"
         var kernel = try FileStore.readData(Self.artifactDirectory(built, .s390x) + "/bzImage")
         kernel[kernel.count - 1] ^= 0x01
@@ -276,7 +276,7 @@ struct PublishIntegrationTests {
         let pulled = try await Self.cli(built, ["pull", reference, "--tls-verify=false", "--output", dir + "/pulled"])
         #expect(pulled.status == 0, "\(pulled.stderr)")
         for target in Target.allCases { try await Self.expectSameAsBuild(dir + "/pulled/" + target.rawValue, target, built) }
-        let refused = try await Self.cli(built, ["publish", "--recipe", "minimal", "--target", "s390x", "--to", reference, "--tls-verify=false"])
+        let refused = try await Self.cli(built, ["publish", "--recipe", "container", "--target", "s390x", "--to", reference, "--tls-verify=false"])
         #expect(refused.status != 0 && refused.stderr.contains(digest), "\(refused.stderr)")
         let forced = try await Self.publish(built, ["--target", "s390x", "--to", reference, "--tls-verify=false", "--force"])
         #expect(forced.digest != digest)
@@ -287,10 +287,10 @@ struct PublishIntegrationTests {
         let locked = try await LocalRegistry.start(in: dir + "/locked", authenticated: true)
         defer { locked.stop() }
         let private_ = "docker://\(locked.host)/vmf/minimal:v1"
-        let anonymous = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", private_, "--tls-verify=false"])
+        let anonymous = try await Self.cli(built, ["publish", "--recipe", "container", "--to", private_, "--tls-verify=false"])
         #expect(anonymous.status != 0)
         #expect(anonymous.stderr.contains("credentials"), "\(anonymous.stderr)")
-        let wrong = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", private_, "--tls-verify=false", "--creds", "\(LocalRegistry.user):Wrong-Pass-9931"])
+        let wrong = try await Self.cli(built, ["publish", "--recipe", "container", "--to", private_, "--tls-verify=false", "--creds", "\(LocalRegistry.user):Wrong-Pass-9931"])
         #expect(wrong.status != 0 && wrong.stderr.contains("refused the credentials"), "\(wrong.stderr)")
         #expect(!wrong.stderr.contains("Wrong-Pass-9931"), "the password is in the error: \(wrong.stderr)")
         let authFiles = try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix(".vmfactory-auth-") }
@@ -305,7 +305,7 @@ struct PublishIntegrationTests {
         // The registry goes away mid-test.
         open.stop()
         let begun = ContinuousClock.now
-        let down = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", "docker://\(open.host)/vmf/minimal:v2", "--tls-verify=false", "--registry-timeout", "20s"])
+        let down = try await Self.cli(built, ["publish", "--recipe", "container", "--to", "docker://\(open.host)/vmf/minimal:v2", "--tls-verify=false", "--registry-timeout", "20s"])
         #expect(down.status != 0)
         #expect(down.stderr.contains("does not answer"), "\(down.stderr)")
         let downPull = try await Self.cli(built, ["pull", reference, "--tls-verify=false", "--registry-timeout", "20s", "--output", dir + "/never"])
@@ -332,7 +332,7 @@ struct PublishIntegrationTests {
         _ = try await Self.publish(built, ["--to", reference] + extra)
         let empty = dir + "/no-outputs"
         try FileStore.createDirectory(empty)
-        let arguments = ["boot", "--recipe", "minimal", "--target", target.rawValue, "--kernel-image", reference, "--accel", "tcg", "--cache-dir", built.cache, "--output-dir", empty] + extra
+        let arguments = ["boot", "--recipe", "container", "--target", target.rawValue, "--kernel-image", reference, "--accel", "tcg", "--cache-dir", built.cache, "--output-dir", empty] + extra
         let boot = try await TestSupport.runCLI(arguments)
         #expect(boot.status == 0, "\(boot.stderr)")
         #expect(boot.stdout.contains("vmfactory-init: ready"), "\(boot.stdout)\n\(boot.stderr)")
@@ -385,7 +385,7 @@ struct PublishIntegrationTests {
     func forged() async throws {
         let built = try await Self.built()
         let dir = try TestSupport.temporaryDirectory()
-        let target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .s390x), recipe: "minimal", target: .s390x)
+        let target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .s390x), recipe: "container", target: .s390x)
         let genuine = ArtifactImage.annotations(of: target, provenance: Provenance())
         func files() throws -> [ArchiveWriter.Entry] {
             try [ArchiveWriter.Entry(path: "boot", kind: .directory, mode: 0o755)] + target.files.map { .init(path: "boot/" + $0.name, kind: .file(try $0.data())) }
@@ -424,7 +424,7 @@ struct PublishIntegrationTests {
         let dir = try TestSupport.temporaryDirectory()
         let (old, _) = try await Self.publish(built, ["--target", "s390x", "--to", "oci:\(dir)/layout:v1"])
         let before = try FileStore.readData(dir + "/layout/index.json")
-        let target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .x86_64), recipe: "minimal", target: .x86_64)
+        let target = try await BuiltTarget.load(directory: Self.artifactDirectory(built, .x86_64), recipe: "container", target: .x86_64)
         var image = try ArtifactImage.build([target], provenance: Provenance(), blobs: dir + "/blobs")
         // A blob that is not there, after the real ones: the copy fails once some are in.
         image.digests.append(SHA256Digest.of("not there"))
@@ -445,7 +445,7 @@ struct PublishIntegrationTests {
         let (fd, port) = try LocalRegistry.listeningSocket()
         defer { close(fd) }
         let begun = ContinuousClock.now
-        let run = try await Self.cli(built, ["publish", "--recipe", "minimal", "--to", "docker://127.0.0.1:\(port)/vmf/minimal:v1", "--tls-verify=false", "--registry-timeout", "4s"])
+        let run = try await Self.cli(built, ["publish", "--recipe", "container", "--to", "docker://127.0.0.1:\(port)/vmf/minimal:v1", "--tls-verify=false", "--registry-timeout", "4s"])
         let took = ContinuousClock.now - begun
         #expect(run.status != 0)
         #expect(run.stderr.contains("does not answer"), "\(run.stderr)")

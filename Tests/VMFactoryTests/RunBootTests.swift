@@ -19,6 +19,20 @@ enum RunImages {
         return try FileStore.readData(path)
     }
 
+    private static let made = Mutex<[Target: Task<(plain: String, app: String, random: Data), any Error>]>([:])
+
+    /// The images of `make`, made once per test run and target in the test process's folder
+    /// (the tests only read them).
+    static func shared(for target: Target) async throws -> (plain: String, app: String, random: Data) {
+        let task = made.withLock { tasks in
+            if let task = tasks[target] { return task }
+            let task = Task { try await make(for: target, in: TestScope.processRoot + "/run-images-\(target)") }
+            tasks[target] = task
+            return task
+        }
+        return try await task.value
+    }
+
     /// `plain` has the Entrypoint /bin/sh (so `plain -c SCRIPT` runs a script); `app` has an Entrypoint, a Cmd, an Env, a WorkingDir, a User and
     /// a StopSignal.
     static func make(for target: Target, in directory: String) async throws -> (plain: String, app: String, random: Data) {
@@ -57,7 +71,7 @@ struct RunVM {
     var output: String
 
     static func make() async throws -> RunVM {
-        let built = try await SharedBuild.container.get()
+        let built = try await SharedBuild.shared.get()
         return RunVM(cache: try TestSupport.temporaryDirectory("run-cache"), output: built.output)
     }
 
@@ -86,8 +100,8 @@ struct RunVM {
 
     /// Runs `vmfactory run OPTIONS...`; `stdin` is written to its stdin, then closed;
     /// `onStart` runs meanwhile.
-    func run(_ arguments: [String], stdin: Data? = nil, onStart: (@Sendable (Live) async -> Void)? = nil) async throws -> Result {
-        let command = Command(TestSupport.executable, prefix + arguments)
+    func run(_ arguments: [String], stdin: Data? = nil, environment: [String: String] = [:], onStart: (@Sendable (Live) async -> Void)? = nil) async throws -> Result {
+        let command = Command(TestSupport.executable, prefix + arguments, environment: environment)
         let child = try await ChildProcess.spawn(
             command, environment: command.environment(on: TestSupport.environment),
             stdin: stdin == nil ? .null : .pipe, stdout: .pipe, stderr: .pipe
@@ -154,7 +168,7 @@ struct RunBootTests {
     @Test("Entrypoint, Cmd, Env, WorkingDir and User combine with COMMAND, --entrypoint, --env-file, -e, -w and -u", arguments: Target.allCases)
     func process(_ target: Target) async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let images = try await RunImages.make(for: target, in: dir)
+        let images = try await RunImages.shared(for: target)
         let vm = try await RunVM.make()
         let plain = try await vm.run([images.app])
         #expect(plain.status == 0, "\(plain.stderr)")
@@ -179,7 +193,7 @@ struct RunBootTests {
 
     @Test("exit statuses 0, 3 and 255, a signal death as 128+N, 126 and 127 with messages", arguments: Target.allCases)
     func exitStatuses(_ target: Target) async throws {
-        let images = try await RunImages.make(for: target, in: try TestSupport.temporaryDirectory())
+        let images = try await RunImages.shared(for: target)
         let vm = try await RunVM.make()
         for code in [0, 3, 255] {
             let run = try await vm.run([images.plain, "-c", "exit \(code)"])
@@ -196,11 +210,31 @@ struct RunBootTests {
         await vm.expectNothingLeft()
     }
 
+    @Test("run --accel kvm on a host whose KVM stops the guest ends at once with 125, says to use --accel tcg, and leaves no QEMU")
+    func kvmFailsAtOnce() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let images = try await RunImages.shared(for: .x86_64)
+        let vm = try await RunVM.make()
+        let fake = try BootBenchUnitTests.kvmFailingQEMU(in: dir)
+        let started = ContinuousClock.now
+        let run = try await vm.run(
+            ["--accel", "kvm", "--timeout", "120s", images.plain, "-c", "true"],
+            environment: ["PATH": fake + ":" + (TestSupport.environment["PATH"] ?? "/usr/bin:/bin")]
+        )
+        let seconds = (ContinuousClock.now - started).seconds
+        #expect(run.status == 125, "\(run.stderr)")
+        #expect(seconds < 20, "took \(seconds) s")
+        #expect(run.stderr.contains("KVM stopped the guest at once (QEMU: KVM internal error. Suberror: 1); QEMU was stopped"), "\(run.stderr)")
+        #expect(run.stderr.contains("use --accel tcg"), "\(run.stderr)")
+        #expect(try TestSupport.processes(matching: dir).isEmpty, "the stand-in QEMU still runs")
+        await vm.expectNothingLeft()
+    }
+
     @Test("run --kernel-image: the container kernel published to an OCI layout runs the image, with no build in the output folder")
     func publishedKernel() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let images = try await RunImages.make(for: .x86_64, in: dir)
-        let built = try await SharedBuild.container.get()
+        let images = try await RunImages.shared(for: .x86_64)
+        let built = try await SharedBuild.shared.get()
         let cache = try TestSupport.temporaryDirectory("run-cache")
         let published = try await TestSupport.runCLI([
             "publish", "--recipe", "container", "--target", "x86_64", "--to", "oci:\(dir)/kernels:v1", "--cache-dir", cache, "--output-dir", built.output,
@@ -219,7 +253,7 @@ struct RunBootTests {
 
     @Test("stdout and stderr apart and byte for byte (3 MiB through a pipe), stdin with its end of file, a terminal through a pty", arguments: Target.allCases)
     func streams(_ target: Target) async throws {
-        let images = try await RunImages.make(for: target, in: try TestSupport.temporaryDirectory())
+        let images = try await RunImages.shared(for: target)
         let vm = try await RunVM.make()
         // --quiet: vmfactory's own progress (the first conversion) stays off stderr.
         let cat = try await vm.run(["--quiet", images.plain, "-c", "cat \(RunImages.randomFile); echo to-stderr >&2"])
@@ -267,7 +301,7 @@ struct RunBootTests {
     @Test("9p volumes read and written, a read-only one refused in the guest; the image's disk keeps its sha256 after a run that writes everywhere", arguments: Target.allCases)
     func volumesAndDisk(_ target: Target) async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let images = try await RunImages.make(for: target, in: dir)
+        let images = try await RunImages.shared(for: target)
         let vm = try await RunVM.make()
         let shared = dir + "/shared"
         try FileStore.createDirectory(shared)
@@ -299,7 +333,7 @@ struct RunBootTests {
 
     @Test("two runs of one image at once do not see each other's writes")
     func concurrentRuns() async throws {
-        let images = try await RunImages.make(for: .x86_64, in: try TestSupport.temporaryDirectory())
+        let images = try await RunImages.shared(for: .x86_64)
         let vm = try await RunVM.make()
         let script = "echo $0 > /etc/mine; sleep 3; cat /etc/mine; ls /etc/mine-*; echo $0 > /etc/mine-$0; ls /etc | grep mine"
         async let first = vm.run([images.plain, "-c", script, "first"])
@@ -312,7 +346,7 @@ struct RunBootTests {
 
     @Test("a guest that fills its disk gets ENOSPC and vmfactory is fine; --timeout ends the VM with 124; --network none has no interface")
     func faults() async throws {
-        let images = try await RunImages.make(for: .x86_64, in: try TestSupport.temporaryDirectory())
+        let images = try await RunImages.shared(for: .x86_64)
         let vm = try await RunVM.make()
         let fill = try await vm.run([images.plain, "-c", "dd if=/dev/zero of=/fill bs=1M 2>&1; echo dd=$?; rm /fill; echo after > /after && cat /after"])
         #expect(fill.status == 0, "\(fill.stderr)")
@@ -338,7 +372,7 @@ struct RunBootTests {
 
     @Test("SIGTERM to vmfactory: a command that traps it exits its way; one that ignores it is ended after the grace period; nothing is left", arguments: Target.allCases)
     func stopping(_ target: Target) async throws {
-        let images = try await RunImages.make(for: target, in: try TestSupport.temporaryDirectory())
+        let images = try await RunImages.shared(for: target)
         let vm = try await RunVM.make()
         let terminate: @Sendable (RunVM.Live) async -> Void = { live in
             // Once the command is up (its first line is out), stop vmfactory as `docker stop` would.
@@ -369,7 +403,7 @@ struct RunBootTests {
     @Test("virtio-fs volumes through virtiofsd: read, written, read-only refused; virtiofsd ends with the run")
     func virtiofs() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let images = try await RunImages.make(for: .x86_64, in: dir)
+        let images = try await RunImages.shared(for: .x86_64)
         let vm = try await RunVM.make()
         let shared = dir + "/vfs"
         try FileStore.createDirectory(shared)
@@ -388,7 +422,7 @@ struct RunBootTests {
     @Test("the classic demo: busybox httpd in the VM serves a read-only host folder on a published port; a file changed on the host is served changed", .needsTool("curl"))
     func httpd() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let images = try await RunImages.make(for: .x86_64, in: dir)
+        let images = try await RunImages.shared(for: .x86_64)
         let vm = try await RunVM.make()
         let site = dir + "/site"
         try FileStore.createDirectory(site)

@@ -172,7 +172,7 @@ struct RunTests {
         #expect(tty.serialPorts == [.control, .tty])
     }
 
-    @Test("run.conf says everything with line breaks and backslashes escaped, and the init's own parser reads it back", .needsTool("gcc"))
+    @Test("run.conf says everything with line breaks and backslashes escaped, and the init's own parser reads it back", .tags(.integration), .needsTool("gcc"))
     func runConfigRoundTrip() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let source = TestSupport.repositoryRoot + "/Sources/guest-init"
@@ -237,7 +237,7 @@ struct RunTests {
         #expect(missing.stderr.contains("the host path /nonexistent-vmfactory does not exist"))
     }
 
-    @Test("the run's overlay is what qemu-img create writes, byte for byte, for disks of several sizes; qemu-img checks it, qemu-io writes through it and the backing file keeps its bytes", .needsTool("qemu-img"), .needsTool("qemu-io"))
+    @Test("the run's overlay is what qemu-img create writes, byte for byte, for disks of several sizes; qemu-img checks it, qemu-io writes through it and the backing file keeps its bytes", .tags(.integration), .needsTool("qemu-img"), .needsTool("qemu-io"))
     func overlay() async throws {
         let dir = try TestSupport.temporaryDirectory()
         for size in ["64M", "300M", "1G", "5368709632", "2T"] {

@@ -54,7 +54,7 @@ extension TestSupport {
 
     /// A cache of the test's own that shares the shared cache's verified sources and source
     /// trees (read-only, content-addressed), and holds copies of `copying` (paths below the
-    /// cache, such as `builds/minimal/x86_64` or `configs`) so that the test can change them.
+    /// cache, such as `builds/container/x86_64` or `configs`) so that the test can change them.
     static func scopedCache(copying: [String] = [], at location: String? = nil) async throws -> String {
         let cache = try location ?? temporaryDirectory("cache")
         for folder in ["sources/sha256", "trees"] {
@@ -72,21 +72,16 @@ extension TestSupport {
     }
 }
 
-/// A recipe built once for both targets in the shared test cache, by the real command line;
-/// the tests look at it and copy what they change. The kernel suites use the minimal recipe,
-/// the run suites the container recipe; both share one source tree.
+/// The container recipe built once for both targets in the shared test cache, by the real
+/// command line; the tests look at it and copy what they change. One build serves every suite:
+/// the run suites boot it, and the kernel, boot, publish and distributed suites check it (the
+/// minimal recipe is the container recipe's subset: the same source, patches and trims).
 actor SharedBuild {
-    static let shared = SharedBuild(recipe: "minimal")
-    static let container = SharedBuild(recipe: "container")
+    static let recipe = "container"
+    static let shared = SharedBuild()
 
-    let recipe: String
     /// The outputs of the shared build, in this test process's folder.
-    let output: String
-
-    init(recipe: String) {
-        self.recipe = recipe
-        output = TestScope.processRoot + (recipe == "minimal" ? "/shared-outputs" : "/shared-outputs-" + recipe)
-    }
+    let output = TestScope.processRoot + "/shared-outputs"
 
     struct Built: Sendable {
         var output: String
@@ -99,7 +94,7 @@ actor SharedBuild {
     func get() async throws -> Built {
         if task == nil {
             task = Task {
-                let run = try await TestSupport.runCLI(try SharedBuild.buildArguments(cache: TestSupport.sharedCache, output: output, recipe: recipe) + ["--format", "json"])
+                let run = try await TestSupport.runCLI(try SharedBuild.buildArguments(cache: TestSupport.sharedCache, output: output) + ["--format", "json"])
                 guard run.status == 0 else { throw VMFactoryError(.processFailed, "vmfactory build failed: \(run.stderr)\n\(run.stdout)") }
                 let results = try JSONDecoder().decode([BuildResult].self, from: Data(run.stdout.utf8))
                 return Built(output: output, results: results, stderr: run.stderr)
@@ -108,7 +103,7 @@ actor SharedBuild {
         return try await task!.value
     }
 
-    static func buildArguments(cache: String, output: String, target: String = "all", recipe: String = "minimal") throws -> [String] {
+    static func buildArguments(cache: String, output: String, target: String = "all", recipe: String = SharedBuild.recipe) throws -> [String] {
         ["build", "--recipe", recipe, "--target", target, "--offline", "--cache-dir", cache, "--output-dir", output] + (try TestSupport.sourceDirArguments())
     }
 }

@@ -46,18 +46,23 @@ enum TestSupport {
     static let pinnedSHA256 = SHA256Digest(hex: "4d415b3d364834fd818270e88813e90323bbfce4f519a0e6bd4940ddcd7df693")!
 
     /// Where the pinned tarball may be: `$VMFACTORY_SOURCE_PATH`, `../shared/kernel` beside the
-    /// checkout (CI puts it there), and `/usr/src`, where Debian's linux-source-6.1 puts it.
+    /// checkout (CI puts it there), `/usr/src`, where Debian's linux-source-6.1 puts it, and
+    /// vmfactory's own cache, where `vmfactory build` (README command 1) fetched it.
     static let candidateSourceDirs: [String] = {
-        let fromEnvironment = (ProcessInfo.processInfo.environment["VMFACTORY_SOURCE_PATH"] ?? "").split(separator: ":").map(String.init)
-        return fromEnvironment + [URL(fileURLWithPath: repositoryRoot).deletingLastPathComponent().path + "/shared/kernel", "/usr/src"]
+        let host = ProcessInfo.processInfo.environment
+        let fromEnvironment = (host["VMFACTORY_SOURCE_PATH"] ?? "").split(separator: ":").map(String.init)
+        let userCache = Workspace.cacheDirectory(given: nil, environment: host, currentDirectory: repositoryRoot) + "/sources/sha256"
+        return fromEnvironment + [URL(fileURLWithPath: repositoryRoot).deletingLastPathComponent().path + "/shared/kernel", "/usr/src", userCache]
     }()
 
     /// The folder that holds a file with the pinned sha256 (whatever its name), found once.
     static let pinnedKernelFolder: String? = {
         for folder in candidateSourceDirs where FileStore.isDirectory(folder) {
             let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
-            // Likely names first, so that a folder of other files is hashed only when needed.
-            let ordered = names.filter { $0 == pinnedTarballName || $0 == "linux-source-6.1.tar.xz" } + names.filter { $0.hasSuffix(".tar.xz") }
+            // Likely names first (vmfactory's cache names a file by its sha256), so that a folder
+            // of other files is hashed only when needed.
+            let likely = [pinnedTarballName, "linux-source-6.1.tar.xz", pinnedSHA256.hex]
+            let ordered = names.filter { likely.contains($0) } + names.filter { $0.hasSuffix(".tar.xz") && !likely.contains($0) }
             for name in ordered where FileStore.isRegularFile(folder + "/" + name) {
                 if (try? SHA256Digest.ofFile(at: folder + "/" + name)) == pinnedSHA256 { return folder }
             }
@@ -71,7 +76,7 @@ enum TestSupport {
         guard let folder = pinnedKernelFolder else {
             throw VMFactoryError(
                 .notFound, "no file with sha256 \(pinnedSHA256) (the pinned \(pinnedTarballName)) in \(candidateSourceDirs.joined(separator: ", "))",
-                hint: "put the tarball in ../shared/kernel, or set VMFACTORY_SOURCE_PATH"
+                hint: "scripts/test fetches it as vmfactory build does; or put the tarball in ../shared/kernel, or set VMFACTORY_SOURCE_PATH"
             )
         }
         return [folder]
@@ -178,7 +183,7 @@ enum TestSupport {
 /// skipped, saying what is missing; under CI they run, and fail with that message.
 extension Trait where Self == ConditionTrait {
     static var needsPinnedKernel: Self {
-        .enabled(if: TestSupport.isCI || TestSupport.pinnedKernelFolder != nil, "needs \(TestSupport.pinnedTarballName) (by sha256) in ../shared/kernel, /usr/src or $VMFACTORY_SOURCE_PATH")
+        .enabled(if: TestSupport.isCI || TestSupport.pinnedKernelFolder != nil, "needs \(TestSupport.pinnedTarballName) (by sha256) in vmfactory's cache, ../shared/kernel, /usr/src or $VMFACTORY_SOURCE_PATH; scripts/test fetches it")
     }
 
     static func needsTool(_ name: String) -> Self {
@@ -200,11 +205,11 @@ extension TestSupport {
     }
 
     /// A recipe file beside the real library (so it finds fragments and patches), with the
-    /// minimal recipe's kernel and `initrd` as given.
+    /// shared build's kernel (the container recipe's) and `initrd` as given.
     static func recipe(named name: String, initrd: String, in directory: String) throws -> String {
-        let minimal = try FileStore.readText(repositoryRoot + "/recipes/minimal.yaml")
-        var lines = minimal.components(separatedBy: "\n")
-        // Drop the minimal recipe's own initrd section.
+        let shared = try FileStore.readText(repositoryRoot + "/recipes/\(SharedBuild.recipe).yaml")
+        var lines = shared.components(separatedBy: "\n")
+        // Drop the recipe's own initrd section.
         if let start = lines.firstIndex(of: "initrd:") {
             var end = start + 1
             while end < lines.count, lines[end].hasPrefix("  ") || lines[end].isEmpty { end += 1 }
