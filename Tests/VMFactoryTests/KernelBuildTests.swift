@@ -43,7 +43,8 @@ struct KernelBuildTests {
         let command = cached.makeCommand(["bzImage"], sourceTree: "/src", cacheDirectory: "/cache")
         #expect(command.arguments.contains("CC=/usr/bin/ccache s390x-linux-gnu-gcc"))
         #expect(command.environment["CCACHE_DIR"] == "/cache/ccache")
-        #expect(command.environment["CCACHE_BASEDIR"] == "/cache")
+        // Relative paths would change __FILE__ in the image: ccache gets them as make does.
+        #expect(command.environment["CCACHE_BASEDIR"] == nil)
     }
 
     @Test("KBUILD_BUILD_TIMESTAMP reads like date(1), from the recipe's epoch or SOURCE_DATE_EPOCH")

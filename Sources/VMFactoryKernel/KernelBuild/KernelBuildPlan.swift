@@ -180,10 +180,13 @@ public struct KernelBuildPlan: Sendable {
     public func environment(cacheDirectory: String) -> [String: String] {
         var environment = reproducibilityVariables
         if ccache != nil {
+            // No CCACHE_BASEDIR: ccache would hand the compiler the source files' paths made
+            // relative, the kernel's -fmacro-prefix-map (which strips the absolute source tree)
+            // would no longer match them, and __FILE__ would put "../../../trees/<key>/linux/…"
+            // into the image: bytes that differ from a build without ccache. With the paths as
+            // make gives them, a hit is the object a compile makes, and build directories that
+            // share the source tree (its absolute path) share hits.
             environment["CCACHE_DIR"] = cacheDirectory + "/ccache"
-            // Paths below the cache are rewritten relative, so that trees at other cache
-            // locations still hit.
-            environment["CCACHE_BASEDIR"] = cacheDirectory
         }
         if let helpers {
             environment.merge(helpers.environment(ccache: ccache != nil)) { _, new in new }
