@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import VMFactoryCore
 import VMFactoryKernel
 
@@ -138,7 +139,17 @@ public struct Booter: Sendable {
 
     /// Boots once, handing each console line to `onLine` as it arrives.
     public func boot(_ plan: BootPlan, timeout: Duration, onLine: (@Sendable (ConsoleLine) -> Void)? = nil) async throws -> BootOutcome {
-        let run = try await bootRunner.run(plan.machine.command, timeout: timeout, onLine: onLine)
+        // Some hosts' KVM runs a guest that never gets anywhere, silently: say so while waiting.
+        let heard = Atomic<Bool>(false)
+        let silence = plan.machine.accelerator == .kvm ? Task { [console] in
+            try await Task.sleep(for: QEMUMessages.kvmSilence)
+            if !heard.load(ordering: .relaxed) { console.warning(QEMUMessages.kvmSilenceNote) }
+        } : nil
+        defer { silence?.cancel() }
+        let run = try await bootRunner.run(plan.machine.command, timeout: timeout, onLine: { line in
+            heard.store(true, ordering: .relaxed)
+            onLine?(line)
+        })
         let phases = BootPhases(lines: run.lines, markerText: plan.marker, exit: run.ending == .exited ? run.seconds : nil)
         if run.ending == .timedOut {
             throw VMFactoryError(

@@ -14,6 +14,10 @@ public enum QEMUMessages {
         return nil
     }
 
+    /// How long a guest under KVM may stay silent before vmfactory says what that may mean.
+    public static let kvmSilence: Duration = .seconds(10)
+    public static let kvmSilenceNote = "the guest has said nothing for \(Int(kvmSilence.components.seconds)) s under KVM; on a host whose /dev/kvm opens but cannot run guests (a VM without nested virtualisation, say) it never will: stop it and use --accel tcg"
+
     /// What vmfactory says when `said` stopped the guest, with QEMU's own lines under it.
     public static func acceleratorError(_ said: String, stderr: String) -> VMFactoryError {
         VMFactoryError(

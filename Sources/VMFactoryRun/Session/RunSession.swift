@@ -148,6 +148,12 @@ public struct RunSession: Sendable {
             channels.forwardSignals(signals)
         }
         defer { signals?.handle(nil) }
+        // Some hosts' KVM runs a guest that never gets anywhere, silently: say so while waiting.
+        let silence = plan.accelerator == .kvm ? Task.detached { [stderr] in
+            try await Task.sleep(for: QEMUMessages.kvmSilence)
+            if channels.startedAfter == nil, !qemu.hasExited { stderr.writeLine("vmfactory: warning: " + QEMUMessages.kvmSilenceNote) }
+        } : nil
+        defer { silence?.cancel() }
         let timer = timeout.map { limit in
             Task.detached {
                 try await Task.sleep(for: limit)
