@@ -248,16 +248,29 @@ struct RootfsSafetyIntegrationTests {
         let rootfs = cache + "/rootfs"
         // Killed while layer data goes into the disk: more blocks written than mke2fs writes.
         // The wait is long (a debug build on a host busy with kernel builds reads the 120 MiB
-        // layer slowly) and ends early if the conversion ends by itself.
+        // layer slowly) and ends early if the conversion ends by itself. The disk is watched,
+        // and vmfactory killed, from a thread of its own the moment it is seen: in a loaded
+        // suite the threads that run tasks can be busy for longer than the disk takes to write
+        // (a task's 20 ms poll once woke only after the conversion had finished).
         let begun = ContinuousClock.now
-        let writing = await TestSupport.eventually(within: 300) {
-            child.hasExited || TestSupport.files(under: rootfs).contains { name in
-                var st = stat()
-                return name.contains(".partial/disk.raw") && stat(rootfs + "/" + name, &st) == 0 && Int64(st.st_blocks) * 512 > 16 << 20
+        let writing: Bool = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                while ContinuousClock.now - begun < .seconds(300), !child.hasExited {
+                    let written = TestSupport.files(under: rootfs).contains { name in
+                        var st = stat()
+                        return name.contains(".partial/disk.raw") && stat(rootfs + "/" + name, &st) == 0 && Int64(st.st_blocks) * 512 > 16 << 20
+                    }
+                    if written {
+                        kill(child.pid, SIGKILL)
+                        continuation.resume(returning: true)
+                        return
+                    }
+                    usleep(5_000)
+                }
+                continuation.resume(returning: false)
             }
-        } && !child.hasExited
+        }
         try #require(writing, "the conversion did not start writing the disk (after \(ContinuousClock.now - begun), exited: \(child.hasExited)): \((try? FileStore.readText(log)) ?? "")")
-        kill(child.pid, SIGKILL)
         _ = await child.wait()
         // mke2fs and qemu-img get their parent-death signal; give the kernel a moment.
         var survivors = ""
