@@ -178,6 +178,16 @@ struct BootBenchUnitTests {
         return folder
     }
 
+    /// A command that met the stand-in QEMU: it ended with `status` within `limit` seconds,
+    /// said why and what to do, and left no stand-in running in `directory`.
+    static func expectStoppedAtOnce(_ stderr: String, status: Int32, expected: Int32, seconds: Double, limit: Double, directory: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(status == expected, "\(stderr)", sourceLocation: sourceLocation)
+        #expect(seconds < limit, "took \(seconds) s", sourceLocation: sourceLocation)
+        #expect(stderr.contains("KVM stopped the guest at once (QEMU: KVM internal error. Suberror: 1); QEMU was stopped"), "\(stderr)", sourceLocation: sourceLocation)
+        #expect(stderr.contains("use --accel tcg"), "\(stderr)", sourceLocation: sourceLocation)
+        #expect(((try? TestSupport.processes(matching: directory)) ?? ["?"]).isEmpty, "the stand-in QEMU still runs", sourceLocation: sourceLocation)
+    }
+
     @Test("QEMU saying that KVM stopped the guest ends the run at once: QEMU is stopped and the error says to use TCG", .tags(.integration))
     func kvmInternalError() async throws {
         let dir = try TestSupport.temporaryDirectory()
@@ -192,8 +202,7 @@ struct BootBenchUnitTests {
         #expect(error.message.contains("KVM stopped the guest at once (QEMU: KVM internal error. Suberror: 1)"), "\(error)")
         #expect(error.hint?.contains("--accel tcg") == true)
         #expect(error.details.contains("| emulation failure"), "\(error.details)")
-        let left = try await TestSupport.run("pgrep", ["-f", dir])
-        #expect(left.output.isEmpty, "the stand-in QEMU still runs: \(left.output)")
+        #expect(try TestSupport.processes(matching: dir).isEmpty, "the stand-in QEMU still runs")
     }
 }
 
@@ -330,13 +339,7 @@ struct BenchBootTests {
             Self.arguments("boot", output: built.output, ["--target", "x86_64", "--accel", "kvm", "--timeout", "120s"]),
             environment: ["PATH": fake + ":" + (TestSupport.environment["PATH"] ?? "/usr/bin:/bin")]
         )
-        let seconds = (ContinuousClock.now - started).seconds
-        #expect(run.status == 1, "\(run.stderr)")
-        #expect(seconds < 15, "took \(seconds) s")
-        #expect(run.stderr.contains("KVM stopped the guest at once (QEMU: KVM internal error. Suberror: 1); QEMU was stopped"), "\(run.stderr)")
-        #expect(run.stderr.contains("use --accel tcg"), "\(run.stderr)")
-        let left = try await TestSupport.run("pgrep", ["-f", dir])
-        #expect(left.output.isEmpty, "the stand-in QEMU still runs: \(left.output)")
+        BootBenchUnitTests.expectStoppedAtOnce(run.stderr, status: run.status, expected: 1, seconds: (ContinuousClock.now - started).seconds, limit: 15, directory: dir)
     }
 
     /// The limits in Tests/budgets/boot.json.

@@ -53,10 +53,14 @@ extension TestSupport {
     static let sharedCache: String = repositoryRoot + "/.build/test-cache"
 
     /// A cache of the test's own that shares the shared cache's verified sources and source
-    /// trees (read-only, content-addressed), and holds copies of `copying` (paths below the
-    /// cache, such as `builds/container/x86_64` or `configs`) so that the test can change them.
+    /// trees (read-only, content-addressed) and its ccache folder (a hit is the object a
+    /// compile makes: a test's build of the shared build's objects costs little), and holds
+    /// copies of `copying` (paths below the cache, such as `builds/container/x86_64` or
+    /// `configs`) so that the test can change them.
     static func scopedCache(copying: [String] = [], at location: String? = nil) async throws -> String {
         let cache = try location ?? temporaryDirectory("cache")
+        try FileStore.createDirectory(sharedCache + "/ccache")
+        try FileManager.default.createSymbolicLink(atPath: cache + "/ccache", withDestinationPath: sharedCache + "/ccache")
         for folder in ["sources/sha256", "trees"] {
             let shared = sharedCache + "/" + folder
             try FileStore.createDirectory(cache + "/" + folder)
