@@ -248,24 +248,34 @@ struct RootfsSafetyIntegrationTests {
         let rootfs = cache + "/rootfs"
         // Killed while layer data goes into the disk: more blocks written than mke2fs writes.
         // The wait is long (a debug build on a host busy with kernel builds reads the 120 MiB
-        // layer slowly) and ends early if the conversion ends by itself. The disk is watched,
-        // and vmfactory killed, from a thread of its own the moment it is seen: in a loaded
-        // suite the threads that run tasks can be busy for longer than the disk takes to write
-        // (a task's 20 ms poll once woke only after the conversion had finished).
+        // layer slowly) and ends early if the conversion ends by itself. Once the disk exists,
+        // vmfactory runs in steps of 10 ms between SIGSTOP and SIGCONT, its disk looked at
+        // while it is stopped, from a thread of its own: on a loaded host a poll alongside a
+        // running conversion twice missed the whole write.
         let begun = ContinuousClock.now
         let writing: Bool = await withCheckedContinuation { continuation in
             Thread.detachNewThread {
-                while ContinuousClock.now - begun < .seconds(300), !child.hasExited {
-                    let written = TestSupport.files(under: rootfs).contains { name in
+                func disk() -> Int64? {
+                    for name in TestSupport.files(under: rootfs) where name.contains(".partial/disk.raw") {
                         var st = stat()
-                        return name.contains(".partial/disk.raw") && stat(rootfs + "/" + name, &st) == 0 && Int64(st.st_blocks) * 512 > 16 << 20
+                        if stat(rootfs + "/" + name, &st) == 0 { return Int64(st.st_blocks) * 512 }
                     }
-                    if written {
+                    return nil
+                }
+                while ContinuousClock.now - begun < .seconds(300), !child.hasExited {
+                    guard disk() != nil else {
+                        usleep(2_000)
+                        continue
+                    }
+                    kill(child.pid, SIGSTOP)
+                    usleep(2_000)
+                    if let written = disk(), written > 16 << 20 {
                         kill(child.pid, SIGKILL)
                         continuation.resume(returning: true)
                         return
                     }
-                    usleep(5_000)
+                    kill(child.pid, SIGCONT)
+                    usleep(10_000)
                 }
                 continuation.resume(returning: false)
             }
