@@ -194,10 +194,11 @@ struct BootBenchUnitTests {
         let qemu = try Self.kvmFailingQEMU(in: dir) + "/qemu-system-x86_64"
         let started = ContinuousClock.now
         let error = try await #require(throws: VMFactoryError.self) {
-            _ = try await TestSupport.bootRunner.run(Command(qemu, ["-M", "microvm", "-accel", "kvm"]), timeout: .seconds(120))
+            _ = try await TestSupport.bootRunner.run(Command(qemu, ["-M", "microvm", "-accel", "kvm"]), timeout: .seconds(600))
         }
         let seconds = (ContinuousClock.now - started).seconds
-        #expect(seconds < 10, "took \(seconds) s: the message was not acted on")
+        // Far from the timeout, with room for a loaded suite (10.5 s seen while it starts).
+        #expect(seconds < 60, "took \(seconds) s: the message was not acted on")
         #expect(error.code == .acceleratorFailed)
         #expect(error.message.contains("KVM stopped the guest at once (QEMU: KVM internal error. Suberror: 1)"), "\(error)")
         #expect(error.hint?.contains("--accel tcg") == true)
@@ -336,10 +337,10 @@ struct BenchBootTests {
         let fake = try BootBenchUnitTests.kvmFailingQEMU(in: dir)
         let started = ContinuousClock.now
         let run = try await TestSupport.runCLI(
-            Self.arguments("boot", output: built.output, ["--target", "x86_64", "--accel", "kvm", "--timeout", "120s"]),
+            Self.arguments("boot", output: built.output, ["--target", "x86_64", "--accel", "kvm", "--timeout", "600s"]),
             environment: ["PATH": fake + ":" + (TestSupport.environment["PATH"] ?? "/usr/bin:/bin")]
         )
-        BootBenchUnitTests.expectStoppedAtOnce(run.stderr, status: run.status, expected: 1, seconds: (ContinuousClock.now - started).seconds, limit: 15, directory: dir)
+        BootBenchUnitTests.expectStoppedAtOnce(run.stderr, status: run.status, expected: 1, seconds: (ContinuousClock.now - started).seconds, limit: 60, directory: dir)
     }
 
     /// The limits in Tests/budgets/boot.json.

@@ -59,6 +59,7 @@ extension TestSupport {
     /// `configs`) so that the test can change them.
     static func scopedCache(copying: [String] = [], at location: String? = nil) async throws -> String {
         let cache = try location ?? temporaryDirectory("cache")
+        try FileStore.createDirectory(cache)
         try FileStore.createDirectory(sharedCache + "/ccache")
         try FileManager.default.createSymbolicLink(atPath: cache + "/ccache", withDestinationPath: sharedCache + "/ccache")
         for folder in ["sources/sha256", "trees"] {
