@@ -240,7 +240,11 @@ struct RootfsSafetyIntegrationTests {
         }
         let image = try await ImageFixtures.singleLayer(entries, in: dir, name: "big")
         let cache = try TestSupport.temporaryDirectory("cache")
-        let command = Command(TestSupport.executable, ["rootfs", image.reference, "--cache-dir", cache])
+        // vmfactory starts stopped (its shell stops itself, then execs it under the same pid),
+        // so that nothing of the conversion happens before the watcher below has it in hand:
+        // in a loaded suite the test's task resumed after the spawn only once a whole
+        // conversion was over.
+        let command = Command("/bin/sh", ["-c", "kill -STOP $$ && exec \"$0\" \"$@\"", TestSupport.executable, "rootfs", image.reference, "--cache-dir", cache])
         let log = dir + "/rootfs.log"
         let logFD = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         defer { close(logFD) }
@@ -248,10 +252,10 @@ struct RootfsSafetyIntegrationTests {
         let rootfs = cache + "/rootfs"
         // Killed while layer data goes into the disk: more blocks written than mke2fs writes.
         // The wait is long (a debug build on a host busy with kernel builds reads the 120 MiB
-        // layer slowly) and ends early if the conversion ends by itself. Once the disk exists,
-        // vmfactory runs in steps of 10 ms between SIGSTOP and SIGCONT, its disk looked at
-        // while it is stopped, from a thread of its own: on a loaded host a poll alongside a
-        // running conversion twice missed the whole write.
+        // layer slowly) and ends early if the conversion ends by itself. vmfactory runs in
+        // steps of 10 ms between SIGCONT and SIGSTOP, driven from a thread of its own, and its
+        // disk is looked at while it is stopped: a poll beside a running conversion missed the
+        // whole write on a loaded host.
         let begun = ContinuousClock.now
         let writing: Bool = await withCheckedContinuation { continuation in
             Thread.detachNewThread {
@@ -262,13 +266,13 @@ struct RootfsSafetyIntegrationTests {
                     }
                     return nil
                 }
+                // "pid (comm) S …": the state after the command's closing parenthesis.
+                func stopped() -> Bool {
+                    let stat = (try? String(contentsOfFile: "/proc/\(child.pid)/stat", encoding: .utf8)) ?? ""
+                    return stat.range(of: ") ", options: .backwards).map { stat[$0.upperBound...].hasPrefix("T") } ?? false
+                }
+                while !stopped(), !child.hasExited, ContinuousClock.now - begun < .seconds(30) { usleep(1_000) }
                 while ContinuousClock.now - begun < .seconds(300), !child.hasExited {
-                    guard disk() != nil else {
-                        usleep(2_000)
-                        continue
-                    }
-                    kill(child.pid, SIGSTOP)
-                    usleep(2_000)
                     if let written = disk(), written > 16 << 20 {
                         kill(child.pid, SIGKILL)
                         continuation.resume(returning: true)
@@ -276,6 +280,8 @@ struct RootfsSafetyIntegrationTests {
                     }
                     kill(child.pid, SIGCONT)
                     usleep(10_000)
+                    kill(child.pid, SIGSTOP)
+                    while !stopped(), !child.hasExited { usleep(500) }
                 }
                 continuation.resume(returning: false)
             }
