@@ -135,10 +135,7 @@ struct BuildIntegrationTests {
     @Test("an artifact changed after the build is caught by its sha256 and built again")
     func tamperedArtifact() async throws {
         let built = try await SharedBuild.shared.get()
-        // The shared cache, whose build directory is complete, so that make has nothing to
-        // compile (a copy of it elsewhere would compile everything again: objtool's paths);
-        // only the output folder, a copy, is tampered with.
-        let cache = TestSupport.sharedCache
+        let cache = try await TestSupport.scopedCache(copying: ["builds/container/x86_64", "configs"])
         let copy = try TestSupport.temporaryDirectory("outputs")
         try FileManager.default.copyItem(atPath: built.output + "/container", toPath: copy + "/container")
         let image = copy + "/container/x86_64/bzImage"

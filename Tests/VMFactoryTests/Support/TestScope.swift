@@ -49,8 +49,7 @@ extension TestSupport {
 
     /// The cache the shared kernel build uses, kept across test runs in .build so that the
     /// pinned tarball is extracted and the kernels compiled once per checkout (CI's fresh
-    /// clone starts it empty). Tests read it; none builds in it but the shared build and the
-    /// tampered-artifact test, whose make finds everything compiled.
+    /// clone starts it empty). Tests read it; none writes into it but the shared build.
     static let sharedCache: String = repositoryRoot + "/.build/test-cache"
 
     /// A cache of the test's own that shares the shared cache's verified sources and source
