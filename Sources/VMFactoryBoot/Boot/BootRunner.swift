@@ -72,7 +72,10 @@ public struct BootRunner: Sendable {
             if state.end(.timedOut) { qemu.terminate(grace: grace) }
         }
         async let stderr = PipeReader.readAll(qemu.stderr!, limit: 1 << 20) { line in
-            if QEMUMessages.acceleratorFailure(in: line) != nil, state.end(.acceleratorFailed) { qemu.terminate(grace: grace) }
+            if let said = QEMUMessages.acceleratorFailure(in: line), state.end(.acceleratorFailed) {
+                state.acceleratorMessage.withLock { $0 = said }
+                qemu.terminate(grace: grace)
+            }
         }
         async let console: Void = PipeReader.readLines(qemu.stdout!) { text in
             let line = ConsoleLine(time: (ContinuousClock.now - started).seconds, text: text)
@@ -91,8 +94,7 @@ public struct BootRunner: Sendable {
         let lines = state.lines.withLock { $0 }
         let ending = state.ending.withLock { $0 }
         if ending == .acceleratorFailed {
-            let said = messages.split(separator: "\n").lazy.compactMap { QEMUMessages.acceleratorFailure(in: String($0)) }.first ?? "an accelerator error"
-            throw QEMUMessages.acceleratorError(said, stderr: messages)
+            throw QEMUMessages.acceleratorError(state.acceleratorMessage.withLock { $0 }, stderr: messages)
         }
         guard ending == .exited else {
             return BootRun(lines: lines, ending: ending, status: nil, signal: nil, stderr: messages, seconds: seconds)
@@ -110,6 +112,8 @@ public struct BootRunner: Sendable {
 private final class RunState: Sendable {
     let lines = Mutex<[ConsoleLine]>([])
     let ending = Mutex<BootRun.Ending>(.exited)
+    /// QEMU's line, when it said that its accelerator stopped the guest.
+    let acceleratorMessage = Mutex("")
 
     /// Records why the run ends, unless something else ended it first.
     func end(_ reason: BootRun.Ending) -> Bool {

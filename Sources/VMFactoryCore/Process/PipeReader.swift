@@ -4,30 +4,17 @@ import Foundation
 /// cooperative pool's few threads.
 public enum PipeReader {
     /// Everything until the end of file, at most `limit` bytes kept (the rest is read and
-    /// dropped, so that the writer never blocks). Closes `fd`.
-    public static func readAll(_ fd: Int32, limit: Int = 64 << 20) async -> Data {
-        await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                var data = Data()
-                forEachChunk(fd) { chunk in
-                    if data.count < limit { data.append(contentsOf: chunk.prefix(limit - data.count)) }
-                    return true
-                }
-                close(fd)
-                continuation.resume(returning: data)
-            }
-        }
-    }
-
-    /// `readAll`, also handing each line to `onLine` as soon as it is complete (for messages
-    /// that must be acted on while the writer still runs). A line is cut at 4 KiB.
-    public static func readAll(_ fd: Int32, limit: Int = 64 << 20, onLine: @escaping @Sendable (String) -> Void) async -> Data {
+    /// dropped, so that the writer never blocks). Closes `fd`. With `onLine`, each line is also
+    /// handed over as soon as it is complete (for messages that must be acted on while the
+    /// writer still runs); a line is cut at 4 KiB.
+    public static func readAll(_ fd: Int32, limit: Int = 64 << 20, onLine: (@Sendable (String) -> Void)? = nil) async -> Data {
         await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 var data = Data()
                 var line: [UInt8] = []
                 forEachChunk(fd) { chunk in
                     if data.count < limit { data.append(contentsOf: chunk.prefix(limit - data.count)) }
+                    guard let onLine else { return true }
                     for byte in chunk {
                         if byte == 0x0a {
                             onLine(String(decoding: line, as: UTF8.self))
@@ -38,7 +25,7 @@ public enum PipeReader {
                     }
                     return true
                 }
-                if !line.isEmpty { onLine(String(decoding: line, as: UTF8.self)) }
+                if let onLine, !line.isEmpty { onLine(String(decoding: line, as: UTF8.self)) }
                 close(fd)
                 continuation.resume(returning: data)
             }
