@@ -43,6 +43,8 @@ struct KernelBuildTests {
         let command = cached.makeCommand(["bzImage"], sourceTree: "/src", cacheDirectory: "/cache")
         #expect(command.arguments.contains("CC=/usr/bin/ccache s390x-linux-gnu-gcc"))
         #expect(command.environment["CCACHE_DIR"] == "/cache/ccache")
+        // A miss compiles once, without a separate preprocessor run.
+        #expect(command.environment["CCACHE_DEPEND"] == "true")
         // Relative paths would change __FILE__ in the image: ccache gets them as make does.
         #expect(command.environment["CCACHE_BASEDIR"] == nil)
     }

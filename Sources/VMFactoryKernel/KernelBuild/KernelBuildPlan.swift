@@ -187,6 +187,12 @@ public struct KernelBuildPlan: Sendable {
             // make gives them, a hit is the object a compile makes, and build directories that
             // share the source tree (its absolute path) share hits.
             environment["CCACHE_DIR"] = cacheDirectory + "/ccache"
+            // Depend mode: a miss is one compile, whose -MMD output names the headers for the
+            // next lookup. In ccache's default mode a miss also runs the preprocessor to hash its
+            // output, and a tiny kernel's objects are mostly headers: a cold container build of
+            // x86_64 took 825 s of CPU that way, 536 s in depend mode, 481 s without ccache.
+            // Hits come from the direct lookup either way (the same absolute source paths).
+            environment["CCACHE_DEPEND"] = "true"
         }
         if let helpers {
             environment.merge(helpers.environment(ccache: ccache != nil)) { _, new in new }
