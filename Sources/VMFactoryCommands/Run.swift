@@ -23,8 +23,8 @@ struct Run: AsyncParsableCommand {
             for a signal), 124 after --timeout, 125 when vmfactory or the guest failed before the command ran, \
             126 when the command cannot be invoked and 127 when it is not found.
 
-            Ports published with -p listen on 127.0.0.1 unless an address is given: the guest may run untrusted \
-            code. Ctrl-C or SIGTERM sends the command its stop signal (the image's StopSignal, else SIGTERM), \
+            Ports published with -p listen on the loopback (127.0.0.1 and [::1]) unless an address is given: the \
+            guest may run untrusted code. Ctrl-C or SIGTERM sends the command its stop signal (the image's StopSignal, else SIGTERM), \
             then ends the VM after --stop-timeout; a second one ends it at once.
             """
     )
@@ -55,7 +55,10 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("mount"), help: "type=9p|bind|virtiofs,source=HOST,target=GUEST[,readonly] (repeatable).")
     var mounts: [String] = []
 
-    @Option(name: [.customShort("p"), .customLong("publish")], help: "[IP:][HOST:]GUEST[/tcp|/udp]: a host port forwarded to the guest; IP 127.0.0.1 unless given (repeatable).")
+    @Option(help: "PATH[:OPTIONS]: a tmpfs at PATH in the guest, as docker mounts one (rw,noexec,nosuid,nodev unless OPTIONS say otherwise; size=, mode=, uid=, gid= too) (repeatable).")
+    var tmpfs: [String] = []
+
+    @Option(name: [.customShort("p"), .customLong("publish")], help: "[IP:][HOST:]GUEST[/tcp|/udp]: a host port forwarded to the guest; on 127.0.0.1 and [::1] unless IP is given (repeatable).")
     var publish: [String] = []
 
     @Option(help: "user (QEMU's user network, the default) or none (no network device).")
@@ -63,6 +66,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(name: [.customShort("m"), .long], help: "Guest memory: 512m (the default), 2g, bytes.")
     var memory = "512m"
+
+    @Option(help: "The size of /dev/shm, as docker's --shm-size: 64m (the default), 1g, bytes.")
+    var shmSize = "64m"
 
     @Option(help: "Guest vCPUs; a fraction rounds up (1.5 is 2).")
     var cpus: Double = 1
@@ -79,7 +85,7 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Keep the run's folder (its writable layer, console log and QEMU command) and print its path.")
     var keep = false
 
-    @Flag(help: "Mount the image's root read-only (/tmp, /run and volumes stay as asked).")
+    @Flag(help: "Mount the image's root read-only, as docker does: only volumes, --tmpfs mounts and /dev/shm stay writable.")
     var readOnly = false
 
     @Option(help: "End the VM after this long (exit 124): 30s, 2m.")
@@ -134,6 +140,7 @@ struct Run: AsyncParsableCommand {
             throw ValidationError("--hostname \(hostname) is not a host name (letters, digits, '-' and '.', at most \(HostName.maximumLength))")
         }
         _ = try MemorySize.mebibytes(memory)
+        _ = try MemorySize.bytes(shmSize, flag: "--shm-size")
     }
 
     func run() async throws {
@@ -187,7 +194,13 @@ struct Run: AsyncParsableCommand {
         if volumes.contains(where: { $0.kind == .virtiofs }), geteuid() != 0, !printQemu {
             throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
         }
-        let ports = try publish.map { try PortForward.parse($0) }.map { printQemu ? $0 : try $0.reserved() }
+        let tmpfsMounts = try tmpfs.map { try TmpfsMount.parse($0) }
+        var mountPoints = Set<String>()
+        for point in volumes.map(\.guest) + tmpfsMounts.map(\.guest) where !mountPoints.insert(point).inserted {
+            throw VMFactoryError(.invalidArgument, "\(point) is given more than one volume or tmpfs", hint: "mount one thing at each path")
+        }
+        let relay = LoopbackRelay()
+        let ports = try publish.map { try PortForward.parse($0) }.map { printQemu ? $0 : try Self.reserve($0, relay: relay) }
         let factory = try settings.makeFactory(context, console: console)
         let cache = factory.workspace.cacheDirectory
         let image = try await convert(context, console: console, cache: cache)
@@ -220,9 +233,11 @@ struct Run: AsyncParsableCommand {
         let id = RunFolders.newID()
         var plan = RunPlan(target: target, kernel: kernel, initrd: initrd, cmdline: cmdline, disk: image.disk, process: process, hostname: hostname ?? id)
         plan.volumes = volumes
+        plan.tmpfs = tmpfsMounts
         plan.ports = ports
         plan.network = network
         plan.memoryMiB = try MemorySize.mebibytes(memory)
+        plan.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
         plan.cpus = Int(cpus.rounded(.up))
         plan.interactive = interactive
         plan.tty = tty
@@ -255,7 +270,26 @@ struct Run: AsyncParsableCommand {
         session.stopGrace = stopTimeout.duration
         session.showConsole = self.console
         session.keep = keep
+        session.relay = relay.isEmpty ? nil : relay
         return session
+    }
+
+    /// Checks that the port is free (port 0: chooses one) on 127.0.0.1 and, without an address
+    /// given, listens on `[::1]` at the same port.
+    static func reserve(_ forward: PortForward, relay: LoopbackRelay) throws -> PortForward {
+        for _ in 0..<16 {
+            let reserved = try forward.reserved()
+            guard reserved.ipv6Loopback else { return reserved }
+            if try relay.add(reserved) { return reserved }
+            // Port 0 chose a port that something holds on [::1]: choose again.
+            guard forward.hostPort == 0 else {
+                throw VMFactoryError(
+                    .invalidArgument, "-p: the host port [::1]:\(forward.hostPort)/\(forward.proto.rawValue) is already in use",
+                    hint: "choose another host port, or give 127.0.0.1:\(forward.hostPort):\(forward.guestPort) to listen on IPv4 alone"
+                )
+            }
+        }
+        throw VMFactoryError(.invalidArgument, "-p: no host port was free on both 127.0.0.1 and [::1]", hint: "give a host port, as in -p 8080:\(forward.guestPort)")
     }
 
     /// The image's cached disk, converted on first use. Without --target or --platform the

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
@@ -28,6 +29,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -134,6 +136,71 @@ static int parse_volume(struct vmf_run *run, char *value)
 	return 0;
 }
 
+/* One tmpfs option is a mount flag or one of tmpfs's own; anything else is refused. */
+static int tmpfs_option(struct vmf_tmpfs *tmpfs, char *option, char *data, size_t *used, size_t room)
+{
+	static const struct {
+		const char *name;
+		unsigned long set, clear;
+	} flags[] = {
+		{"ro", MS_RDONLY, 0}, {"rw", 0, MS_RDONLY}, {"noexec", MS_NOEXEC, 0}, {"exec", 0, MS_NOEXEC},
+		{"nosuid", MS_NOSUID, 0}, {"suid", 0, MS_NOSUID}, {"nodev", MS_NODEV, 0}, {"dev", 0, MS_NODEV},
+	};
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+		if (strcmp(option, flags[i].name) == 0) {
+			tmpfs->flags = (tmpfs->flags | flags[i].set) & ~flags[i].clear;
+			return 0;
+		}
+	}
+	static const char *const own[] = {"size=", "mode=", "uid=", "gid=", "nr_inodes="};
+	for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) {
+		size_t prefix = strlen(own[i]), length = strlen(option);
+		if (strncmp(option, own[i], prefix) != 0 || length == prefix)
+			continue;
+		for (const char *c = option + prefix; *c; c++)
+			if (!isalnum((unsigned char)*c) && *c != '%')
+				return -1;
+		if (*used + length + 2 > room)
+			return -1;
+		if (*used)
+			data[(*used)++] = ',';
+		memcpy(data + *used, option, length + 1);
+		*used += length;
+		return 0;
+	}
+	return -1;
+}
+
+/* "OPTIONS PATH": OPTIONS comma-separated, or "-" for none. */
+static int parse_tmpfs(struct vmf_run *run, char *value)
+{
+	if (run->tmpfs_count >= VMF_MAX_TMPFS)
+		return -1;
+	struct vmf_tmpfs *tmpfs = &run->tmpfs[run->tmpfs_count];
+	char *path = strchr(value, ' ');
+	if (!path || path[1] != '/')
+		return -1;
+	*path++ = '\0';
+	/* The data is never longer than the options it comes from. */
+	size_t room = strlen(value) + 1, used = 0;
+	char *data = malloc(room);
+	if (!data)
+		return -1;
+	data[0] = '\0';
+	tmpfs->flags = 0;
+	if (strcmp(value, "-") != 0) {
+		for (char *option = strtok(value, ","); option; option = strtok(NULL, ","))
+			if (tmpfs_option(tmpfs, option, data, &used, room) != 0) {
+				free(data);
+				return -1;
+			}
+	}
+	tmpfs->data = data;
+	tmpfs->path = path;
+	run->tmpfs_count++;
+	return 0;
+}
+
 static int parse_number(const char *value, int *number)
 {
 	char *end;
@@ -142,6 +209,17 @@ static int parse_number(const char *value, int *number)
 	if (errno || end == value || *end || parsed < 0 || parsed > 65535)
 		return -1;
 	*number = (int)parsed;
+	return 0;
+}
+
+static int parse_size(const char *value, unsigned long long *size)
+{
+	char *end;
+	errno = 0;
+	unsigned long long parsed = strtoull(value, &end, 10);
+	if (errno || end == value || *end || value[0] == '-' || parsed == 0 || parsed > (1ULL << 50))
+		return -1;
+	*size = parsed;
 	return 0;
 }
 
@@ -171,6 +249,10 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		run->network = strcmp(value, "user") == 0;
 	} else if (strcmp(key, "volume") == 0)
 		return parse_volume(run, value);
+	else if (strcmp(key, "tmpfs") == 0)
+		return parse_tmpfs(run, value);
+	else if (strcmp(key, "shmsize") == 0)
+		return parse_size(value, &run->shm_bytes);
 	else if (strcmp(key, "readonly") == 0)
 		return parse_number(value, &run->readonly);
 	else if (strcmp(key, "stdin") == 0)
@@ -199,6 +281,7 @@ int vmf_run_parse(struct vmf_run *run, char *text, char *err, size_t errlen)
 	run->workdir = "/";
 	run->hostname = "vmfactory";
 	run->stop_signal = SIGTERM;
+	run->shm_bytes = 64ULL << 20;
 	int line_number = 0;
 	char *line = text;
 	while (line) {
@@ -245,11 +328,15 @@ void vmf_run_explain(const struct vmf_run *run)
 	for (int i = 0; i < run->envp.count; i++)
 		printf("env: %s\n", run->envp.items[i]);
 	printf("user: %s\nworkdir: %s\nhostname: %s\n", run->user, run->workdir, run->hostname);
-	printf("readonly: %d\nstdin: %d\ntty: %d\nstop-signal: %d\n", run->readonly, run->stdin_open, run->tty, run->stop_signal);
+	printf("readonly: %d\nstdin: %d\ntty: %d\nstop-signal: %d\nshm-size: %llu\n", run->readonly, run->stdin_open, run->tty, run->stop_signal, run->shm_bytes);
 	printf("network: %s\n", run->network ? "user" : "none");
 	for (int i = 0; i < run->volume_count; i++)
 		printf("volume: %s %s %s %s\n", run->volumes[i].type, run->volumes[i].tag,
 		       run->volumes[i].readonly ? "ro" : "rw", run->volumes[i].path);
+	for (int i = 0; i < run->tmpfs_count; i++)
+		printf("tmpfs: %s%s%s%s [%s] %s\n", run->tmpfs[i].flags & MS_RDONLY ? "ro" : "rw",
+		       run->tmpfs[i].flags & MS_NOEXEC ? ",noexec" : "", run->tmpfs[i].flags & MS_NOSUID ? ",nosuid" : "",
+		       run->tmpfs[i].flags & MS_NODEV ? ",nodev" : "", run->tmpfs[i].data, run->tmpfs[i].path);
 }
 
 /* ---- the channel to the host ---- */
@@ -498,15 +585,18 @@ static void mount_root(const struct vmf_run *run)
 		fail(125, "cannot mount the image's disk (/dev/vda, ext4): %s", strerror(errno));
 }
 
-/* What a container has mounted besides its root, after the switch. */
-static void mount_container_filesystems(void)
+/*
+ * What a container has mounted besides its root, after the switch: what docker mounts. The
+ * image's own /tmp and /run stay as the image has them (--tmpfs asks for more).
+ */
+static void mount_container_filesystems(const struct vmf_run *run)
 {
 	const unsigned long hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC;
 	mount_in("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,gid=5,mode=0620,ptmxmode=0666", 0755, 1);
-	mount_in("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 01777, 1);
+	char shm[64];
+	snprintf(shm, sizeof(shm), "mode=1777,size=%llu", run->shm_bytes);
+	mount_in("shm", "/dev/shm", "tmpfs", hardened, shm, 01777, 1);
 	mount_in("mqueue", "/dev/mqueue", "mqueue", hardened, NULL, 0755, 0);
-	mount_in("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 01777, 1);
-	mount_in("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", 0755, 1);
 	if (access("/sys/fs/cgroup", F_OK) == 0)
 		mount_in("cgroup2", "/sys/fs/cgroup", "cgroup2", hardened, NULL, 0555, 0);
 	const char *links[][2] = {
@@ -523,16 +613,31 @@ static void mount_container_filesystems(void)
 }
 
 /*
+ * Where a read-only root's host files are written before they are bind-mounted over the
+ * image's: a tmpfs on a folder of the init's /dev, detached once the files are in place, so
+ * that nothing of it shows in the image but the files themselves.
+ */
+#define STAGING "/dev/.vmfactory-staging"
+
+/*
  * Puts `text` at `path` in the image: written in place on a writable root (the
  * writes land in the run's overlay), bind-mounted over an existing file on a
  * read-only one, as container engines do.
  */
 static void place_file(const struct vmf_run *run, const char *path, const char *text)
 {
-	const char *name = strrchr(path, '/') + 1;
+	if (!run->readonly) {
+		make_path("/etc", 0755);
+		unlink(path);
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			write_all(fd, text, strlen(text));
+			close(fd);
+			return;
+		}
+	}
 	char staged[256];
-	snprintf(staged, sizeof(staged), "/run/.vmfactory/%s", name);
-	make_path("/run/.vmfactory", 0755);
+	snprintf(staged, sizeof(staged), STAGING "/%s", strrchr(path, '/') + 1);
 	int fd = open(staged, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		vmf_say(VMF_TAG "cannot write %s: %s\n", staged, strerror(errno));
@@ -540,16 +645,6 @@ static void place_file(const struct vmf_run *run, const char *path, const char *
 	}
 	write_all(fd, text, strlen(text));
 	close(fd);
-	if (!run->readonly) {
-		make_path("/etc", 0755);
-		unlink(path);
-		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd >= 0) {
-			write_all(fd, text, strlen(text));
-			close(fd);
-			return;
-		}
-	}
 	struct stat st;
 	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && mount(staged, path, NULL, MS_BIND, NULL) == 0) {
 		mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
@@ -559,34 +654,88 @@ static void place_file(const struct vmf_run *run, const char *path, const char *
 		vmf_say(VMF_TAG "%s is left as the image has it (read-only root)\n", path);
 }
 
+/* /etc/hosts as docker writes it: the loopback names of both families, then the host name. */
+static void format_hosts(const struct vmf_run *run, char *text, size_t size)
+{
+	snprintf(text, size,
+		 "127.0.0.1\tlocalhost\n"
+		 "::1\tlocalhost ip6-localhost ip6-loopback\n"
+		 "fe00::0\tip6-localnet\n"
+		 "ff00::0\tip6-mcastprefix\n"
+		 "ff02::1\tip6-allnodes\n"
+		 "ff02::2\tip6-allrouters\n"
+		 "%s\t%s\n",
+		 run->network && run->address ? run->address : "127.0.1.1", run->hostname);
+}
+
 static void write_host_files(const struct vmf_run *run)
 {
+	int staging = run->readonly && make_path(STAGING, 0700) == 0
+		&& mount("tmpfs", STAGING, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0700") == 0;
+	if (run->readonly && !staging)
+		vmf_say(VMF_TAG "cannot stage the host files: %s\n", strerror(errno));
 	char text[1024];
 	snprintf(text, sizeof(text), "%s\n", run->hostname);
 	place_file(run, "/etc/hostname", text);
-	if (run->network && run->address)
-		snprintf(text, sizeof(text), "127.0.0.1\tlocalhost\n%s\t%s\n", run->address, run->hostname);
-	else
-		snprintf(text, sizeof(text), "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n", run->hostname);
+	format_hosts(run, text, sizeof(text));
 	place_file(run, "/etc/hosts", text);
 	if (run->network && run->dns) {
 		snprintf(text, sizeof(text), "nameserver %s\n", run->dns);
 		place_file(run, "/etc/resolv.conf", text);
 	}
+	if (staging)
+		umount2(STAGING, MNT_DETACH);
+	if (run->readonly)
+		rmdir(STAGING);
 }
 
+static int path_depth(const char *path)
+{
+	int depth = 0;
+	for (const char *c = path; *c; c++)
+		depth += *c == '/' && c[1] && c[1] != '/';
+	return depth;
+}
+
+static void mount_volume(const struct vmf_volume *volume)
+{
+	if (make_path(volume->path, 0755) != 0)
+		fail(125, "cannot create the mount point %s in the image: %s", volume->path, strerror(errno));
+	unsigned long flags = volume->readonly ? MS_RDONLY : 0;
+	int mounted = strcmp(volume->type, "9p") == 0
+		? mount(volume->tag, volume->path, "9p", flags, "trans=virtio,version=9p2000.L,msize=262144")
+		: mount(volume->tag, volume->path, "virtiofs", flags, NULL);
+	if (mounted != 0)
+		fail(125, "cannot mount the %s volume %s on %s: %s", volume->type, volume->tag, volume->path, strerror(errno));
+}
+
+static void mount_tmpfs(const struct vmf_tmpfs *tmpfs)
+{
+	if (make_path(tmpfs->path, 0755) != 0)
+		fail(125, "cannot create the mount point %s in the image: %s", tmpfs->path, strerror(errno));
+	if (mount("tmpfs", tmpfs->path, "tmpfs", tmpfs->flags, tmpfs->data[0] ? tmpfs->data : NULL) != 0)
+		fail(125, "cannot mount a tmpfs on %s (%s): %s", tmpfs->path, tmpfs->data, strerror(errno));
+}
+
+/* Volumes and tmpfs mounts, shallower paths first, so that a mount inside another lands on it. */
 static void mount_volumes(const struct vmf_run *run)
 {
-	for (int i = 0; i < run->volume_count; i++) {
-		const struct vmf_volume *volume = &run->volumes[i];
-		if (make_path(volume->path, 0755) != 0)
-			fail(125, "cannot create the mount point %s in the image: %s", volume->path, strerror(errno));
-		unsigned long flags = volume->readonly ? MS_RDONLY : 0;
-		int mounted = strcmp(volume->type, "9p") == 0
-			? mount(volume->tag, volume->path, "9p", flags, "trans=virtio,version=9p2000.L,msize=262144")
-			: mount(volume->tag, volume->path, "virtiofs", flags, NULL);
-		if (mounted != 0)
-			fail(125, "cannot mount the %s volume %s on %s: %s", volume->type, volume->tag, volume->path, strerror(errno));
+	for (int depth = 0; depth <= PATH_MAX / 2; depth++) {
+		int deeper = 0;
+		for (int i = 0; i < run->volume_count; i++) {
+			int d = path_depth(run->volumes[i].path);
+			if (d == depth)
+				mount_volume(&run->volumes[i]);
+			deeper |= d > depth;
+		}
+		for (int i = 0; i < run->tmpfs_count; i++) {
+			int d = path_depth(run->tmpfs[i].path);
+			if (d == depth)
+				mount_tmpfs(&run->tmpfs[i]);
+			deeper |= d > depth;
+		}
+		if (!deeper)
+			break;
 	}
 }
 
@@ -645,6 +794,29 @@ static void configure_network(const struct vmf_run *run)
 			fail(125, "cannot add the default route via %s: %s", run->gateway, strerror(errno));
 	}
 	close(sock);
+}
+
+/*
+ * What docker gives every container beside its mounts: open files up to 1048576 (dockerd's own
+ * limit, which its containers inherit), ports below 1024 and ping sockets for every user (the
+ * two sysctls it sets unless the container shares the host's network).
+ */
+static void container_defaults(void)
+{
+	struct rlimit files = {1048576, 1048576};
+	if (setrlimit(RLIMIT_NOFILE, &files) != 0)
+		vmf_say(VMF_TAG "cannot raise the open-file limit: %s\n", strerror(errno));
+	const char *settings[][2] = {
+		{"/proc/sys/net/ipv4/ip_unprivileged_port_start", "0\n"},
+		{"/proc/sys/net/ipv4/ping_group_range", "0 2147483647\n"},
+	};
+	for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
+		int fd = open(settings[i][0], O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write_all(fd, settings[i][1], strlen(settings[i][1])) != strlen(settings[i][1]))
+			vmf_say(VMF_TAG "cannot set %s: %s\n", settings[i][0] + strlen("/proc/sys/"), strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
 }
 
 /* ---- the command's user ---- */
@@ -1120,7 +1292,7 @@ void vmf_run_container(struct vmf_run *run)
 	step(run, "root mounted");
 	int initramfs = switch_root();
 	step(run, "switched root");
-	mount_container_filesystems();
+	mount_container_filesystems(run);
 	if (run->tty) {
 		/* The image's own devpts instance: the command's terminal is one of its ptys. */
 		if (open_terminal(&ch.master, run) != 0)
@@ -1132,6 +1304,7 @@ void vmf_run_container(struct vmf_run *run)
 	write_host_files(run);
 	mount_volumes(run);
 	configure_network(run);
+	container_defaults();
 	step(run, "volumes and network ready");
 
 	struct identity who;

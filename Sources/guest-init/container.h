@@ -11,6 +11,7 @@
 
 #define VMF_RUN_CONF "/etc/vmfactory/run.conf"
 #define VMF_MAX_VOLUMES 32
+#define VMF_MAX_TMPFS 32
 
 struct vmf_volume {
 	/* "9p" or "virtiofs". */
@@ -18,6 +19,16 @@ struct vmf_volume {
 	/* The mount tag QEMU gives the device. */
 	const char *tag;
 	int readonly;
+	/* An absolute path inside the image. */
+	const char *path;
+};
+
+/* A tmpfs the run asked for (--tmpfs PATH[:OPTIONS]). */
+struct vmf_tmpfs {
+	/* MS_RDONLY, MS_NOEXEC, MS_NOSUID, MS_NODEV as the options say. */
+	unsigned long flags;
+	/* tmpfs's own options (size=, mode=, uid=, gid=, nr_inodes=), comma-separated; may be empty. */
+	const char *data;
 	/* An absolute path inside the image. */
 	const char *path;
 };
@@ -55,8 +66,12 @@ struct vmf_run {
 	const char *netmask;
 	const char *gateway;
 	const char *dns;
+	/* The size of /dev/shm in bytes (docker's --shm-size; 64 MiB unless given). */
+	unsigned long long shm_bytes;
 	int volume_count;
 	struct vmf_volume volumes[VMF_MAX_VOLUMES];
+	int tmpfs_count;
+	struct vmf_tmpfs tmpfs[VMF_MAX_TMPFS];
 };
 
 /*

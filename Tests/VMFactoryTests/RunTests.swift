@@ -91,10 +91,24 @@ struct RunTests {
         #expect(throws: VMFactoryError.self) { try Volume.parse(mount: "type=tmpfs,target=/t", currentDirectory: "/") }
     }
 
-    @Test("-p forms bind 127.0.0.1 unless an address is given; a port in use is refused; port 0 gets a free one")
+    @Test("--tmpfs PATH[:OPTIONS]: docker's defaults first (rw,noexec,nosuid,nodev), options checked, paths absolute")
+    func tmpfsMounts() throws {
+        #expect(try TmpfsMount.parse("/run") == TmpfsMount(guest: "/run", options: ["rw", "noexec", "nosuid", "nodev"]))
+        #expect(try TmpfsMount.parse("/tmp/:exec,size=64m,mode=1777").options == ["rw", "noexec", "nosuid", "nodev", "exec", "size=64m", "mode=1777"])
+        #expect(try TmpfsMount.parse("/tmp/").guest == "/tmp")
+        #expect(try TmpfsMount.parse("/x:size=50%,nr_inodes=10k,uid=1000,gid=1000,ro").runConfigValue == "rw,noexec,nosuid,nodev,size=50%,nr_inodes=10k,uid=1000,gid=1000,ro /x")
+        for bad in ["run", "/", "/a b", "/t:size=", "/t:size=1t", "/t:mode=999", "/t:mode=17777", "/t:uid=-1", "/t:bogus", "/t:size=1m;x", "/t:,"] {
+            let error = #expect(throws: VMFactoryError.self, "\(bad)") { try TmpfsMount.parse(bad) }
+            #expect(error?.hint != nil, "\(bad)")
+        }
+    }
+
+    @Test("-p forms bind 127.0.0.1 and [::1] unless an address is given; a port in use is refused; port 0 gets a free one")
     func ports() throws {
-        #expect(try PortForward.parse("8080:80") == PortForward(hostAddress: "127.0.0.1", hostPort: 8080, guestPort: 80, proto: .tcp))
+        // Without an address: 127.0.0.1, and [::1] too (localhost may be either).
+        #expect(try PortForward.parse("8080:80") == PortForward(hostAddress: "127.0.0.1", hostPort: 8080, guestPort: 80, proto: .tcp, ipv6Loopback: true))
         #expect(try PortForward.parse("0.0.0.0:53:53/udp") == PortForward(hostAddress: "0.0.0.0", hostPort: 53, guestPort: 53, proto: .udp))
+        #expect(try PortForward.parse("127.0.0.1:8080:80").ipv6Loopback == false)
         #expect(try PortForward.parse("80").hostPort == 0)
         #expect(try PortForward.parse("127.0.0.1::80").hostPort == 0)
         #expect(try PortForward.parse("8080:80").hostfwd == "tcp:127.0.0.1:8080-:80")
@@ -116,7 +130,7 @@ struct RunTests {
         #expect(busy?.message.contains("already in use") == true)
     }
 
-    @Test("--memory as docker reads it")
+    @Test("--memory and --shm-size as docker reads them")
     func memory() throws {
         #expect(try MemorySize.mebibytes("512m") == 512)
         #expect(try MemorySize.mebibytes("2g") == 2048)
@@ -124,6 +138,13 @@ struct RunTests {
         #expect(try MemorySize.mebibytes("1.5G") == 1536)
         #expect(throws: VMFactoryError.self) { try MemorySize.mebibytes("16m") }
         #expect(throws: VMFactoryError.self) { try MemorySize.mebibytes("lots") }
+        // --shm-size: docker's sizes in bytes, 64 MiB unless given.
+        #expect(try MemorySize.bytes("64m", flag: "--shm-size") == 67_108_864)
+        #expect(try MemorySize.bytes("1g", flag: "--shm-size") == 1 << 30)
+        #expect(try MemorySize.bytes("4096", flag: "--shm-size") == 4096)
+        #expect(RunPlan(target: .x86_64, kernel: "/k", initrd: "/i", cmdline: "", disk: "/d", process: try Self.plan(.x86_64).process, hostname: "h").shmBytes == 64 << 20)
+        let bad = #expect(throws: VMFactoryError.self) { try MemorySize.bytes("0", flag: "--shm-size") }
+        #expect(bad?.message == "--shm-size 0 is not a size")
     }
 
     static func plan(_ target: Target) throws -> RunPlan {
@@ -134,6 +155,7 @@ struct RunTests {
         var plan = RunPlan(target: target, kernel: "/k", initrd: "/i", cmdline: "quiet", disk: "/cache/disk.qcow2", process: process, hostname: "box")
         plan.volumes = [Volume(host: "/srv/a", guest: "/data", readOnly: true, kind: .ninep), Volume(host: "/srv/b", guest: "/with space", readOnly: false, kind: .virtiofs)]
         plan.ports = [PortForward(hostAddress: "127.0.0.1", hostPort: 8080, guestPort: 80, proto: .tcp)]
+        plan.tmpfs = [TmpfsMount(guest: "/run", options: TmpfsMount.defaultOptions), TmpfsMount(guest: "/data/scratch", options: TmpfsMount.defaultOptions + ["exec", "size=64m", "mode=1777", "uid=1000"])]
         return plan
     }
 
@@ -183,6 +205,7 @@ struct RunTests {
         var plan = try Self.plan(.x86_64)
         plan.tty = true
         plan.windowSize = (40, 120)
+        plan.shmBytes = try MemorySize.bytes("256m", flag: "--shm-size")
         try TestSupport.write(plan.runConfig, to: dir + "/run.conf")
         let explained = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/run.conf"])
         #expect(explained.output == """
@@ -203,11 +226,21 @@ struct RunTests {
             stdin: 0
             tty: 1
             stop-signal: 15
+            shm-size: 268435456
             network: user
             volume: 9p vmf.v0 ro /data
             volume: virtiofs vmf.v1 rw /with space
+            tmpfs: rw,noexec,nosuid,nodev [] /run
+            tmpfs: rw,nosuid,nodev [size=64m,mode=1777,uid=1000] /data/scratch
 
             """)
+        // What the init refuses in a tmpfs line: a relative path, an option it does not know,
+        // a value with characters that are not a number and unit.
+        for value in ["rw run", "rw,bogus /t", "size=1m,x /t", "size=1m;rm /t", "-"] {
+            try TestSupport.write("arg=/bin/true\ntmpfs=\(value)\n", to: dir + "/tmpfs.conf")
+            let refused = try await TestSupport.runner.run(Command(dir + "/init", ["--explain-run", dir + "/tmpfs.conf"]), output: .capture)
+            #expect(refused.output.contains("run.conf:2: bad value for tmpfs"), "\(value): \(refused.output)")
+        }
         try TestSupport.write("arg=/bin/true\nbogus=1\n", to: dir + "/bad.conf")
         let bad = try await TestSupport.runner.run(Command(dir + "/init", ["--explain-run", dir + "/bad.conf"]), output: .capture)
         #expect(bad.output.contains("run.conf:2: unknown key 'bogus'"))
@@ -232,6 +265,9 @@ struct RunTests {
         #expect(noNet.stderr.contains("-p needs a network"))
         let memory = await TestSupport.runCommand(["run", "--memory", "lots", "oci:/x"])
         #expect(memory.stderr.contains("--memory lots is not a size"))
+        let twice = await TestSupport.runCommand(["run", "--tmpfs", "/data", "--tmpfs", "/data/:size=1m", "oci:/x", "true"])
+        #expect(twice.status == 125)
+        #expect(twice.stderr.contains("/data is given more than one volume or tmpfs"), "\(twice.stderr)")
         let missing = await TestSupport.runCommand(["run", "-v", "/nonexistent-vmfactory:/data", "oci:/x", "true"])
         #expect(missing.status == 125)
         #expect(missing.stderr.contains("the host path /nonexistent-vmfactory does not exist"))

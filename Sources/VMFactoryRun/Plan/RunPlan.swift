@@ -16,6 +16,9 @@ public struct RunPlan: Sendable {
     public var process: ContainerProcess
     public var hostname: String
     public var volumes: [Volume] = []
+    public var tmpfs: [TmpfsMount] = []
+    /// The size of /dev/shm (`--shm-size`), 64 MiB as docker's.
+    public var shmBytes = 64 << 20
     public var ports: [PortForward] = []
     public var network: Network = .user
     public var memoryMiB = 512
@@ -92,7 +95,7 @@ public struct RunPlan: Sendable {
             ("user", process.user), ("workdir", process.workdir), ("hostname", hostname),
             ("stopsignal", String(process.stopSignal)), ("readonly", readOnly ? "1" : "0"),
             ("stdin", interactive && !tty ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"), ("keep", keep ? "1" : "0"),
-            ("network", network.rawValue),
+            ("network", network.rawValue), ("shmsize", String(shmBytes)),
         ]
         if let windowSize, tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
         if network == .user {
@@ -101,6 +104,7 @@ public struct RunPlan: Sendable {
         for (index, volume) in volumes.enumerated() {
             lines.append(("volume", "\(volume.kind.rawValue) \(volumeTag(index)) \(volume.readOnly ? "ro" : "rw") \(volume.guest)"))
         }
+        lines += tmpfs.map { ("tmpfs", $0.runConfigValue) }
         return "# vmfactory run: the settings of one run, for the init's container mode.\n"
             + lines.map { "\($0.0)=\(escaped($0.1))" }.joined(separator: "\n") + "\n"
     }

@@ -112,12 +112,16 @@ public struct PortForward: Sendable, Equatable, Codable {
     public var hostPort: Int
     public var guestPort: Int
     public var proto: Proto
+    /// No address was given: the port listens on the host's IPv6 loopback (`[::1]`) too, as
+    /// `localhost` may name either (see `LoopbackRelay`).
+    public var ipv6Loopback: Bool
 
-    public init(hostAddress: String, hostPort: Int, guestPort: Int, proto: Proto) {
+    public init(hostAddress: String, hostPort: Int, guestPort: Int, proto: Proto, ipv6Loopback: Bool = false) {
         self.hostAddress = hostAddress
         self.hostPort = hostPort
         self.guestPort = guestPort
         self.proto = proto
+        self.ipv6Loopback = ipv6Loopback
     }
 
     public static func parse(_ text: String) throws -> PortForward {
@@ -152,13 +156,15 @@ public struct PortForward: Sendable, Equatable, Codable {
         guard inet_pton(AF_INET, address, &inAddress) == 1 else {
             throw VMFactoryError(.invalidArgument, "-p \(text): '\(address)' is not an IPv4 address", hint: "give the host address to listen on, such as 127.0.0.1")
         }
-        return PortForward(hostAddress: address, hostPort: try port(host, allowZero: true), guestPort: try port(guest, allowZero: false), proto: proto)
+        return PortForward(hostAddress: address, hostPort: try port(host, allowZero: true), guestPort: try port(guest, allowZero: false), proto: proto, ipv6Loopback: parts.count < 3)
     }
 
     /// QEMU's `hostfwd=` value.
     public var hostfwd: String { "\(proto.rawValue):\(hostAddress):\(hostPort)-:\(guestPort)" }
 
-    public var description: String { "\(hostAddress):\(hostPort) -> \(guestPort)/\(proto.rawValue)" }
+    public var description: String {
+        "\(hostAddress):\(hostPort)\(ipv6Loopback ? " and [::1]:\(hostPort)" : "") -> \(guestPort)/\(proto.rawValue)"
+    }
 
     /// Binds the host port for a moment: one in use is an error before boot, and port 0 gets
     /// a free one.
@@ -198,23 +204,87 @@ public struct PortForward: Sendable, Equatable, Codable {
 /// `--memory` as docker reads it: bytes, or a number with b, k, m or g; the VM needs at least
 /// 64 MiB. Returns MiB.
 public enum MemorySize {
-    public static func mebibytes(_ text: String) throws -> Int {
+    /// A size as docker reads one: bytes, or a number with b, k, m or g (kb, mb, gb too).
+    public static func bytes(_ text: String, flag: String) throws -> Int {
         let lower = text.lowercased()
-        let units: [(String, Double)] = [("gb", 1024), ("g", 1024), ("mb", 1), ("m", 1), ("kb", 1.0 / 1024), ("k", 1.0 / 1024), ("b", 1.0 / 1048576)]
-        var factor = 1.0 / 1048576
+        let units: [(String, Double)] = [("gb", 1_073_741_824), ("g", 1_073_741_824), ("mb", 1_048_576), ("m", 1_048_576), ("kb", 1024), ("k", 1024), ("b", 1)]
+        var factor = 1.0
         var number = lower
         for (suffix, value) in units where lower.hasSuffix(suffix) {
             factor = value
             number = String(lower.dropLast(suffix.count))
             break
         }
-        guard let amount = Double(number), amount > 0 else {
-            throw VMFactoryError(.invalidArgument, "--memory \(text) is not a size", hint: "as in --memory 512m or --memory 2g")
+        guard let amount = Double(number), amount > 0, amount * factor < 0x1p50 else {
+            throw VMFactoryError(.invalidArgument, "\(flag) \(text) is not a size", hint: "as in \(flag) 512m or \(flag) 2g")
         }
-        let mebibytes = Int((amount * factor).rounded(.up))
+        return Int((amount * factor).rounded(.up))
+    }
+
+    public static func mebibytes(_ text: String) throws -> Int {
+        let mebibytes = (try bytes(text, flag: "--memory") + (1 << 20) - 1) >> 20
         guard mebibytes >= 64 else {
             throw VMFactoryError(.invalidArgument, "--memory \(text) is too little for a VM", hint: "give at least 64m")
         }
         return mebibytes
     }
+}
+
+/// `--tmpfs PATH[:OPTIONS]`: a tmpfs mounted in the guest, as docker's flag mounts one.
+public struct TmpfsMount: Sendable, Equatable, Codable {
+    /// An absolute path in the guest.
+    public var guest: String
+    /// The mount's options in order, docker's defaults first (`rw,noexec,nosuid,nodev`); a
+    /// later option overrides an earlier one.
+    public var options: [String]
+
+    /// What docker mounts a --tmpfs with unless its options say otherwise.
+    public static let defaultOptions = ["rw", "noexec", "nosuid", "nodev"]
+
+    static let flags: Set<String> = ["ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev"]
+
+    public init(guest: String, options: [String]) {
+        self.guest = guest
+        self.options = options
+    }
+
+    public static func parse(_ text: String) throws -> TmpfsMount {
+        let flag = "--tmpfs \(text)"
+        let colon = text.firstIndex(of: ":")
+        let guest = String(colon.map { text[..<$0] } ?? Substring(text))
+        let given = colon.map { text[text.index(after: $0)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init) } ?? []
+        let normalized = URL(fileURLWithPath: guest).standardizedFileURL.path
+        guard guest.hasPrefix("/"), normalized != "/", !guest.contains(" "), !guest.contains("\n"), !guest.contains("\0") else {
+            throw VMFactoryError(.invalidArgument, "\(flag): the guest path '\(guest)' must be absolute, not /, and without spaces", hint: "as in --tmpfs /run or --tmpfs /tmp:size=64m")
+        }
+        for option in given {
+            guard Self.flags.contains(option) || Self.isSizedOption(option) else {
+                throw VMFactoryError(
+                    .invalidArgument, "\(flag): unknown option '\(option)'",
+                    hint: "options are ro, rw, exec, noexec, suid, nosuid, dev, nodev, size=N[k|m|g|%], mode=OCTAL, uid=N, gid=N and nr_inodes=N[k|m|g]"
+                )
+            }
+        }
+        return TmpfsMount(guest: normalized, options: Self.defaultOptions + given)
+    }
+
+    /// tmpfs's own options, with values it takes: numbers, with a unit where tmpfs allows one.
+    static func isSizedOption(_ option: String) -> Bool {
+        let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+        guard pair.count == 2, !pair[1].isEmpty else { return false }
+        let value = pair[1]
+        let digits = value.prefix { $0.isASCII && $0.isNumber }
+        let rest = value.dropFirst(digits.count)
+        guard !digits.isEmpty else { return false }
+        switch pair[0] {
+        case "size": return rest.isEmpty || ["k", "m", "g", "K", "M", "G", "%"].contains(rest)
+        case "nr_inodes": return rest.isEmpty || ["k", "m", "g", "K", "M", "G"].contains(rest)
+        case "mode": return rest.isEmpty && value.count <= 4 && value.allSatisfy { ("0"..."7").contains($0) }
+        case "uid", "gid": return rest.isEmpty && UInt32(value) != nil
+        default: return false
+        }
+    }
+
+    /// The init's run.conf value: the options, then the path.
+    public var runConfigValue: String { options.joined(separator: ",") + " " + guest }
 }

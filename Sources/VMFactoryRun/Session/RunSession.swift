@@ -37,6 +37,8 @@ public struct RunSession: Sendable {
     /// Signals to vmfactory, from before the session starts (see `SignalForwarding`); nil
     /// when the caller handles none (in-process callers).
     public var signals: SignalForwarding?
+    /// The `-p` ports' `[::1]` listeners, relayed to QEMU's forwards while QEMU runs.
+    public var relay: LoopbackRelay?
 
     /// The run's id (`RunFolders.newID`).
     public var id: String
@@ -129,6 +131,8 @@ public struct RunSession: Sendable {
         let spawned = ContinuousClock.now
         let qemu = try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdin: .null, stdout: .pipe, stderr: .pipe)
         let channels = RunChannels(plan: plan, qemu: qemu, stdout: stdout, stderr: stderr, stopGrace: stopGrace)
+        relay?.start()
+        defer { relay?.stop() }
         let showConsole = showConsole
         let consoleOutput = stderr
         async let consoleDone: Void = PipeReader.readLines(qemu.stdout!) { line in
