@@ -259,6 +259,8 @@ private final class RelayLoop: @unchecked Sendable {
             pair.connecting = false
             return true
         }
+        // An error on either socket (a reset) ends the pair: poll would report it again and again.
+        if (clientEvents | upstreamEvents) & Int16(POLLERR) != 0 { return false }
         if !move(&pair.up, from: pair.client, to: pair.upstream, readable: clientEvents, writable: upstreamEvents) { return false }
         if !move(&pair.down, from: pair.upstream, to: pair.client, readable: upstreamEvents, writable: clientEvents) { return false }
         // Both directions ended and delivered.
