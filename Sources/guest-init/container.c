@@ -160,7 +160,8 @@ static int tmpfs_option(struct vmf_tmpfs *tmpfs, char *option, char *data, size_
 		for (const char *c = option + prefix; *c; c++)
 			if (!isalnum((unsigned char)*c) && *c != '%')
 				return -1;
-		if (*used + length + 2 > room)
+		/* The option, a comma before it unless it is the first, and the NUL. */
+		if (*used + length + (*used ? 1 : 0) + 1 > room)
 			return -1;
 		if (*used)
 			data[(*used)++] = ',';
@@ -697,10 +698,11 @@ static int path_depth(const char *path)
 	return depth;
 }
 
+static void make_mount_point(const char *path);
+
 static void mount_volume(const struct vmf_volume *volume)
 {
-	if (make_path(volume->path, 0755) != 0)
-		fail(125, "cannot create the mount point %s in the image: %s", volume->path, strerror(errno));
+	make_mount_point(volume->path);
 	unsigned long flags = volume->readonly ? MS_RDONLY : 0;
 	int mounted = strcmp(volume->type, "9p") == 0
 		? mount(volume->tag, volume->path, "9p", flags, "trans=virtio,version=9p2000.L,msize=262144")
@@ -709,10 +711,20 @@ static void mount_volume(const struct vmf_volume *volume)
 		fail(125, "cannot mount the %s volume %s on %s: %s", volume->type, volume->tag, volume->path, strerror(errno));
 }
 
+/* A mount point the image lacks cannot be made on a read-only root (the disk is read-only in QEMU). */
+static void make_mount_point(const char *path)
+{
+	if (make_path(path, 0755) == 0)
+		return;
+	if (errno == EROFS)
+		fail(125, "cannot create the mount point %s: the image has no such folder and --read-only keeps its root read-only; "
+			  "mount at a folder the image has, or drop --read-only", path);
+	fail(125, "cannot create the mount point %s in the image: %s", path, strerror(errno));
+}
+
 static void mount_tmpfs(const struct vmf_tmpfs *tmpfs)
 {
-	if (make_path(tmpfs->path, 0755) != 0)
-		fail(125, "cannot create the mount point %s in the image: %s", tmpfs->path, strerror(errno));
+	make_mount_point(tmpfs->path);
 	if (mount("tmpfs", tmpfs->path, "tmpfs", tmpfs->flags, tmpfs->data[0] ? tmpfs->data : NULL) != 0)
 		fail(125, "cannot mount a tmpfs on %s (%s): %s", tmpfs->path, tmpfs->data, strerror(errno));
 }

@@ -146,6 +146,24 @@ struct CompatibilityBootTests {
         await vm.expectNothingLeft()
     }
 
+    @Test("python3 -m http.server --bind :: (one socket on [::], IPv4 mapped into it) serves the host's IPv4 and IPv6 clients through -p")
+    func dualStackServer() async throws {
+        let image = try await DebianImages.tarball(DebianImages.services)
+        let vm = try await Self.vm()
+        let port = try PortForwardProbe.freePort()
+        let served = try await vm.run(["--timeout", "600s", "-p", "\(port):8000", "-w", "/etc", "tar:" + image, "python3", "-m", "http.server", "--bind", "::", "8000"]) { live in
+            let page = await Self.whenReady(live) { await Self.tool("curl", ["-sf", "--max-time", "5", "http://127.0.0.1:\(port)/hostname"]) }
+            #expect(page?.isEmpty == false, "no answer on 127.0.0.1:\(port)")
+            #expect(await Self.tool("curl", ["-sf", "--max-time", "5", "-g", "http://[::1]:\(port)/hostname"]) == page)
+            live.child.signalLeader(SIGTERM)
+        }
+        #expect(served.status == 143 || served.status == 0, "\(served.status) \(served.stderr)")
+        #expect(!served.stderr.contains("Address family not supported"), "\(served.stderr)")
+        // http.server logs each request on stderr, with the client's address: IPv4, mapped.
+        #expect(served.stderr.contains("::ffff:10.0.2.2"), "\(served.stderr)")
+        await vm.expectNothingLeft()
+    }
+
     @Test("PostgreSQL 15: initdb, a server listening on ::1 and 127.0.0.1, psql's select 1 and a parallel query, a clean stop")
     func database() async throws {
         let image = try await DebianImages.tarball(DebianImages.services)
@@ -202,7 +220,9 @@ struct CompatibilityBootTests {
         db = sqlite3.connect(":memory:"); db.execute("create table t (x)"); db.executemany("insert into t values (?)", [(i,) for i in range(1000)])
         print("sqlite3", db.execute("select sum(x) from t").fetchone()[0])
         print("urandom", len(set(os.urandom(32))) > 8)
-        six = socket.socket(socket.AF_INET6); six.bind(("::", 0)); print("dual-stack", six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0); six.close()
+        six = socket.socket(socket.AF_INET6); six.bind(("::", 0)); six.listen(1)
+        four = socket.create_connection(("127.0.0.1", six.getsockname()[1])); peer = six.accept()[1][0]
+        print("dual-stack", peer); four.close(); six.close()
         if len(sys.argv) > 1:
             server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); server_side.load_cert_chain(sys.argv[1] + "/cert.pem", sys.argv[1] + "/key.pem")
             client_side = ssl.create_default_context(cafile=sys.argv[1] + "/cert.pem")
@@ -234,7 +254,8 @@ struct CompatibilityBootTests {
         }
         let ran = try await vm.run(["--target", target.rawValue, "--timeout", "900s", "--cpus", "2", "-v", dir + ":/work:ro", "tar:" + image, "python3", "/work/checks.py"] + tls)
         #expect(ran.status == 0, "\(ran.stderr)\n\(ran.text)")
-        var expected = "processes 328350\nthreads 328350\nsqlite3 499500\nurandom True\ndual-stack True\n"
+        // The IPv4 client reached the socket on [::] as an IPv4-mapped address.
+        var expected = "processes 328350\nthreads 328350\nsqlite3 499500\nurandom True\ndual-stack ::ffff:127.0.0.1\n"
         if target == .x86_64 { expected += "system CAs True\ntls OVER TLS TLSv1.3\n" }
         #expect(ran.text == expected)
         await vm.expectNothingLeft()
@@ -292,7 +313,7 @@ struct CompatibilityBootTests {
             echo "run-sshd $(test -d /run/sshd && echo kept)"
             awk '$5 == "/tmp" || $5 == "/run" { print "mounted", $5 }' /proc/self/mountinfo
             awk '$5 == "/dev/shm" { split($0, p, " - "); print "shm", $6, p[2] }' /proc/self/mountinfo
-            grep -c -E '^(127\.0\.0\.1[[:space:]]localhost|::1[[:space:]]localhost ip6-localhost ip6-loopback|10\.0\.2\.15[[:space:]]probe)$' /etc/hosts
+            cat /etc/hosts
             echo "files $(ulimit -Sn):$(ulimit -Hn)"
             echo "ports $(cat /proc/sys/net/ipv4/ip_unprivileged_port_start) ping $(cat /proc/sys/net/ipv4/ping_group_range | tr '\t' ' ')"
             # A knob servers set at start (redis asks for it): the guest's own.
@@ -314,7 +335,13 @@ struct CompatibilityBootTests {
         #expect(ran.text == """
             run-sshd kept
             shm rw,nosuid,nodev,noexec,relatime tmpfs shm rw,size=65536k
-            3
+            127.0.0.1\tlocalhost
+            ::1\tlocalhost ip6-localhost ip6-loopback
+            fe00::0\tip6-localnet
+            ff00::0\tip6-mcastprefix
+            ff02::1\tip6-allnodes
+            ff02::2\tip6-allrouters
+            10.0.2.15\tprobe
             files 1048576:1048576
             ports 0 ping 0 2147483647
             somaxconn 1024
@@ -329,11 +356,16 @@ struct CompatibilityBootTests {
 
         // --read-only: nothing writable but what is asked for, as with docker.
         let readOnly = try await vm.run([
-            "--timeout", "600s", "--read-only", "--tmpfs", "/run:size=1m", "--shm-size", "8m", "-u", "nobody", "tar:" + image, "sh", "-c",
-            "touch /tmp/x 2>/dev/null || echo tmp read-only; touch /run/x && echo run written; touch /dev/shm/x && echo shm written; df -k /dev/shm | awk 'NR == 2 { print $2 }'; cat /etc/hostname > /dev/null && echo hostname readable",
+            "--timeout", "600s", "--hostname", "probe", "--read-only", "--tmpfs", "/run:size=1m", "--shm-size", "8m", "-u", "nobody", "tar:" + image, "sh", "-c",
+            "touch /tmp/x 2>/dev/null || echo tmp read-only; touch /run/x && echo run written; touch /dev/shm/x && echo shm written; df -k /dev/shm | awk 'NR == 2 { print $2 }'; "
+                + "cat /etc/hostname > /dev/null && echo hostname readable; echo x >> /etc/hosts 2>/dev/null || echo hosts read-only; grep -c probe /etc/hosts",
         ])
         #expect(readOnly.status == 0, "\(readOnly.stderr)")
-        #expect(readOnly.text == "tmp read-only\nrun written\nshm written\n8192\nhostname readable\n", "\(readOnly.text)")
+        #expect(readOnly.text == "tmp read-only\nrun written\nshm written\n8192\nhostname readable\nhosts read-only\n1\n", "\(readOnly.text)")
+        // A mount point the image lacks cannot be made on the read-only root: said before the command runs.
+        let missing = try await vm.run(["--timeout", "600s", "--read-only", "--tmpfs", "/scratch", "tar:" + image, "true"])
+        #expect(missing.status == 125)
+        #expect(missing.stderr.contains("cannot create the mount point /scratch: the image has no such folder and --read-only keeps its root read-only"), "\(missing.stderr)")
         await vm.expectNothingLeft()
     }
 }

@@ -234,6 +234,10 @@ struct RunTests {
             tmpfs: rw,nosuid,nodev [size=64m,mode=1777,uid=1000] /data/scratch
 
             """)
+        // A tmpfs line with tmpfs's own options alone.
+        try TestSupport.write("arg=/bin/true\ntmpfs=size=64m,mode=1777 /x\n", to: dir + "/own.conf")
+        let own = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/own.conf"])
+        #expect(own.output.contains("tmpfs: rw [size=64m,mode=1777] /x\n"), "\(own.output)")
         // What the init refuses in a tmpfs line: a relative path, an option it does not know,
         // a value with characters that are not a number and unit.
         for value in ["rw run", "rw,bogus /t", "size=1m,x /t", "size=1m;rm /t", "-"] {

@@ -65,7 +65,8 @@ public final class LoopbackRelay: @unchecked Sendable {
         return true
     }
 
-    /// Starts relaying (once QEMU's forwards exist; a client before that is refused, as on IPv4).
+    /// Starts relaying. The listeners listen from `add` on, so a client that comes before this
+    /// waits in the queue; one whose connection QEMU's forward refuses sees it closed.
     public func start() {
         guard thread == nil, !listeners.isEmpty else { return }
         var fds: [Int32] = [-1, -1]
@@ -161,9 +162,13 @@ private final class RelayLoop: @unchecked Sendable {
             var fds: [pollfd] = [pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
             for listener in listeners { fds.append(pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0)) }
             for pair in polledPairs {
-                // While the upstream connects, the client waits (its bytes stay in its socket).
-                fds.append(pollfd(fd: pair.client, events: pair.connecting ? 0 : events(reading: pair.up, writing: pair.down), revents: 0))
-                fds.append(pollfd(fd: pair.upstream, events: pair.connecting ? Int16(POLLOUT) : events(reading: pair.down, writing: pair.up), revents: 0))
+                // While the upstream connects, the client waits (its bytes stay in its socket). A
+                // socket with nothing to wait for is left out (fd -1): poll would report its
+                // hang-up on every call, asked or not, and the loop would spin.
+                let clientEvents = pair.connecting ? 0 : events(reading: pair.up, writing: pair.down)
+                let upstreamEvents = pair.connecting ? Int16(POLLOUT) : events(reading: pair.down, writing: pair.up)
+                fds.append(pollfd(fd: clientEvents == 0 ? -1 : pair.client, events: clientEvents, revents: 0))
+                fds.append(pollfd(fd: upstreamEvents == 0 ? -1 : pair.upstream, events: upstreamEvents, revents: 0))
             }
             for client in polledClients { fds.append(pollfd(fd: client.upstream, events: Int16(POLLIN), revents: 0)) }
             let ready = poll(&fds, nfds_t(fds.count), 10_000)
