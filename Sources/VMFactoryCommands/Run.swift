@@ -200,7 +200,7 @@ struct Run: AsyncParsableCommand {
             throw VMFactoryError(.invalidArgument, "\(point) is given more than one volume or tmpfs", hint: "mount one thing at each path")
         }
         let relay = LoopbackRelay()
-        let ports = try publish.map { try PortForward.parse($0) }.map { printQemu ? $0 : try Self.reserve($0, relay: relay) }
+        let ports = try publish.map { try PortForward.parse($0) }.map { printQemu ? $0 : try $0.reserved(relay: relay) }
         let factory = try settings.makeFactory(context, console: console)
         let cache = factory.workspace.cacheDirectory
         let image = try await convert(context, console: console, cache: cache)
@@ -272,24 +272,6 @@ struct Run: AsyncParsableCommand {
         session.keep = keep
         session.relay = relay.isEmpty ? nil : relay
         return session
-    }
-
-    /// Checks that the port is free (port 0: chooses one) on 127.0.0.1 and, without an address
-    /// given, listens on `[::1]` at the same port.
-    static func reserve(_ forward: PortForward, relay: LoopbackRelay) throws -> PortForward {
-        for _ in 0..<16 {
-            let reserved = try forward.reserved()
-            guard reserved.ipv6Loopback else { return reserved }
-            if try relay.add(reserved) { return reserved }
-            // Port 0 chose a port that something holds on [::1]: choose again.
-            guard forward.hostPort == 0 else {
-                throw VMFactoryError(
-                    .invalidArgument, "-p: the host port [::1]:\(forward.hostPort)/\(forward.proto.rawValue) is already in use",
-                    hint: "choose another host port, or give 127.0.0.1:\(forward.hostPort):\(forward.guestPort) to listen on IPv4 alone"
-                )
-            }
-        }
-        throw VMFactoryError(.invalidArgument, "-p: no host port was free on both 127.0.0.1 and [::1]", hint: "give a host port, as in -p 8080:\(forward.guestPort)")
     }
 
     /// The image's cached disk, converted on first use. Without --target or --platform the

@@ -698,7 +698,16 @@ static int path_depth(const char *path)
 	return depth;
 }
 
-static void make_mount_point(const char *path);
+/* A mount point the image lacks cannot be made on a read-only root (the disk is read-only in QEMU). */
+static void make_mount_point(const char *path)
+{
+	if (make_path(path, 0755) == 0)
+		return;
+	if (errno == EROFS)
+		fail(125, "cannot create the mount point %s: the image has no such folder and --read-only keeps its root read-only; "
+			  "mount at a folder the image has, or drop --read-only", path);
+	fail(125, "cannot create the mount point %s in the image: %s", path, strerror(errno));
+}
 
 static void mount_volume(const struct vmf_volume *volume)
 {
@@ -709,17 +718,6 @@ static void mount_volume(const struct vmf_volume *volume)
 		: mount(volume->tag, volume->path, "virtiofs", flags, NULL);
 	if (mounted != 0)
 		fail(125, "cannot mount the %s volume %s on %s: %s", volume->type, volume->tag, volume->path, strerror(errno));
-}
-
-/* A mount point the image lacks cannot be made on a read-only root (the disk is read-only in QEMU). */
-static void make_mount_point(const char *path)
-{
-	if (make_path(path, 0755) == 0)
-		return;
-	if (errno == EROFS)
-		fail(125, "cannot create the mount point %s: the image has no such folder and --read-only keeps its root read-only; "
-			  "mount at a folder the image has, or drop --read-only", path);
-	fail(125, "cannot create the mount point %s in the image: %s", path, strerror(errno));
 }
 
 static void mount_tmpfs(const struct vmf_tmpfs *tmpfs)

@@ -91,11 +91,18 @@ public struct Volume: Sendable, Equatable, Codable {
         guard isDirectory.boolValue else {
             throw VMFactoryError(.invalidArgument, "\(flag): \(path) is not a folder", hint: "share the folder that holds it")
         }
-        let normalized = URL(fileURLWithPath: guest).standardizedFileURL.path
-        guard guest.hasPrefix("/"), normalized != "/", !guest.contains("\n"), !guest.contains("\0") else {
+        guard let normalized = mountPoint(guest) else {
             throw VMFactoryError(.invalidArgument, "\(flag): the guest path '\(guest)' must be absolute and not /", hint: "mount the folder at a path such as /data")
         }
         return Volume(host: path, guest: normalized, readOnly: readOnly, kind: kind)
+    }
+
+    /// A guest path something can be mounted at, normalized: absolute, not /, on one line of
+    /// run.conf. nil otherwise.
+    static func mountPoint(_ guest: String) -> String? {
+        let normalized = URL(fileURLWithPath: guest).standardizedFileURL.path
+        guard guest.hasPrefix("/"), normalized != "/", !guest.contains("\n"), !guest.contains("\0") else { return nil }
+        return normalized
     }
 }
 
@@ -253,8 +260,7 @@ public struct TmpfsMount: Sendable, Equatable, Codable {
         let colon = text.firstIndex(of: ":")
         let guest = String(colon.map { text[..<$0] } ?? Substring(text))
         let given = colon.map { text[text.index(after: $0)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init) } ?? []
-        let normalized = URL(fileURLWithPath: guest).standardizedFileURL.path
-        guard guest.hasPrefix("/"), normalized != "/", !guest.contains(" "), !guest.contains("\n"), !guest.contains("\0") else {
+        guard let normalized = Volume.mountPoint(guest), !guest.contains(" ") else {
             throw VMFactoryError(.invalidArgument, "\(flag): the guest path '\(guest)' must be absolute, not /, and without spaces", hint: "as in --tmpfs /run or --tmpfs /tmp:size=64m")
         }
         for option in given {

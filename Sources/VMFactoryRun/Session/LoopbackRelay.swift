@@ -355,3 +355,23 @@ private final class RelayLoop: @unchecked Sendable {
         return a.sin6_port == b.sin6_port && memcmp(&a.sin6_addr, &b.sin6_addr, MemoryLayout<in6_addr>.size) == 0
     }
 }
+
+extension PortForward {
+    /// `reserved()`, and without an address given, the same port on `[::1]` listened on by
+    /// `relay`; port 0 chooses a port free on both.
+    public func reserved(relay: LoopbackRelay) throws -> PortForward {
+        for _ in 0..<16 {
+            let reserved = try reserved()
+            guard reserved.ipv6Loopback else { return reserved }
+            if try relay.add(reserved) { return reserved }
+            // Port 0 chose a port that something holds on [::1]: choose again.
+            guard hostPort == 0 else {
+                throw VMFactoryError(
+                    .invalidArgument, "-p: the host port [::1]:\(hostPort)/\(proto.rawValue) is already in use",
+                    hint: "choose another host port, or give 127.0.0.1:\(hostPort):\(guestPort) to listen on IPv4 alone"
+                )
+            }
+        }
+        throw VMFactoryError(.invalidArgument, "-p: no host port was free on both 127.0.0.1 and [::1]", hint: "give a host port, as in -p 8080:\(guestPort)")
+    }
+}
