@@ -44,7 +44,7 @@ public enum ArchiveExtractor {
         var top: String? = nil
         let name = FileStore.displayPath(path)
         while let entry = try reader.nextEntry() {
-            try cancellation?.check()
+            try cancellation?.check(at: "entry \(entries + 1)")
             guard let relative = try checkedPath(of: entry, archive: name, strip: stripTopDirectory, top: &top) else { continue }
             archive_entry_set_pathname(entry, root + "/" + relative)
             if let link = archive_entry_hardlink(entry).map({ String(cString: $0) }) {

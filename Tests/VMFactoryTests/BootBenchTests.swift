@@ -300,7 +300,8 @@ struct BenchBootTests {
         ]))
         let seconds = (ContinuousClock.now - started).seconds
         #expect(run.status == 1)
-        #expect(seconds < 6 + 5, "took \(seconds) s")
+        // The --timeout ended it, not the default one: room for a loaded suite, far below 600 s.
+        #expect(seconds < 6 + 30, "took \(seconds) s")
         #expect(run.stderr.contains("did not finish within 6.0s and never printed 'vmfactory-init: ready'"), "\(run.stderr)")
         #expect(run.stderr.contains("last console lines:"))
         #expect(run.stdout.contains("Kernel panic"))

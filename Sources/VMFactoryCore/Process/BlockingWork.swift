@@ -21,6 +21,11 @@ public enum BlockingWork {
         public func check() throws {
             if isCancelled { throw VMFactoryError(.interrupted, "interrupted while \(what)") }
         }
+
+        /// `check()` whose message also says how far the work got: "(at entry 1234)".
+        public func check(at position: @autoclosure () -> String) throws {
+            if isCancelled { throw VMFactoryError(.interrupted, "interrupted while \(what) (at \(position()))") }
+        }
     }
 
     public static func run<T: Sendable>(_ what: String, _ body: @escaping @Sendable (Cancellation) throws -> T) async throws -> T {
@@ -37,6 +42,8 @@ public enum BlockingWork {
         } onCancel: {
             cancellation.cancel()
         }
+        // The work's own word on where it stopped comes first.
+        if case .failure(let error as VMFactoryError) = result, error.code == .interrupted { throw error }
         if Task.isCancelled { throw VMFactoryError(.interrupted, "interrupted while \(what)") }
         return try result.get()
     }
