@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -76,6 +77,13 @@ int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
 
+        // The identity first: a change of credentials clears the parent-death signal.
+        if (attributes->change_identity) {
+            if (setgroups((size_t)attributes->group_count, attributes->groups) != 0) report_and_exit(report[1]);
+            if (setresgid(attributes->gid, attributes->gid, attributes->gid) != 0) report_and_exit(report[1]);
+            if (setresuid(attributes->uid, attributes->uid, attributes->uid) != 0) report_and_exit(report[1]);
+            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) report_and_exit(report[1]);
+        }
         if (attributes->parent_death_signal != 0) {
             if (prctl(PR_SET_PDEATHSIG, attributes->parent_death_signal, 0, 0, 0) != 0) report_and_exit(report[1]);
             // The parent may have died between fork and prctl: then nobody would signal us.
@@ -99,6 +107,9 @@ int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid) {
         // Nothing else of the parent's reaches the program: a stray pipe end would keep a
         // reader of another child waiting for an end of file.
         syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+        for (int index = 0; index < attributes->kept_fd_count; index++) {
+            if (attributes->kept_fds[index] >= 3 && fcntl(attributes->kept_fds[index], F_SETFD, 0) != 0) report_and_exit(report[1]);
+        }
         if (attributes->working_directory != NULL && chdir(attributes->working_directory) != 0) report_and_exit(report[1]);
         execve(attributes->path, attributes->argv, attributes->envp);
         report_and_exit(report[1]);

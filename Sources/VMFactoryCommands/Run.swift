@@ -61,8 +61,11 @@ struct Run: AsyncParsableCommand {
     @Option(name: [.customShort("p"), .customLong("publish")], help: "[IP:][HOST:]GUEST[/tcp|/udp]: a host port forwarded to the guest; on 127.0.0.1 and [::1] unless IP is given (repeatable).")
     var publish: [String] = []
 
-    @Option(help: "user (QEMU's user network, the default) or none (no network device).")
+    @Option(help: "user (the default: the outside world through passt, never the host's loopback), restricted (only the -p ports), host-loopback (user, and the host's loopback at 10.0.2.2) or none (no network device).")
     var network: RunPlan.Network = .user
+
+    @Option(help: "USER[:GROUP] that QEMU runs as when vmfactory runs as root (default: sudo's user, else nobody:nogroup).")
+    var vmmUser: String?
 
     @Option(name: [.customShort("m"), .long], help: "Guest memory: 512m (the default), 2g, bytes.")
     var memory = "512m"
@@ -236,6 +239,7 @@ struct Run: AsyncParsableCommand {
         plan.tmpfs = tmpfsMounts
         plan.ports = ports
         plan.network = network
+        plan.vmmIdentity = try Self.vmmIdentity(asked: vmmUser, environment: context.environment)
         plan.memoryMiB = try MemorySize.mebibytes(memory)
         plan.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
         plan.cpus = Int(cpus.rounded(.up))
@@ -254,6 +258,9 @@ struct Run: AsyncParsableCommand {
             let machine = QEMUMachine(target: target, kernel: kernel, initrd: initrd, cmdline: cmdline)
             let (accelerator, note) = try await probe.resolve(choice, machine: machine, marker: ConsoleMarkers.ready)
             plan.accelerator = accelerator
+            // KVM is /dev/kvm's group's: QEMU's user joins it for that alone.
+            var kvm = stat()
+            if accelerator == .kvm, plan.vmmIdentity != nil, stat("/dev/kvm", &kvm) == 0 { plan.vmmIdentity?.groups = [kvm.st_gid] }
             if let note { console.debug(note) }
         }
         if printQemu {
@@ -272,6 +279,20 @@ struct Run: AsyncParsableCommand {
         session.keep = keep
         session.relay = relay.isEmpty ? nil : relay
         return session
+    }
+
+    /// Who QEMU runs as: nobody unless vmfactory is root (then QEMU is never root): the
+    /// user asked for, else the user sudo was started by, else nobody:nogroup.
+    static func vmmIdentity(asked: String?, environment: [String: String]) throws -> ProcessIdentity? {
+        guard geteuid() == 0 else {
+            if asked != nil { throw ValidationError("--vmm-user needs vmfactory to run as root: otherwise QEMU runs as you") }
+            return nil
+        }
+        if let asked { return try ProcessIdentity.parse(asked) }
+        if let uid = environment["SUDO_UID"].flatMap(UInt32.init), let gid = environment["SUDO_GID"].flatMap(UInt32.init), uid != 0, gid != 0 {
+            return ProcessIdentity(uid: uid, gid: gid)
+        }
+        return .nobody
     }
 
     /// The image's cached disk, converted on first use. Without --target or --platform the

@@ -28,6 +28,17 @@ typedef struct {
     /// The signal the kernel sends the child when the thread that forked it ends
     /// (PR_SET_PDEATHSIG); 0 for none.
     int parent_death_signal;
+    /// Descriptors of the parent's that the child keeps under the same numbers (3 and up);
+    /// every other one is closed at execve.
+    const int *kept_fds;
+    int kept_fd_count;
+    /// Non-zero: the child runs as `uid`, `gid` and exactly `groups` (setgroups, setresgid,
+    /// setresuid), with no way back (PR_SET_NO_NEW_PRIVS).
+    int change_identity;
+    uid_t uid;
+    gid_t gid;
+    const gid_t *groups;
+    int group_count;
 } vmf_spawn_attributes;
 
 /// Forks and execs. On success returns 0 and stores the child's pid. On failure returns an

@@ -53,14 +53,15 @@ public final class ChildProcess: Sendable {
     public static func spawn(
         _ command: Command, environment: [String: String],
         stdin: Stdio = .null, stdout: Stdio, stderr: Stdio,
-        newSession: Bool = false, parentDeathSignal: Int32? = nil
+        newSession: Bool = false, parentDeathSignal: Int32? = nil,
+        identity: ProcessIdentity? = nil, keeping kept: [Int32] = []
     ) async throws -> ChildProcess {
         let path = try resolveExecutable(command.executable, path: environment["PATH"] ?? "/usr/bin:/bin")
         let descriptors = try Descriptors(stdin: stdin, stdout: stdout, stderr: stderr, for: command)
         let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         let attributes = (newSession: newSession, deathSignal: parentDeathSignal ?? command.deathSignal)
         let result: Result<pid_t, VMFactoryError> = await SpawnThread.shared.perform {
-            fork(command, path: path, envp: envp, descriptors: descriptors, newSession: attributes.newSession, deathSignal: attributes.deathSignal)
+            fork(command, path: path, envp: envp, descriptors: descriptors, newSession: attributes.newSession, deathSignal: attributes.deathSignal, identity: identity, kept: kept)
         }
         // The child has its copies of its ends; ours go, so that our reads see an end of file
         // when the child exits.
@@ -116,19 +117,30 @@ public final class ChildProcess: Sendable {
     }
 
     /// Runs on the spawn thread: the C strings, and `vmf_spawn`.
-    private static func fork(_ command: Command, path: String, envp: [String], descriptors: Descriptors, newSession: Bool, deathSignal: Int32) -> Result<pid_t, VMFactoryError> {
-        withCStrings(command.argv) { argv in
+    private static func fork(
+        _ command: Command, path: String, envp: [String], descriptors: Descriptors, newSession: Bool, deathSignal: Int32,
+        identity: ProcessIdentity?, kept: [Int32]
+    ) -> Result<pid_t, VMFactoryError> {
+        let groups = identity?.groups ?? []
+        return withCStrings(command.argv) { argv in
             withCStrings(envp) { envp in
                 path.withCString { pathPointer in
                     let spawn = { (directory: UnsafePointer<CChar>?) -> Result<pid_t, VMFactoryError> in
-                        var attributes = vmf_spawn_attributes(
-                            path: pathPointer, argv: argv, envp: envp, working_directory: directory,
-                            stdin_fd: descriptors.stdin.child, stdout_fd: descriptors.stdout.child, stderr_fd: descriptors.stderr.child,
-                            new_process_group: newSession ? 0 : 1, new_session: newSession ? 1 : 0, parent_death_signal: deathSignal
-                        )
-                        var pid: pid_t = 0
-                        let status = vmf_spawn(&attributes, &pid)
-                        return status == 0 ? .success(pid) : .failure(spawnError(command, path: path, errno: status))
+                        kept.withUnsafeBufferPointer { keptFDs in
+                            groups.withUnsafeBufferPointer { groupIDs in
+                                var attributes = vmf_spawn_attributes(
+                                    path: pathPointer, argv: argv, envp: envp, working_directory: directory,
+                                    stdin_fd: descriptors.stdin.child, stdout_fd: descriptors.stdout.child, stderr_fd: descriptors.stderr.child,
+                                    new_process_group: newSession ? 0 : 1, new_session: newSession ? 1 : 0, parent_death_signal: deathSignal,
+                                    kept_fds: keptFDs.baseAddress, kept_fd_count: Int32(kept.count),
+                                    change_identity: identity == nil ? 0 : 1, uid: identity?.uid ?? 0, gid: identity?.gid ?? 0,
+                                    groups: groupIDs.baseAddress, group_count: Int32(groups.count)
+                                )
+                                var pid: pid_t = 0
+                                let status = vmf_spawn(&attributes, &pid)
+                                return status == 0 ? .success(pid) : .failure(spawnError(command, path: path, errno: status))
+                            }
+                        }
                     }
                     if let directory = command.workingDirectory { return directory.withCString { spawn($0) } }
                     return spawn(nil)

@@ -50,6 +50,39 @@ public final class UnixListener: Sendable {
 
 /// The calls on a connected socket that the standard library has no words for.
 public enum SocketIO {
+    /// A connected pair of stream sockets, both close-on-exec.
+    public static func pair() throws -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw VMFactoryError(.io, "cannot create a socket pair: \(String(cString: strerror(errno)))")
+        }
+        return (fds[0], fds[1])
+    }
+
+    /// A close-on-exec connection to the socket at `path`.
+    public static func connect(to path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VMFactoryError.io("cannot open a socket for", path: path) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            Glibc.close(fd)
+            throw VMFactoryError(.io, "the socket path \(path) is longer than a UNIX socket address allows", hint: "use a shorter --cache-dir")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { bytes in
+            for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw VMFactoryError.io("cannot connect to", path: path, errno: code)
+        }
+        return fd
+    }
+
     /// Writes everything; false when the peer is gone.
     @discardableResult
     public static func writeAll(_ fd: Int32, _ data: UnsafeRawBufferPointer) -> Bool {

@@ -21,6 +21,8 @@ public struct RunPlan: Sendable {
     public var shmBytes = 64 << 20
     public var ports: [PortForward] = []
     public var network: Network = .user
+    /// Who QEMU runs as when vmfactory is root (nil: as vmfactory's own user).
+    public var vmmIdentity: ProcessIdentity?
     public var memoryMiB = 512
     public var cpus = 1
     public var accelerator: QEMUMachine.Accelerator = .tcg
@@ -34,9 +36,27 @@ public struct RunPlan: Sendable {
     /// The host terminal's size, for -t.
     public var windowSize: (rows: Int, cols: Int)?
 
-    public enum Network: String, Sendable, Codable {
-        case user, none
+    public enum Network: String, Sendable, Codable, CaseIterable {
+        /// passt: the outside world as a container reaches it, and nothing that listens only
+        /// on the host's loopback.
+        case user
+        /// QEMU's user network with `restrict=on`: the `-p` ports and nothing else.
+        case restricted
+        /// passt with the gateway address mapped to the host's loopback: `user` plus the
+        /// host's loopback services at 10.0.2.2, for those who ask for them.
+        case hostLoopback = "host-loopback"
+        /// No network device.
+        case none
+
+        /// Whether the guest has a network device.
+        public var hasDevice: Bool { self != .none }
+        /// Whether passt serves the guest's network.
+        public var usesPasst: Bool { self == .user || self == .hostLoopback }
     }
+
+    /// QEMU's seccomp filter for a guest vmfactory does not trust: no obsolete system calls,
+    /// no set*id, no fork or exec, no scheduler or resource changes.
+    public static let sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
     /// QEMU's user network: the guest's address, the gateway and the DNS forwarder.
     public static let guestAddress = "10.0.2.15"
@@ -95,10 +115,11 @@ public struct RunPlan: Sendable {
             ("user", process.user), ("workdir", process.workdir), ("hostname", hostname),
             ("stopsignal", String(process.stopSignal)), ("readonly", readOnly ? "1" : "0"),
             ("stdin", interactive && !tty ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"), ("keep", keep ? "1" : "0"),
-            ("network", network.rawValue), ("shmsize", String(shmBytes)),
+            // The init only needs to know whether there is a device to configure.
+            ("network", network.hasDevice ? "user" : "none"), ("shmsize", String(shmBytes)),
         ]
         if let windowSize, tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
-        if network == .user {
+        if network.hasDevice {
             lines += [("address", Self.guestAddress), ("netmask", Self.netmask), ("gateway", Self.gateway), ("dns", Self.dns)]
         }
         for (index, volume) in volumes.enumerated() {
@@ -114,6 +135,9 @@ public struct RunPlan: Sendable {
         public var overlay: String
         public var initrd: String
         public var sockets: String
+        /// Descriptors QEMU inherits instead of opening paths (a QEMU that runs as another
+        /// user cannot reach the cache); nil for a command to read (`--print-qemu`).
+        public var inherited: Inherited?
         public init(overlay: String, initrd: String, sockets: String) {
             self.overlay = overlay
             self.initrd = initrd
@@ -121,6 +145,38 @@ public struct RunPlan: Sendable {
         }
         public func socket(_ port: Port) -> String { sockets + "/" + port.socketName }
         public func virtiofsSocket(_ index: Int) -> String { sockets + "/fs\(index).sock" }
+        public var networkSocket: String { sockets + "/net.sock" }
+    }
+
+    /// What the run opened for QEMU, by the descriptor numbers QEMU gets.
+    public struct Inherited: Sendable {
+        public var kernel: Int32
+        public var initrd: Int32
+        public var overlay: Int32
+        /// The image's cached disk, the overlay's backing file (read-only).
+        public var backing: Int32
+        /// QEMU's ends of the virtio-serial ports' socket pairs.
+        public var ports: [Port: Int32] = [:]
+        /// The 9p volumes' host folders, by volume index.
+        public var folders: [Int: Int32] = [:]
+        /// Connections to virtiofsd, by volume index.
+        public var virtiofs: [Int: Int32] = [:]
+        /// QEMU's end of passt's socket pair.
+        public var network: Int32?
+
+        public init(kernel: Int32, initrd: Int32, overlay: Int32, backing: Int32) {
+            self.kernel = kernel
+            self.initrd = initrd
+            self.overlay = overlay
+            self.backing = backing
+        }
+
+        public var all: [Int32] {
+            [kernel, initrd, overlay, backing] + Array(ports.values) + Array(folders.values) + Array(virtiofs.values) + (network.map { [$0] } ?? [])
+        }
+
+        /// A path that opens what `fd` is open on, for QEMU's options that take paths.
+        public static func path(_ fd: Int32) -> String { "/proc/self/fd/\(fd)" }
     }
 
     /// The QEMU command: the machine, the console on QEMU's stdout, the disk overlay, the
@@ -135,6 +191,9 @@ public struct RunPlan: Sendable {
         if icount { arguments += ["-icount", "shift=0,sleep=off"] }
         if accelerator == .kvm { arguments += ["-cpu", "host"] } else if !s390 { arguments += ["-cpu", "max"] }
         arguments += ["-m", "\(memoryMiB)M", "-smp", String(cpus), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
+        arguments += ["-sandbox", Self.sandbox]
+        let inherited = files.inherited
+        func path(_ fd: Int32?, _ fallback: String) -> String { fd.map(Inherited.path) ?? fallback }
         // Modern virtio-mmio (version 2): virtio-fs refuses legacy devices, and the rest work either way.
         if !s390 { arguments += ["-global", "virtio-mmio.force-legacy=false"] }
         if sharedMemory {
@@ -142,10 +201,11 @@ public struct RunPlan: Sendable {
             arguments += ["-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on"]
         }
         arguments += s390 ? ["-chardev", "stdio,id=console", "-device", "sclpconsole,chardev=console"] : ["-serial", "stdio"]
-        arguments += ["-kernel", kernel, "-initrd", files.initrd, "-append", cmdline]
+        arguments += ["-kernel", path(inherited?.kernel, kernel), "-initrd", path(inherited?.initrd, files.initrd), "-append", cmdline]
         if !s390 { arguments += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"] }
         arguments += [
-            "-drive", "file=\(files.overlay),if=none,id=root,format=qcow2,discard=unmap\(readOnly ? ",readonly=on" : "")",
+            "-drive", "file=\(path(inherited?.overlay, files.overlay)),if=none,id=root,format=qcow2,discard=unmap\(readOnly ? ",readonly=on" : "")"
+                + (inherited.map { ",backing.file.filename=\(Inherited.path($0.backing))" } ?? ""),
             "-device", device("virtio-blk") + ",drive=root",
         ]
         // Only the ports the run has (and port 0, which the bus keeps for a console): the
@@ -153,28 +213,53 @@ public struct RunPlan: Sendable {
         arguments += ["-device", device("virtio-serial") + ",id=ports,max_ports=\(serialPorts.count + 1)"]
         for port in serialPorts {
             let id = String(port.rawValue.dropFirst(4))
-            arguments += ["-chardev", "socket,id=\(id),path=\(files.socket(port))", "-device", "virtserialport,bus=ports.0,chardev=\(id),name=\(port.rawValue)"]
+            let endpoint = inherited?.ports[port].map { "fd=\($0)" } ?? "path=\(files.socket(port))"
+            arguments += ["-chardev", "socket,id=\(id),\(endpoint)", "-device", "virtserialport,bus=ports.0,chardev=\(id),name=\(port.rawValue)"]
         }
         arguments += ["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", device("virtio-rng") + ",rng=rng"]
-        if network == .user {
+        switch network {
+        case .user, .hostLoopback:
+            let endpoint = inherited?.network.map { "addr.type=fd,addr.str=\($0)" } ?? "addr.type=unix,addr.path=\(files.networkSocket)"
+            arguments += ["-netdev", "stream,id=net,server=off,\(endpoint)", "-device", device("virtio-net") + ",netdev=net"]
+        case .restricted:
             let forwards = ports.map { ",hostfwd=" + $0.hostfwd }.joined()
-            arguments += ["-netdev", "user,id=net\(forwards)", "-device", device("virtio-net") + ",netdev=net"]
+            arguments += ["-netdev", "user,id=net,restrict=on\(forwards)", "-device", device("virtio-net") + ",netdev=net"]
+        case .none:
+            break
         }
         for (index, volume) in volumes.enumerated() {
             switch volume.kind {
             case .ninep:
                 arguments += [
-                    "-fsdev", "local,id=fs\(index),path=\(volume.host),security_model=none\(volume.readOnly ? ",readonly=on" : "")",
+                    // mapped-xattr: what the guest sets (owners, modes, devices) lives in
+                    // user.virtfs.* attributes; the host's file is QEMU's user's, 0600 or 0700.
+                    "-fsdev", "local,id=fs\(index),path=\(path(inherited?.folders[index], volume.host)),security_model=mapped-xattr\(volume.readOnly ? ",readonly=on" : "")",
                     "-device", device("virtio-9p") + ",fsdev=fs\(index),mount_tag=\(volumeTag(index))",
                 ]
             case .virtiofs:
                 arguments += [
-                    "-chardev", "socket,id=fs\(index),path=\(files.virtiofsSocket(index))",
+                    "-chardev", "socket,id=fs\(index)," + (inherited?.virtiofs[index].map { "fd=\($0)" } ?? "path=\(files.virtiofsSocket(index))"),
                     "-device", device("vhost-user-fs") + ",chardev=fs\(index),tag=\(volumeTag(index))",
                 ]
             }
         }
         return Command(target.qemuSystem, arguments)
+    }
+
+    /// passt for the `user` and `host-loopback` networks: the guest's frames on `fd` (or on
+    /// the socket file, for a command to read), the addresses of QEMU's user network, the
+    /// `-p` ports on their host addresses, and no way to the host's loopback unless asked.
+    public func passt(_ files: Files, fd: Int32?, log: String, executable: String = "passt") -> Command? {
+        guard network.usesPasst else { return nil }
+        var arguments = ["--foreground", "--one-off", "--quiet", "--log-file", log]
+        arguments += fd.map { ["--fd", String($0)] } ?? ["--socket", files.networkSocket]
+        arguments += ["--address", Self.guestAddress, "--netmask", "24", "--gateway", Self.gateway, "--dns-forward", Self.dns, "--no-dhcp-search"]
+        if network == .user { arguments.append("--no-map-gw") }
+        if let vmmIdentity { arguments += ["--runas", "\(vmmIdentity.uid):\(vmmIdentity.gid)"] }
+        for port in ports {
+            arguments += [port.proto == .tcp ? "--tcp-ports" : "--udp-ports", "\(port.hostAddress)/\(port.hostPort):\(port.guestPort)"]
+        }
+        return Command(executable, arguments)
     }
 
     /// virtiofsd for the virtio-fs volume at `index`: it serves the host folder on a socket

@@ -51,31 +51,10 @@ final class RunChannels: Sendable {
         self.stopGrace = stopGrace
     }
 
-    /// Accepts QEMU's connection on every port and starts the relays; false when QEMU ended
-    /// (or never connected) first.
-    func connect(_ listeners: [RunPlan.Port: UnixListener]) async -> Bool {
-        let qemu = self.qemu
-        let accepted: [RunPlan.Port: Int32]? = await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                var connections: [RunPlan.Port: Int32] = [:]
-                for (port, listener) in listeners {
-                    guard let fd = listener.accept(timeout: .seconds(30), giveUp: { qemu.hasExited }) else {
-                        for fd in connections.values { close(fd) }
-                        continuation.resume(returning: nil)
-                        return
-                    }
-                    connections[port] = fd
-                }
-                continuation.resume(returning: connections)
-            }
-        }
-        guard let accepted else {
-            end(nil)
-            return false
-        }
-        state.withLock { $0.connections = accepted }
-        for (port, fd) in accepted { start(port, fd) }
-        return true
+    /// Starts the relays on our ends of the ports' socket pairs (QEMU has the other ends).
+    func connect(_ ends: [RunPlan.Port: Int32]) {
+        state.withLock { $0.connections = ends }
+        for (port, fd) in ends { start(port, fd) }
     }
 
     private func start(_ port: RunPlan.Port, _ fd: Int32) {

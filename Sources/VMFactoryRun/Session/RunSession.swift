@@ -84,8 +84,9 @@ public struct RunSession: Sendable {
         try FileStore.writeAtomically(initrd, to: files.initrd)
     }
 
-    /// Starts virtiofsd for each virtio-fs volume and waits for its socket.
-    func startVirtiofsd(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> [ChildProcess] {
+    /// Starts virtiofsd for each virtio-fs volume, waits for its socket and connects to it
+    /// for QEMU.
+    func startVirtiofsd(_ files: RunPlan.Files, folder: RunFolders.Folder, descriptors: VMMDescriptors) async throws -> [ChildProcess] {
         var daemons: [ChildProcess] = []
         for (index, volume) in plan.volumes.enumerated() where volume.kind == .virtiofs {
             let log = open(folder.path + "/virtiofsd-\(index).log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -112,24 +113,61 @@ public struct RunSession: Sendable {
                 }
                 try await Task.sleep(for: .milliseconds(5))
             }
+            do {
+                try descriptors.connectVirtiofs(index, socket: files.virtiofsSocket(index))
+            } catch {
+                for other in daemons { other.terminate(grace: .milliseconds(200)) }
+                throw error
+            }
         }
         return daemons
     }
 
+    /// passt for the `user` and `host-loopback` networks, on its end of the socket pair.
+    func startPasst(_ files: RunPlan.Files, folder: RunFolders.Folder, descriptors: VMMDescriptors) async throws -> ChildProcess? {
+        guard let fd = descriptors.passt, let command = plan.passt(files, fd: fd, log: folder.path + "/passt.log") else { return nil }
+        let log = open(folder.path + "/passt.stderr", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { if log >= 0 { close(log) } }
+        do {
+            return try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null, keeping: [fd])
+        } catch let error as VMFactoryError where error.code == .missingTool {
+            throw VMFactoryError(
+                .missingTool, "passt, which gives the guest its network, is not installed",
+                hint: "install it (apt-get install passt), or run with --network restricted (only -p ports) or --network none"
+            )
+        }
+    }
+
     /// Boots, streams and ends the VM; decides the exit status.
     func boot(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> (exitCode: Int32, message: String?) {
-        var listeners: [RunPlan.Port: UnixListener] = [:]
-        defer { for listener in listeners.values { listener.close() } }
-        for port in plan.serialPorts { listeners[port] = try UnixListener(path: files.socket(port)) }
-        let daemons = try await startVirtiofsd(files, folder: folder)
+        let descriptors = try VMMDescriptors(plan: plan, files: files, identity: plan.vmmIdentity)
+        var channelsOwnPorts = false
+        defer { descriptors.closeAll(keepingPorts: channelsOwnPorts) }
+        let daemons = try await startVirtiofsd(files, folder: folder, descriptors: descriptors)
         defer { for daemon in daemons { daemon.terminate(grace: .milliseconds(500)) } }
+        let passt = try await startPasst(files, folder: folder, descriptors: descriptors)
+        defer { passt?.terminate(grace: .milliseconds(200)) }
+        let filter = descriptors.filterEnds.map { FrameFilter(guest: $0.guest, passt: $0.passt) }
+        filter?.start()
+        defer {
+            filter?.stop()
+            if let dropped = filter?.droppedFrames, dropped > 0 {
+                console.info("run: dropped \(dropped) network frame(s) of the guest's addressed to the host's loopback")
+            }
+        }
+        var files = files
+        files.inherited = descriptors.inherited
 
         let command = plan.qemu(files)
         try FileStore.writeAtomically(command.description + "\n", to: folder.path + "/qemu.sh")
         let consoleLog = open(folder.path + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         defer { if consoleLog >= 0 { close(consoleLog) } }
         let spawned = ContinuousClock.now
-        let qemu = try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdin: .null, stdout: .pipe, stderr: .pipe)
+        let qemu = try await ChildProcess.spawn(
+            command, environment: command.environment(on: baseEnvironment), stdin: .null, stdout: .pipe, stderr: .pipe,
+            identity: plan.vmmIdentity, keeping: descriptors.inherited.all
+        )
+        descriptors.closeChildEnds()
         let channels = RunChannels(plan: plan, qemu: qemu, stdout: stdout, stderr: stderr, stopGrace: stopGrace)
         relay?.start()
         defer { relay?.stop() }
@@ -147,7 +185,9 @@ public struct RunSession: Sendable {
         // -it: keys go to the guest's terminal as they are typed, Ctrl-C included.
         let raw = plan.tty && plan.interactive ? RawTerminal(fd: STDIN_FILENO) : nil
         defer { raw?.restore() }
-        let connected = await channels.connect(listeners)
+        channels.connect(descriptors.ports)
+        channelsOwnPorts = true
+        let connected = true
         if let signals {
             channels.forwardSignals(signals)
         }

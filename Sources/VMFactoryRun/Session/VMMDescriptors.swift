@@ -1,0 +1,130 @@
+import Foundation
+import VMFactoryCore
+
+/// What a run opens for QEMU before it starts: the kernel, the initrd, the overlay and its
+/// backing disk, the 9p folders, and one end of a socket pair per port and for passt. QEMU
+/// inherits them, so a QEMU that runs as an unprivileged user reaches exactly these files and
+/// nothing else of the cache's.
+final class VMMDescriptors: @unchecked Sendable {
+    private(set) var inherited: RunPlan.Inherited
+    /// Our ends of the ports' socket pairs.
+    private(set) var ports: [RunPlan.Port: Int32] = [:]
+    /// passt's end of its socket pair.
+    private(set) var passt: Int32?
+    /// Our ends towards QEMU and towards passt, for the frame filter between them.
+    private(set) var filterEnds: (guest: Int32, passt: Int32)?
+    private var open: [Int32] = []
+    private var childEndsClosed = false
+
+    /// Opens everything `plan` needs. With `identity`, the run's own files become that user's
+    /// (mode 0600) and every 9p folder is checked for that user's access first.
+    init(plan: RunPlan, files: RunPlan.Files, identity: ProcessIdentity?) throws {
+        var opened: [Int32] = []
+        func openFile(_ path: String, _ flags: Int32, what: String) throws -> Int32 {
+            let fd = Glibc.open(path, flags | O_CLOEXEC)
+            guard fd >= 0 else { throw VMFactoryError.io("cannot open \(what)", path: path) }
+            opened.append(fd)
+            return fd
+        }
+        do {
+            if let identity {
+                for path in [files.overlay, files.initrd] {
+                    guard chown(path, identity.uid, identity.gid) == 0, chmod(path, 0o600) == 0 else {
+                        throw VMFactoryError.io("cannot give QEMU's user (\(identity)) the run's file", path: path)
+                    }
+                }
+                try Self.checkKernel(plan.kernel, identity: identity)
+            }
+            inherited = RunPlan.Inherited(
+                kernel: try openFile(plan.kernel, O_RDONLY, what: "the kernel"),
+                initrd: try openFile(files.initrd, O_RDONLY, what: "the run's initrd"),
+                overlay: try openFile(files.overlay, plan.readOnly ? O_RDONLY : O_RDWR, what: "the run's overlay"),
+                backing: try openFile(plan.disk, O_RDONLY, what: "the image's disk")
+            )
+            for port in plan.serialPorts {
+                let (ours, theirs) = try SocketIO.pair()
+                opened += [ours, theirs]
+                ports[port] = ours
+                inherited.ports[port] = theirs
+            }
+            for (index, volume) in plan.volumes.enumerated() where volume.kind == .ninep {
+                if let identity { try Self.checkAccess(volume, identity: identity) }
+                inherited.folders[index] = try openFile(volume.host, O_RDONLY | O_DIRECTORY, what: "the volume")
+            }
+            if plan.network.usesPasst {
+                let (guestSide, qemuEnd) = try SocketIO.pair()
+                let (passtSide, passtEnd) = try SocketIO.pair()
+                opened += [guestSide, qemuEnd, passtSide, passtEnd]
+                inherited.network = qemuEnd
+                passt = passtEnd
+                filterEnds = (guestSide, passtSide)
+            }
+        } catch {
+            for fd in opened { close(fd) }
+            throw error
+        }
+        open = opened
+    }
+
+    /// A connection to virtiofsd's socket, for QEMU.
+    func connectVirtiofs(_ index: Int, socket: String) throws {
+        let fd = try SocketIO.connect(to: socket)
+        open.append(fd)
+        inherited.virtiofs[index] = fd
+    }
+
+    /// Closes what only QEMU and passt use, once they have their copies.
+    func closeChildEnds() {
+        guard !childEndsClosed else { return }
+        childEndsClosed = true
+        let ours = Set(ports.values).union(filterEnds.map { [$0.guest, $0.passt] } ?? [])
+        for fd in open where !ours.contains(fd) { close(fd) }
+        open = open.filter { ours.contains($0) }
+    }
+
+    /// Closes everything still open (our ends of the ports are the channels' to close).
+    func closeAll(keepingPorts: Bool) {
+        let ours = Set(ports.values)
+        for fd in open where !(keepingPorts && ours.contains(fd)) { close(fd) }
+        open = []
+    }
+
+    /// Whether `identity` may use `mode` on a file of `st` (owner, group, others; ACLs aside).
+    static func allows(_ st: stat, identity: ProcessIdentity, read: Bool, write: Bool, search: Bool) -> Bool {
+        let bits: mode_t
+        if st.st_uid == identity.uid {
+            bits = (st.st_mode >> 6) & 7
+        } else if st.st_gid == identity.gid || identity.groups.contains(st.st_gid) {
+            bits = (st.st_mode >> 3) & 7
+        } else {
+            bits = st.st_mode & 7
+        }
+        return (!read || bits & 4 != 0) && (!write || bits & 2 != 0) && (!search || bits & 1 != 0)
+    }
+
+    /// A 9p folder that QEMU's user cannot use would fail inside the guest, file by file:
+    /// say so before the run, with what to do.
+    static func checkAccess(_ volume: Volume, identity: ProcessIdentity) throws {
+        var st = stat()
+        guard stat(volume.host, &st) == 0 else { throw VMFactoryError.io("cannot read", path: volume.host) }
+        guard !allows(st, identity: identity, read: true, write: !volume.readOnly, search: true) else { return }
+        let needs = volume.readOnly ? "r-x" : "rwx"
+        throw VMFactoryError(
+            .invalidArgument,
+            "QEMU runs as \(identity), which cannot use the volume \(volume.host) (owner \(st.st_uid), group \(st.st_gid), mode \(String(st.st_mode & 0o7777, radix: 8))): it needs \(needs)",
+            hint: "give that user access (setfacl -m u:\(identity.uid):\(needs) \(volume.host), or chown \(identity.uid) \(volume.host)), choose the user with --vmm-user"
+                + (volume.readOnly ? "" : ", or mount the volume read-only")
+        )
+    }
+
+    /// QEMU reopens the kernel through /proc/self/fd, which checks the file's own mode.
+    static func checkKernel(_ path: String, identity: ProcessIdentity) throws {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw VMFactoryError.io("cannot read", path: path) }
+        guard !allows(st, identity: identity, read: true, write: false, search: false) else { return }
+        throw VMFactoryError(
+            .invalidArgument, "QEMU runs as \(identity), which cannot read the kernel \(path) (mode \(String(st.st_mode & 0o7777, radix: 8)))",
+            hint: "make it readable (chmod a+r \(path)), or choose the user with --vmm-user"
+        )
+    }
+}
