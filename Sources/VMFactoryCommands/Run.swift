@@ -70,6 +70,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: [.customShort("m"), .long], help: "Guest memory: 512m (the default), 2g, bytes.")
     var memory = "512m"
 
+    @Option(help: "At most this many processes and threads for the command in the guest, as docker's --pids-limit (0 or -1: no limit).")
+    var pidsLimit: Int?
+
     @Option(help: "The size of /dev/shm, as docker's --shm-size: 64m (the default), 1g, bytes.")
     var shmSize = "64m"
 
@@ -242,6 +245,7 @@ struct Run: AsyncParsableCommand {
         plan.vmmIdentity = try Self.vmmIdentity(asked: vmmUser, environment: context.environment)
         plan.memoryMiB = try MemorySize.mebibytes(memory)
         plan.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
+        plan.pidsLimit = pidsLimit.flatMap { $0 > 0 ? $0 : nil }
         plan.cpus = Int(cpus.rounded(.up))
         plan.interactive = interactive
         plan.tty = tty

@@ -254,6 +254,8 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		return parse_tmpfs(run, value);
 	else if (strcmp(key, "shmsize") == 0)
 		return parse_size(value, &run->shm_bytes);
+	else if (strcmp(key, "pidslimit") == 0)
+		return parse_size(value, &run->pids_limit);
 	else if (strcmp(key, "readonly") == 0)
 		return parse_number(value, &run->readonly);
 	else if (strcmp(key, "stdin") == 0)
@@ -329,7 +331,7 @@ void vmf_run_explain(const struct vmf_run *run)
 	for (int i = 0; i < run->envp.count; i++)
 		printf("env: %s\n", run->envp.items[i]);
 	printf("user: %s\nworkdir: %s\nhostname: %s\n", run->user, run->workdir, run->hostname);
-	printf("readonly: %d\nstdin: %d\ntty: %d\nstop-signal: %d\nshm-size: %llu\n", run->readonly, run->stdin_open, run->tty, run->stop_signal, run->shm_bytes);
+	printf("readonly: %d\nstdin: %d\ntty: %d\nstop-signal: %d\nshm-size: %llu\npids-limit: %llu\n", run->readonly, run->stdin_open, run->tty, run->stop_signal, run->shm_bytes, run->pids_limit);
 	printf("network: %s\n", run->network ? "user" : "none");
 	for (int i = 0; i < run->volume_count; i++)
 		printf("volume: %s %s %s %s\n", run->volumes[i].type, run->volumes[i].tag,
@@ -963,7 +965,7 @@ struct start_failure {
 	int stage;
 	int error;
 };
-enum { STAGE_TERMINAL = 1, STAGE_IDENTITY, STAGE_WORKDIR, STAGE_EXEC };
+enum { STAGE_TERMINAL = 1, STAGE_IDENTITY, STAGE_WORKDIR, STAGE_EXEC, STAGE_CGROUP };
 
 static void child_fails(int pipe_fd, int stage)
 {
@@ -991,6 +993,63 @@ struct channels {
 	int tty;
 	int master;
 };
+
+/* The command's cgroup, for --pids-limit (docker's): cgroup2 at /sys/fs/cgroup. */
+#define COMMAND_CGROUP "/sys/fs/cgroup/vmfactory-command"
+
+static int write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = write(fd, text, strlen(text));
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return n == (ssize_t)strlen(text) ? 0 : -1;
+}
+
+/*
+ * The command's cgroup, as docker gives each container one: its pids.max is --pids-limit, and
+ * its memory.events count the processes the OOM killer ended. Returns whether the command
+ * joins it (before exec): without cgroup2 in the kernel only --pids-limit is an error.
+ */
+static int make_command_cgroup(const struct vmf_run *run)
+{
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) != 0) {
+		if (run->pids_limit > 0)
+			fail(125, "cannot apply --pids-limit %llu: the guest kernel has no cgroup2", run->pids_limit);
+		return 0;
+	}
+	char limit[32] = "max";
+	if (run->pids_limit > 0)
+		snprintf(limit, sizeof(limit), "%llu", run->pids_limit);
+	if (write_text("/sys/fs/cgroup/cgroup.subtree_control", "+pids +memory") != 0 ||
+	    (mkdir(COMMAND_CGROUP, 0755) != 0 && errno != EEXIST) ||
+	    write_text(COMMAND_CGROUP "/pids.max", limit) != 0) {
+		if (run->pids_limit > 0)
+			fail(125, "cannot apply --pids-limit %llu: %s (the kernel needs the pids controller)",
+			     run->pids_limit, strerror(errno));
+		vmf_say(VMF_TAG "no cgroup for the command: %s\n", strerror(errno));
+		return 0;
+	}
+	return 1;
+}
+
+/* How many of the command's processes the OOM killer ended, from its cgroup's memory.events. */
+static unsigned long oom_kills(void)
+{
+	FILE *events = fopen(COMMAND_CGROUP "/memory.events", "re");
+	if (!events)
+		return 0;
+	char line[128];
+	unsigned long count = 0;
+	while (fgets(line, sizeof(line), events))
+		if (sscanf(line, "oom_kill %lu", &count) == 1)
+			break;
+	fclose(events);
+	return count;
+}
 
 static pid_t start_command(struct vmf_run *run, const struct identity *who, const struct channels *ch,
 			   const sigset_t *original)
@@ -1021,6 +1080,8 @@ static pid_t start_command(struct vmf_run *run, const struct identity *who, cons
 			dup2(ch->out, 1);
 			dup2(ch->err, 2);
 		}
+		if (run->in_cgroup && write_text(COMMAND_CGROUP "/cgroup.procs", "0") != 0)
+			child_fails(report[1], STAGE_CGROUP);
 		if (setgroups((size_t)who->group_count, who->groups) != 0 || setgid(who->gid) != 0 || setuid(who->uid) != 0)
 			child_fails(report[1], STAGE_IDENTITY);
 		if (chdir(run->workdir) != 0)
@@ -1050,6 +1111,8 @@ static pid_t start_command(struct vmf_run *run, const struct identity *who, cons
 		fail(126, "cannot enter the working directory %s: %s", run->workdir, strerror(failure.error));
 	case STAGE_IDENTITY:
 		fail(125, "cannot become uid %u gid %u: %s", (unsigned)who->uid, (unsigned)who->gid, strerror(failure.error));
+	case STAGE_CGROUP:
+		fail(125, "cannot join the --pids-limit cgroup: %s", strerror(failure.error));
 	default:
 		fail(125, "cannot give the command its terminal: %s", strerror(failure.error));
 	}
@@ -1245,8 +1308,8 @@ static void report_end(int status, const struct stream *out, const struct stream
 	char how[32] = "";
 	if (WIFSIGNALED(status))
 		snprintf(how, sizeof(how), " signal %d", WTERMSIG(status));
-	tell_host("exit %d%s out=%llu err=%llu tty=%llu", code, how, out->bytes, err->bytes, terminal->bytes);
-	(void)run;
+	tell_host("exit %d%s out=%llu err=%llu tty=%llu oom=%lu", code, how, out->bytes, err->bytes, terminal->bytes,
+		  run->in_cgroup ? oom_kills() : 0UL);
 	/* The last bytes may still be in QEMU's queues: the host says bye once they arrived. */
 	wait_for_bye(60000);
 }
@@ -1334,6 +1397,7 @@ void vmf_run_container(struct vmf_run *run)
 	if (signals < 0)
 		fail(125, "signalfd: %s", strerror(errno));
 
+	run->in_cgroup = make_command_cgroup(run);
 	pid_t command = start_command(run, &who, &ch, &original);
 	/* Only the command holds the write ends: their end of file is its end. */
 	if (ch.out >= 0)

@@ -68,6 +68,10 @@ struct vmf_run {
 	const char *dns;
 	/* The size of /dev/shm in bytes (docker's --shm-size; 64 MiB unless given). */
 	unsigned long long shm_bytes;
+	/* --pids-limit: at most this many tasks in the command's cgroup; 0 for no limit. */
+	unsigned long long pids_limit;
+	/* Set by the init: the command runs in a cgroup of its own. */
+	int in_cgroup;
 	int volume_count;
 	struct vmf_volume volumes[VMF_MAX_VOLUMES];
 	int tmpfs_count;

@@ -172,8 +172,11 @@ struct RunTests {
         }
         #expect(joined.contains("file=/run/disk.qcow2,if=none,id=root,format=qcow2"))
         #expect(!joined.contains("/cache/disk.qcow2"), "QEMU opens the overlay, never the cached disk itself")
-        #expect(joined.contains("hostfwd=tcp:127.0.0.1:8080-:80"))
-        #expect(joined.contains("path=/srv/a,security_model=none,readonly=on"))
+        // The default network: passt on a stream, no slirp and so no way to the host's loopback.
+        #expect(joined.contains("-netdev stream,id=net,server=off,addr.type=unix,addr.path=/run/s/net.sock"))
+        #expect(!joined.contains("-netdev user") && !joined.contains("hostfwd"))
+        #expect(joined.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"))
+        #expect(joined.contains("path=/srv/a,security_model=mapped-xattr,readonly=on"))
         #expect(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"))
         #expect(joined.contains("memory-backend=mem"))
         for port in ["vmf.control", "vmf.stdout", "vmf.stderr"] { #expect(joined.contains("name=\(port)")) }
@@ -192,6 +195,80 @@ struct RunTests {
         var tty = plan
         tty.tty = true
         #expect(tty.serialPorts == [.control, .tty])
+
+        // restricted: QEMU's user network with restrict=on, the -p ports its only way in.
+        var restricted = plan
+        restricted.network = .restricted
+        let closed = restricted.qemu(files).argv.joined(separator: " ")
+        #expect(closed.contains("-netdev user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:8080-:80"))
+        #expect(restricted.passt(files, fd: 9, log: "/l") == nil)
+
+        // A run's QEMU opens nothing by path: every file and socket is a descriptor it inherits.
+        var inherited = RunPlan.Inherited(kernel: 10, initrd: 11, overlay: 12, backing: 13)
+        inherited.ports = [.control: 14, .stdout: 15, .stderr: 16]
+        inherited.folders = [0: 17]
+        inherited.virtiofs = [1: 18]
+        inherited.network = 19
+        var opened = files
+        opened.inherited = inherited
+        let confined = plan.qemu(opened).argv.joined(separator: " ")
+        #expect(confined.contains("-kernel /proc/self/fd/10 -initrd /proc/self/fd/11"))
+        #expect(confined.contains("file=/proc/self/fd/12,if=none,id=root,format=qcow2,discard=unmap,backing.file.filename=/proc/self/fd/13"))
+        #expect(confined.contains("-chardev socket,id=control,fd=14") && confined.contains("-chardev socket,id=stderr,fd=16"))
+        #expect(confined.contains("path=/proc/self/fd/17,security_model=mapped-xattr,readonly=on"))
+        #expect(confined.contains("-chardev socket,id=fs1,fd=18"))
+        #expect(confined.contains("-netdev stream,id=net,server=off,addr.type=fd,addr.str=19"))
+        #expect(!confined.contains("/run/s/") && !confined.contains(" /k ") && !confined.contains("/srv/"), "\(confined)")
+        #expect(Set(inherited.all) == Set(10...19))
+    }
+
+    @Test("passt's command: QEMU's user-network addresses, the -p ports on their host addresses, the gateway not mapped to the host's loopback unless asked, passt as QEMU's user")
+    func passtCommand() throws {
+        var plan = try Self.plan(.x86_64)
+        plan.ports.append(PortForward(hostAddress: "0.0.0.0", hostPort: 5353, guestPort: 53, proto: .udp))
+        let files = RunPlan.Files(overlay: "/run/disk.qcow2", initrd: "/run/initrd.cpio", sockets: "/run/s")
+        let argv = try #require(plan.passt(files, fd: 7, log: "/run/passt.log")).argv
+        let joined = argv.joined(separator: " ")
+        #expect(argv.first == "passt")
+        #expect(joined.contains("--foreground --one-off --quiet --log-file /run/passt.log --fd 7"))
+        #expect(joined.contains("--address 10.0.2.15 --netmask 24 --gateway 10.0.2.2 --dns-forward 10.0.2.3"))
+        #expect(joined.contains("--no-map-gw"))
+        #expect(joined.contains("--tcp-ports 127.0.0.1/8080:80") && joined.contains("--udp-ports 0.0.0.0/5353:53"))
+        #expect(!joined.contains("--runas"))
+        plan.network = .hostLoopback
+        plan.vmmIdentity = ProcessIdentity(uid: 65534, gid: 65534)
+        let opted = try #require(plan.passt(files, fd: nil, log: "/l")).argv.joined(separator: " ")
+        #expect(!opted.contains("--no-map-gw"))
+        #expect(opted.contains("--socket /run/s/net.sock") && opted.contains("--runas 65534:65534"))
+    }
+
+    @Test("the frame filter: the guest's frames to the host's loopback and unspecified addresses are dropped, in IPv4 and every IPv6 form; the rest pass")
+    func frameFilter() {
+        func ipv4(_ destination: [UInt8]) -> [UInt8] {
+            Array(repeating: 0xaa, count: 12) + [0x08, 0x00] + [0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 2, 15] + destination + Array(repeating: 0, count: 20)
+        }
+        func ipv6(_ destination: [UInt8]) -> [UInt8] {
+            Array(repeating: 0xaa, count: 12) + [0x86, 0xdd] + [0x60, 0, 0, 0, 0, 20, 6, 64] + Array(repeating: 0xfe, count: 16) + destination + Array(repeating: 0, count: 20)
+        }
+        func passes(_ frame: [UInt8]) -> Bool { frame.withUnsafeBytes { FrameFilter.allows($0) } }
+        #expect(passes(ipv4([93, 184, 216, 34])))
+        #expect(passes(ipv4([10, 0, 2, 2])), "the gateway is passt's to map or not")
+        #expect(passes(ipv4([192, 0, 2, 2])), "the host's other addresses, as docker's containers reach them")
+        #expect(!passes(ipv4([127, 0, 0, 1])))
+        #expect(!passes(ipv4([127, 1, 2, 3])))
+        #expect(!passes(ipv4([0, 0, 0, 0])))
+        let loopback6: [UInt8] = Array(repeating: 0, count: 15) + [1]
+        let mapped: [UInt8] = Array(repeating: 0, count: 10) + [0xff, 0xff, 127, 0, 0, 1]
+        let compatible: [UInt8] = Array(repeating: 0, count: 12) + [127, 0, 0, 1]
+        #expect(!passes(ipv6(loopback6)))
+        #expect(!passes(ipv6(Array(repeating: 0, count: 16))))
+        #expect(!passes(ipv6(mapped)))
+        #expect(!passes(ipv6(compatible)))
+        #expect(passes(ipv6([0x20, 0x01, 0x0d, 0xb8] + Array(repeating: 0, count: 11) + [1])))
+        #expect(passes(Array(repeating: 0xff, count: 12) + [0x08, 0x06] + Array(repeating: 0, count: 28)), "ARP")
+        #expect(!passes(Array(repeating: 0xff, count: 12) + [0x81, 0x00] + Array(repeating: 0, count: 46)), "a VLAN tag")
+        #expect(!passes(Array(ipv4([93, 184, 216, 34]).prefix(20))), "too short for its header")
+        #expect(!passes([]))
     }
 
     @Test("run.conf says everything with line breaks and backslashes escaped, and the init's own parser reads it back", .tags(.integration), .needsTool("gcc"))

@@ -34,6 +34,9 @@ public enum PipeReader {
 
     /// Hands each line (without its newline and trailing carriage returns) to `onLine` as soon
     /// as it is complete, until the end of file or until `onLine` returns false. Closes `fd`.
+    /// The longest line `readLines` hands on; a longer one comes in pieces.
+    public static let longestLine = 64 << 10
+
     public static func readLines(_ fd: Int32, _ onLine: @escaping @Sendable (String) -> Bool) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             Thread.detachNewThread {
@@ -49,6 +52,12 @@ public enum PipeReader {
                     while going, let newline = pending.firstIndex(of: 0x0a) {
                         going = emit(pending[..<newline])
                         pending.removeSubrange(...newline)
+                    }
+                    // A line is at most `longestLine` bytes: what a writer sends without a
+                    // line break arrives in pieces of that size, never all held at once.
+                    while going, pending.count >= longestLine {
+                        going = emit(pending[..<longestLine])
+                        pending.removeSubrange(..<longestLine)
                     }
                     return going
                 }

@@ -24,6 +24,8 @@ public struct RunPlan: Sendable {
     /// Who QEMU runs as when vmfactory is root (nil: as vmfactory's own user).
     public var vmmIdentity: ProcessIdentity?
     public var memoryMiB = 512
+    /// `--pids-limit`: the most tasks the command may have in the guest (nil: no limit).
+    public var pidsLimit: Int?
     public var cpus = 1
     public var accelerator: QEMUMachine.Accelerator = .tcg
     public var icount = false
@@ -118,6 +120,7 @@ public struct RunPlan: Sendable {
             // The init only needs to know whether there is a device to configure.
             ("network", network.hasDevice ? "user" : "none"), ("shmsize", String(shmBytes)),
         ]
+        if let pidsLimit { lines.append(("pidslimit", String(pidsLimit))) }
         if let windowSize, tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
         if network.hasDevice {
             lines += [("address", Self.guestAddress), ("netmask", Self.netmask), ("gateway", Self.gateway), ("dns", Self.dns)]

@@ -22,7 +22,12 @@ final class RunChannels: Sendable {
     struct ExitLine: Sendable {
         var code: Int32
         var bytes: [RunPlan.Port: UInt64]
+        /// Processes the guest kernel's OOM killer ended while the command ran.
+        var oomKills: UInt64 = 0
     }
+
+    /// The longest line the init sends on the control channel; a longer one ends the channel.
+    static let longestControlLine = 4096
 
     private struct State {
         var ending: Ending?
@@ -116,7 +121,8 @@ final class RunChannels: Sendable {
                 pending.removeSubrange(...newline)
                 handle(line, control: fd)
             }
-            return true
+            // The guest writes this channel: a line without an end is not kept growing.
+            return pending.count <= Self.longestControlLine
         }
     }
 
@@ -128,6 +134,7 @@ final class RunChannels: Sendable {
         case "exit":
             guard words.count >= 2, let code = Int32(words[1]) else { return }
             var bytes: [RunPlan.Port: UInt64] = [:]
+            var oomKills: UInt64 = 0
             for word in words.dropFirst(2) {
                 let pair = word.split(separator: "=").map(String.init)
                 guard pair.count == 2, let count = UInt64(pair[1]) else { continue }
@@ -135,10 +142,11 @@ final class RunChannels: Sendable {
                 case "out": bytes[.stdout] = count
                 case "err": bytes[.stderr] = count
                 case "tty": bytes[.tty] = count
+                case "oom": oomKills = count
                 default: break
                 }
             }
-            state.withLock { $0.exit = ExitLine(code: code, bytes: bytes) }
+            state.withLock { $0.exit = ExitLine(code: code, bytes: bytes, oomKills: oomKills) }
             // The init waits for this before it ends the machine: every byte it sent is here.
             let expected = bytes
             Thread.detachNewThread { [self] in
@@ -234,7 +242,11 @@ final class RunChannels: Sendable {
     func outcome(connected: Bool, termination: CommandResult.Termination, qemuSaid: String, consoleLog: String, keep: Bool) -> (exitCode: Int32, message: String?) {
         let state = state.withLock { $0 }
         if let error = state.error { return (error.code, error.message) }
-        if let exit = state.exit { return (exit.code, nil) }
+        if let exit = state.exit {
+            guard exit.oomKills > 0 else { return (exit.code, nil) }
+            let who = exit.code == 137 ? "the command" : "\(exit.oomKills) process(es) of the command's"
+            return (exit.code, "the guest ran out of memory and its kernel's OOM killer ended \(who) (--memory \(plan.memoryMiB)m); give the run more with --memory")
+        }
         if state.ending == nil, plan.target == .x86_64, case .exited(let status) = termination, status > 1,
            let code = QEMUMachine.code(fromDebugExitStatus: status) {
             // No line from the init, but its exit code through isa-debug-exit.

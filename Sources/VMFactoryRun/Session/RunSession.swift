@@ -138,6 +138,9 @@ public struct RunSession: Sendable {
         }
     }
 
+    /// The most of the guest's console that a run's console.log keeps.
+    static let consoleLogLimit = 16 << 20
+
     /// Boots, streams and ends the VM; decides the exit status.
     func boot(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> (exitCode: Int32, message: String?) {
         let descriptors = try VMMDescriptors(plan: plan, files: files, identity: plan.vmmIdentity)
@@ -173,8 +176,16 @@ public struct RunSession: Sendable {
         defer { relay?.stop() }
         let showConsole = showConsole
         let consoleOutput = stderr
+        let logged = Atomic<Int>(0)
+        let logLimit = Self.consoleLogLimit
         async let consoleDone: Void = PipeReader.readLines(qemu.stdout!) { line in
-            if consoleLog >= 0 { Array((line + "\n").utf8).withUnsafeBytes { try? FileStore.writeAll(consoleLog, $0, path: "console.log") } }
+            // The guest can write its console without end: the log keeps the first part.
+            let bytes = Array((line + "\n").utf8)
+            let before = logged.add(bytes.count, ordering: .relaxed).oldValue
+            if consoleLog >= 0, before < logLimit {
+                let text = before + bytes.count <= logLimit ? bytes : Array("[vmfactory: the console log stops here, at its limit of \(logLimit >> 20) MiB]\n".utf8)
+                text.withUnsafeBytes { try? FileStore.writeAll(consoleLog, $0, path: "console.log") }
+            }
             if showConsole { consoleOutput.writeLine(line) }
             return true
         }
