@@ -200,6 +200,11 @@ struct Run: AsyncParsableCommand {
         if volumes.contains(where: { $0.kind == .virtiofs }), geteuid() != 0, !printQemu {
             throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
         }
+        for volume in volumes where volume.kind == .virtiofs && !volume.readOnly && !printQemu {
+            console.warning(
+                "the virtio-fs volume \(volume.host) is writable by the guest as root: QEMU 7.2's virtiofsd keeps the owners and a chmod's setuid bits the guest sets; share it over 9p (-v \(volume.host):\(volume.guest)) for a guest you do not trust"
+            )
+        }
         let tmpfsMounts = try tmpfs.map { try TmpfsMount.parse($0) }
         var mountPoints = Set<String>()
         for point in volumes.map(\.guest) + tmpfsMounts.map(\.guest) where !mountPoints.insert(point).inserted {

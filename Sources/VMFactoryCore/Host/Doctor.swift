@@ -57,6 +57,7 @@ public enum Doctor {
             tool("qemu-img", "disk images", package: "qemu-utils"),
             tool("mke2fs", "root disks (vmfactory rootfs)", package: "e2fsprogs"),
             tool("skopeo", "images from registries (docker://)"),
+            tool("passt", "vmfactory run's network (--network user, host-loopback)"),
         ]
         for target in targets {
             if let prefix = target.crossCompilePrefix(host: host) {

@@ -270,7 +270,9 @@ public struct RunPlan: Sendable {
     public func virtiofsd(_ index: Int, files: Files, executable: String = "/usr/lib/qemu/virtiofsd") -> Command {
         let volume = volumes[index]
         // QEMU 7.2's virtiofsd has no read-only mode: a read-only volume is mounted so in the guest.
-        let options = "source=\(volume.host),cache=auto"
+        // Without CAP_MKNOD it cannot make device nodes for the guest; killpriv_v2 clears
+        // setuid and setgid bits on writes, chown and truncation (not on a chmod).
+        let options = "source=\(volume.host),cache=auto,killpriv_v2,modcaps=-mknod"
         return Command(executable, ["--socket-path=\(files.virtiofsSocket(index))", "-o", options])
     }
 }
