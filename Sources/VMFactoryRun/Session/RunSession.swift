@@ -171,6 +171,19 @@ public struct RunSession: Sendable {
             identity: plan.vmmIdentity, keeping: descriptors.inherited.all
         )
         descriptors.closeChildEnds()
+        // passt ends by itself once QEMU is gone; before that, its end is the network's.
+        let passtWatch = passt.map { passt in
+            Task.detached { [stderr] in
+                let status: String = switch await passt.wait() {
+                case .exited(let code): "status \(code)"
+                case .signaled(let signal): "signal \(signal)"
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+                guard !qemu.hasExited else { return }
+                stderr.writeLine("vmfactory: warning: passt ended (\(status)) while the VM runs: the guest has no network from now on; its log is \(folder.path)/passt.log")
+            }
+        }
+        defer { passtWatch?.cancel() }
         let channels = RunChannels(plan: plan, qemu: qemu, stdout: stdout, stderr: stderr, stopGrace: stopGrace)
         relay?.start()
         defer { relay?.stop() }
