@@ -283,6 +283,7 @@ struct RunTests {
         plan.tty = true
         plan.windowSize = (40, 120)
         plan.shmBytes = try MemorySize.bytes("256m", flag: "--shm-size")
+        plan.pidsLimit = 64
         try TestSupport.write(plan.runConfig, to: dir + "/run.conf")
         let explained = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/run.conf"])
         #expect(explained.output == """
@@ -304,6 +305,7 @@ struct RunTests {
             tty: 1
             stop-signal: 15
             shm-size: 268435456
+            pids-limit: 64
             network: user
             volume: 9p vmf.v0 ro /data
             volume: virtiofs vmf.v1 rw /with space
