@@ -51,6 +51,8 @@ int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid) {
     // lower numbers: move any of them that sits at 0, 1 or 2 out of the way first.
     int fds[3] = {attributes->stdin_fd, attributes->stdout_fd, attributes->stderr_fd};
     pid_t parent = getpid();
+    long open_max = sysconf(_SC_OPEN_MAX);
+    if (open_max < 0 || open_max > (1L << 20)) open_max = 1L << 20;
 
     // Signals stay blocked from fork until the child has reset every handler, so that no
     // handler of the parent's runs in the child.
@@ -106,7 +108,10 @@ int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid) {
         }
         // Nothing else of the parent's reaches the program: a stray pipe end would keep a
         // reader of another child waiting for an end of file.
-        syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+        if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+            // Kernels before 5.11: mark them one by one, up to the limit read before fork.
+            for (long fd = 3; fd < open_max; fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        }
         for (int index = 0; index < attributes->kept_fd_count; index++) {
             if (attributes->kept_fds[index] >= 3 && fcntl(attributes->kept_fds[index], F_SETFD, 0) != 0) report_and_exit(report[1]);
         }

@@ -64,7 +64,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "user (the default: the outside world through passt, never the host's loopback), restricted (only the -p ports), host-loopback (user, and the host's loopback at 10.0.2.2) or none (no network device).")
     var network: RunPlan.Network = .user
 
-    @Option(help: "USER[:GROUP] that QEMU runs as when vmfactory runs as root (default: sudo's user, else nobody:nogroup).")
+    @Option(help: "USER[:GROUP] that QEMU runs as when vmfactory runs as root (default: nobody:nogroup); one per run keeps runs apart.")
     var vmmUser: String?
 
     @Option(name: [.customShort("m"), .long], help: "Guest memory: 512m (the default), 2g, bytes.")
@@ -250,6 +250,9 @@ struct Run: AsyncParsableCommand {
         plan.vmmIdentity = try Self.vmmIdentity(asked: vmmUser, environment: context.environment)
         plan.memoryMiB = try MemorySize.mebibytes(memory)
         plan.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
+        if let pidsLimit, pidsLimit > Self.largestPidsLimit {
+            throw ValidationError("--pids-limit \(pidsLimit) is more than Linux allows (\(Self.largestPidsLimit)); give a smaller number, or 0 for no limit")
+        }
         plan.pidsLimit = pidsLimit.flatMap { $0 > 0 ? $0 : nil }
         plan.cpus = Int(cpus.rounded(.up))
         plan.interactive = interactive
@@ -269,7 +272,9 @@ struct Run: AsyncParsableCommand {
             plan.accelerator = accelerator
             // KVM is /dev/kvm's group's: QEMU's user joins it for that alone.
             var kvm = stat()
-            if accelerator == .kvm, plan.vmmIdentity != nil, stat("/dev/kvm", &kvm) == 0 { plan.vmmIdentity?.groups = [kvm.st_gid] }
+            if accelerator == .kvm, plan.vmmIdentity != nil, stat("/dev/kvm", &kvm) == 0, kvm.st_gid != 0, kvm.st_mode & 0o006 != 0o006 {
+                plan.vmmIdentity?.groups = [kvm.st_gid]
+            }
             if let note { console.debug(note) }
         }
         if printQemu {
@@ -290,17 +295,18 @@ struct Run: AsyncParsableCommand {
         return session
     }
 
-    /// Who QEMU runs as: nobody unless vmfactory is root (then QEMU is never root): the
-    /// user asked for, else the user sudo was started by, else nobody:nogroup.
+    /// PID_MAX_LIMIT on 64-bit Linux: the most pids.max takes.
+    static let largestPidsLimit = 4_194_304
+
+    /// Who QEMU runs as when vmfactory is root (QEMU is then never root): the user asked for,
+    /// else nobody:nogroup. Without root, QEMU runs as vmfactory's user.
     static func vmmIdentity(asked: String?, environment: [String: String]) throws -> ProcessIdentity? {
         guard geteuid() == 0 else {
             if asked != nil { throw ValidationError("--vmm-user needs vmfactory to run as root: otherwise QEMU runs as you") }
             return nil
         }
         if let asked { return try ProcessIdentity.parse(asked) }
-        if let uid = environment["SUDO_UID"].flatMap(UInt32.init), let gid = environment["SUDO_GID"].flatMap(UInt32.init), uid != 0, gid != 0 {
-            return ProcessIdentity(uid: uid, gid: gid)
-        }
+        // Not sudo's user: a QEMU the guest took over would hold that user's files.
         return .nobody
     }
 

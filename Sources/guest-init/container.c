@@ -1024,7 +1024,10 @@ static int make_command_cgroup(const struct vmf_run *run)
 	char limit[32] = "max";
 	if (run->pids_limit > 0)
 		snprintf(limit, sizeof(limit), "%llu", run->pids_limit);
-	if (write_text("/sys/fs/cgroup/cgroup.subtree_control", "+pids +memory") != 0 ||
+	/* memory first, apart: a kernel without the memory controller still limits pids. */
+	if (write_text("/sys/fs/cgroup/cgroup.subtree_control", "+memory") != 0)
+		vmf_say(VMF_TAG "no memory controller for the command's cgroup: %s\n", strerror(errno));
+	if (write_text("/sys/fs/cgroup/cgroup.subtree_control", "+pids") != 0 ||
 	    (mkdir(COMMAND_CGROUP, 0755) != 0 && errno != EEXIST) ||
 	    write_text(COMMAND_CGROUP "/pids.max", limit) != 0) {
 		if (run->pids_limit > 0)

@@ -191,7 +191,9 @@ public struct RunPlan: Sendable {
         var machine = s390 ? "s390-ccw-virtio" : "microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on,isa-serial=on"
         if sharedMemory { machine += ",memory-backend=mem" }
         // The name says whose QEMU this is (ps, /proc): it opens nothing by path otherwise.
-        var arguments = ["-name", "vmfactory-run:" + (files.overlay as NSString).deletingLastPathComponent, "-M", machine, "-accel", accelerator.rawValue]
+        let name = "vmfactory-run:" + (files.overlay as NSString).deletingLastPathComponent
+        // In QEMU's option syntax a comma is written twice.
+        var arguments = ["-name", name.replacingOccurrences(of: ",", with: ",,"), "-M", machine, "-accel", accelerator.rawValue]
         if icount { arguments += ["-icount", "shift=0,sleep=off"] }
         if accelerator == .kvm { arguments += ["-cpu", "host"] } else if !s390 { arguments += ["-cpu", "max"] }
         arguments += ["-m", "\(memoryMiB)M", "-smp", String(cpus), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]

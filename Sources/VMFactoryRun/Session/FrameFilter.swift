@@ -9,13 +9,16 @@ import VMFactoryCore
 /// them (a 4-byte big-endian length, then the Ethernet frame); the guest chooses their bytes,
 /// not their framing. passt's frames to the guest pass as they are.
 final class FrameFilter: Sendable {
-    /// The largest frame QEMU sends (virtio-net's 64 KiB and headers); a longer length ends
-    /// the relay.
-    static let largestFrame = 65_550
+    /// The largest frame QEMU sends (its network buffer, 68 KiB); a longer length ends the
+    /// relay.
+    static let largestFrame = 69_632
 
     private let guest: Int32
     private let passt: Int32
     private let dropped = Mutex<Int>(0)
+    /// The directions still running: the last one to end closes both descriptors, so that no
+    /// thread ever uses a number that was closed (and perhaps reused) under it.
+    private let running = Mutex<Int>(2)
 
     /// `guest`: our end of QEMU's socket pair; `passt`: our end of passt's. The filter owns
     /// both from here on.
@@ -34,15 +37,28 @@ final class FrameFilter: Sendable {
             filterGuestFrames()
             shutdown(passt, Int32(SHUT_WR))
             shutdown(guest, Int32(SHUT_RD))
+            directionEnded()
         }
         Thread.detachNewThread { [self] in
             PipeReader.forEachChunk(passt) { chunk in SocketIO.writeAll(guest, chunk) }
             shutdown(guest, Int32(SHUT_WR))
             shutdown(passt, Int32(SHUT_RD))
+            directionEnded()
         }
     }
 
-    /// Ends both directions (QEMU is gone).
+    private func directionEnded() {
+        let last = running.withLock { count -> Bool in
+            count -= 1
+            return count == 0
+        }
+        if last {
+            close(guest)
+            close(passt)
+        }
+    }
+
+    /// Ends both directions (QEMU is gone); the threads then close the descriptors.
     func stop() {
         shutdown(guest, Int32(SHUT_RDWR))
         shutdown(passt, Int32(SHUT_RDWR))
@@ -92,7 +108,11 @@ final class FrameFilter: Sendable {
             // ::/96 holds :: and ::1 and the IPv4-compatible forms; ::ffff:0:0/96 the mapped ones.
             let compatible = destination[0..<12].allSatisfy { $0 == 0 }
             let mapped = destination[0..<10].allSatisfy { $0 == 0 } && destination[10] == 0xff && destination[11] == 0xff
-            return !(compatible || mapped)
+            // NAT64's 64:ff9b::/96 and 6to4's 2002::/16 carry an IPv4 address that a
+            // translator on the host would reach: not a loopback or unspecified one.
+            let nat64 = destination[0..<12] == [0x00, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] && isHostOnly(ipv4: destination[12])
+            let sixToFour = destination[0] == 0x20 && destination[1] == 0x02 && isHostOnly(ipv4: destination[2])
+            return !(compatible || mapped || nat64 || sixToFour)
         default:
             return false
         }

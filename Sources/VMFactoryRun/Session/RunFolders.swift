@@ -49,6 +49,8 @@ public struct RunFolders: Sendable {
         let path = root + "/" + id
         let making = root + "/." + id
         try FileStore.createDirectory(making)
+        // The run's files (its overlay, its initrd with the command's environment) are its own.
+        chmod(making, 0o700)
         let lock = try await FileLock.acquire(making + "/" + Self.lockName)
         try FileStore.rename(making, to: path)
         var sockets = path + "/sockets"

@@ -81,7 +81,8 @@ public struct RunSession: Sendable {
         initrd.append(Data(count: (4 - initrd.count % 4) % 4))
         initrd.append(try FileStore.readData(appendix))
         unlink(appendix)
-        try FileStore.writeAtomically(initrd, to: files.initrd)
+        // run.conf holds the command's environment (-e, --env-file): for the run alone.
+        try FileStore.writeAtomically(initrd, to: files.initrd, mode: 0o600)
     }
 
     /// Starts virtiofsd for each virtio-fs volume, waits for its socket and connects to it
@@ -129,7 +130,10 @@ public struct RunSession: Sendable {
         let log = open(folder.path + "/passt.stderr", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         defer { if log >= 0 { close(log) } }
         do {
-            return try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null, keeping: [fd])
+            return try await ChildProcess.spawn(
+                command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null,
+                newSession: true, keeping: [fd]
+            )
         } catch let error as VMFactoryError where error.code == .missingTool {
             throw VMFactoryError(
                 .missingTool, "passt, which gives the guest its network, is not installed",
@@ -143,6 +147,11 @@ public struct RunSession: Sendable {
 
     /// Boots, streams and ends the VM; decides the exit status.
     func boot(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> (exitCode: Int32, message: String?) {
+        if let identity = plan.vmmIdentity {
+            for volume in plan.volumes where volume.kind == .ninep {
+                try await VMMDescriptors.checkAccess(volume, identity: identity, environment: baseEnvironment)
+            }
+        }
         let descriptors = try VMMDescriptors(plan: plan, files: files, identity: plan.vmmIdentity)
         var channelsOwnPorts = false
         defer { descriptors.closeAll(keepingPorts: channelsOwnPorts) }
@@ -150,7 +159,7 @@ public struct RunSession: Sendable {
         defer { for daemon in daemons { daemon.terminate(grace: .milliseconds(500)) } }
         let passt = try await startPasst(files, folder: folder, descriptors: descriptors)
         defer { passt?.terminate(grace: .milliseconds(200)) }
-        let filter = descriptors.filterEnds.map { FrameFilter(guest: $0.guest, passt: $0.passt) }
+        let filter = descriptors.takeFilterEnds().map { FrameFilter(guest: $0.guest, passt: $0.passt) }
         filter?.start()
         defer {
             filter?.stop()
@@ -168,7 +177,8 @@ public struct RunSession: Sendable {
         let spawned = ContinuousClock.now
         let qemu = try await ChildProcess.spawn(
             command, environment: command.environment(on: baseEnvironment), stdin: .null, stdout: .pipe, stderr: .pipe,
-            identity: plan.vmmIdentity, keeping: descriptors.inherited.all
+            // A session of its own: no controlling terminal to type into (TIOCSTI) or write to.
+            newSession: true, identity: plan.vmmIdentity, keeping: descriptors.inherited.all
         )
         descriptors.closeChildEnds()
         // passt ends by itself once QEMU is gone; before that, its end is the network's.

@@ -48,7 +48,6 @@ final class VMMDescriptors: @unchecked Sendable {
                 inherited.ports[port] = theirs
             }
             for (index, volume) in plan.volumes.enumerated() where volume.kind == .ninep {
-                if let identity { try Self.checkAccess(volume, identity: identity) }
                 inherited.folders[index] = try openFile(volume.host, O_RDONLY | O_DIRECTORY, what: "the volume")
             }
             if plan.network.usesPasst {
@@ -66,6 +65,14 @@ final class VMMDescriptors: @unchecked Sendable {
         open = opened
     }
 
+    /// Hands our ends towards QEMU and passt to the frame filter, which closes them.
+    func takeFilterEnds() -> (guest: Int32, passt: Int32)? {
+        guard let ends = filterEnds else { return nil }
+        filterEnds = nil
+        open.removeAll { $0 == ends.guest || $0 == ends.passt }
+        return ends
+    }
+
     /// A connection to virtiofsd's socket, for QEMU.
     func connectVirtiofs(_ index: Int, socket: String) throws {
         let fd = try SocketIO.connect(to: socket)
@@ -77,7 +84,7 @@ final class VMMDescriptors: @unchecked Sendable {
     func closeChildEnds() {
         guard !childEndsClosed else { return }
         childEndsClosed = true
-        let ours = Set(ports.values).union(filterEnds.map { [$0.guest, $0.passt] } ?? [])
+        let ours = Set(ports.values)
         for fd in open where !ours.contains(fd) { close(fd) }
         open = open.filter { ours.contains($0) }
     }
@@ -103,11 +110,20 @@ final class VMMDescriptors: @unchecked Sendable {
     }
 
     /// A 9p folder that QEMU's user cannot use would fail inside the guest, file by file:
-    /// say so before the run, with what to do.
-    static func checkAccess(_ volume: Volume, identity: ProcessIdentity) throws {
+    /// say so before the run, with what to do. `test` asks the kernel as that user (mode bits
+    /// and ACLs), through the open folder, as QEMU reaches it (the path's parents aside).
+    static func checkAccess(_ volume: Volume, identity: ProcessIdentity, environment: [String: String]) async throws {
+        let fd = Glibc.open(volume.host, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw VMFactoryError.io("cannot open the volume", path: volume.host) }
+        defer { close(fd) }
+        let folder = RunPlan.Inherited.path(fd)
+        var tests = ["-r", folder, "-a", "-x", folder]
+        if !volume.readOnly { tests += ["-a", "-w", folder] }
+        let command = Command("test", tests)
+        let child = try await ChildProcess.spawn(command, environment: command.environment(on: environment), stdout: .null, stderr: .null, identity: identity, keeping: [fd])
+        guard await child.wait() != .exited(0) else { return }
         var st = stat()
-        guard stat(volume.host, &st) == 0 else { throw VMFactoryError.io("cannot read", path: volume.host) }
-        guard !allows(st, identity: identity, read: true, write: !volume.readOnly, search: true) else { return }
+        _ = fstat(fd, &st)
         let needs = volume.readOnly ? "r-x" : "rwx"
         throw VMFactoryError(
             .invalidArgument,
