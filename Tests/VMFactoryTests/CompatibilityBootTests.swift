@@ -164,6 +164,69 @@ struct CompatibilityBootTests {
         await vm.expectNothingLeft()
     }
 
+    @Test("a UDP service through -p PORT/udp: python answers datagrams sent to 127.0.0.1 and [::1], so the guest's replies find their way back")
+    func udpService() async throws {
+        let image = try await DebianImages.tarball(DebianImages.services)
+        let vm = try await Self.vm()
+        let port = try PortForwardProbe.freePort()
+        let script = """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("0.0.0.0", 5353))
+            print("ready", flush=True)
+            while True:
+                data, peer = s.recvfrom(512)
+                s.sendto(b"echo:" + data, peer)
+            """
+        let served = try await vm.run(["--timeout", "600s", "-p", "\(port):5353/udp", "tar:" + image, "python3", "-c", script]) { live in
+            _ = await live.waitFor("ready")
+            for host in ["127.0.0.1", "::1"] {
+                var answer: String?
+                for attempt in 0..<10 where answer == nil {
+                    answer = Self.udpExchange(host: host, port: port, message: "hello-\(attempt)")
+                }
+                #expect(answer?.hasPrefix("echo:hello-") == true, "no answer from \(host):\(port)/udp")
+            }
+            live.child.signalLeader(SIGTERM)
+        }
+        #expect(served.status == 143 || served.status == 0, "\(served.status) \(served.stderr)")
+        await vm.expectNothingLeft()
+    }
+
+    /// Sends `message` to HOST:PORT over UDP and waits 2 s for one answer.
+    static func udpExchange(host: String, port: Int, message: String) -> String? {
+        let ipv6 = host.contains(":")
+        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var storage = sockaddr_storage()
+        let length: socklen_t
+        if ipv6 {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = in_port_t(UInt16(port).bigEndian)
+            inet_pton(AF_INET6, host, &address.sin6_addr)
+            withUnsafeBytes(of: address) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            inet_pton(AF_INET, host, &address.sin_addr)
+            withUnsafeBytes(of: address) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        }
+        let sent = Array(message.utf8).withUnsafeBytes { bytes in
+            withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes.baseAddress, bytes.count, 0, $0, length) } }
+        }
+        guard sent == message.utf8.count else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let count = recv(fd, &buffer, buffer.count, 0)
+        return count > 0 ? String(decoding: buffer.prefix(count), as: UTF8.self) : nil
+    }
+
     @Test("PostgreSQL 15: initdb, a server listening on ::1 and 127.0.0.1, psql's select 1 and a parallel query, a clean stop")
     func database() async throws {
         let image = try await DebianImages.tarball(DebianImages.services)

@@ -196,12 +196,13 @@ struct RunTests {
         tty.tty = true
         #expect(tty.serialPorts == [.control, .tty])
 
-        // restricted: QEMU's user network with restrict=on, the -p ports its only way in.
+        // restricted: passt too (the frame filter decides); never QEMU's user network.
         var restricted = plan
         restricted.network = .restricted
         let closed = restricted.qemu(files).argv.joined(separator: " ")
-        #expect(closed.contains("-netdev user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:8080-:80"))
-        #expect(restricted.passt(files, fd: 9, log: "/l") == nil)
+        #expect(closed.contains("-netdev stream,id=net") && !closed.contains("-netdev user"))
+        #expect(restricted.passt(files, fd: 9, log: "/l") != nil)
+        #expect(none.passt(files, fd: 9, log: "/l") == nil)
 
         // A run's QEMU opens nothing by path: every file and socket is a descriptor it inherits.
         var inherited = RunPlan.Inherited(kernel: 10, initrd: 11, overlay: 12, backing: 13)
@@ -222,7 +223,7 @@ struct RunTests {
         #expect(Set(inherited.all) == Set(10...19))
     }
 
-    @Test("passt's command: QEMU's user-network addresses, the -p ports on their host addresses, the gateway not mapped to the host's loopback unless asked, passt as QEMU's user")
+    @Test("passt's command: QEMU's user-network addresses, the -p ports on their host addresses, passt as QEMU's user")
     func passtCommand() throws {
         var plan = try Self.plan(.x86_64)
         plan.ports.append(PortForward(hostAddress: "0.0.0.0", hostPort: 5353, guestPort: 53, proto: .udp))
@@ -232,45 +233,70 @@ struct RunTests {
         #expect(argv.first == "passt")
         #expect(joined.contains("--foreground --one-off --quiet --log-file /run/passt.log --fd 7"))
         #expect(joined.contains("--address 10.0.2.15 --netmask 24 --gateway 10.0.2.2 --dns-forward 10.0.2.3"))
-        #expect(joined.contains("--no-map-gw"))
         #expect(joined.contains("--tcp-ports 127.0.0.1/8080:80") && joined.contains("--udp-ports 0.0.0.0/5353:53"))
         #expect(!joined.contains("--runas"))
         plan.network = .hostLoopback
         plan.vmmIdentity = ProcessIdentity(uid: 65534, gid: 65534)
         let opted = try #require(plan.passt(files, fd: nil, log: "/l")).argv.joined(separator: " ")
-        #expect(!opted.contains("--no-map-gw"))
         #expect(opted.contains("--socket /run/s/net.sock") && opted.contains("--runas 65534:65534"))
     }
 
-    @Test("the frame filter: the guest's frames to the host's loopback and unspecified addresses are dropped, in IPv4 and every IPv6 form; the rest pass")
+    @Test("the frame filter: nothing to the host's loopback in any form; towards the gateway only replies (TCP that opens nothing, UDP answering a -p datagram); restricted reaches nothing else; host-loopback everything")
     func frameFilter() {
-        func ipv4(_ destination: [UInt8]) -> [UInt8] {
-            Array(repeating: 0xaa, count: 12) + [0x08, 0x00] + [0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 2, 15] + destination + Array(repeating: 0, count: 20)
+        let gateway: [UInt8] = [10, 0, 2, 2]
+        func ipv4(_ destination: [UInt8], proto: UInt8 = 6, ports: (UInt16, UInt16) = (40000, 80), flags: UInt8 = 0x02, fragment: [UInt8] = [0, 0]) -> [UInt8] {
+            let ip: [UInt8] = [0x45, 0, 0, 40, 0, 0] + fragment + [64, proto, 0, 0, 10, 0, 2, 15] + destination
+            let transport: [UInt8] = [UInt8(ports.0 >> 8), UInt8(ports.0 & 0xff), UInt8(ports.1 >> 8), UInt8(ports.1 & 0xff)] + Array(repeating: 0, count: 9) + [flags] + Array(repeating: 0, count: 6)
+            return Array(repeating: 0xaa, count: 12) + [0x08, 0x00] + ip + transport
         }
-        func ipv6(_ destination: [UInt8]) -> [UInt8] {
-            Array(repeating: 0xaa, count: 12) + [0x86, 0xdd] + [0x60, 0, 0, 0, 0, 20, 6, 64] + Array(repeating: 0xfe, count: 16) + destination + Array(repeating: 0, count: 20)
+        func ipv6(_ destination: [UInt8], next: UInt8 = 6) -> [UInt8] {
+            Array(repeating: 0xaa, count: 12) + [0x86, 0xdd] + [0x60, 0, 0, 0, 0, 20, next, 64] + Array(repeating: 0xfe, count: 16) + destination + Array(repeating: 0, count: 20)
         }
-        func passes(_ frame: [UInt8]) -> Bool { frame.withUnsafeBytes { FrameFilter.allows($0) } }
-        #expect(passes(ipv4([93, 184, 216, 34])))
-        #expect(passes(ipv4([10, 0, 2, 2])), "the gateway is passt's to map or not")
+        let answered = FrameFilter.Conversation(guestPort: 53, hostPort: 41000)
+        func passes(_ frame: [UInt8], _ policy: FrameFilter.Policy = .world) -> Bool {
+            frame.withUnsafeBytes { FrameFilter.allows($0, policy: policy, gateway: gateway) { $0 == answered } }
+        }
+        let world: [UInt8] = [93, 184, 216, 34]
+        #expect(passes(ipv4(world)))
         #expect(passes(ipv4([192, 0, 2, 2])), "the host's other addresses, as docker's containers reach them")
-        #expect(!passes(ipv4([127, 0, 0, 1])))
-        #expect(!passes(ipv4([127, 1, 2, 3])))
-        #expect(!passes(ipv4([0, 0, 0, 0])))
+        for host in [[127, 0, 0, 1], [127, 1, 2, 3], [0, 0, 0, 0]] as [[UInt8]] {
+            for policy in [FrameFilter.Policy.world, .nothing, .everything] { #expect(!passes(ipv4(host), policy), "\(host) \(policy)") }
+        }
+        // The gateway is the host's loopback (passt maps it): replies only.
+        #expect(!passes(ipv4(gateway)), "a connection to the host's loopback")
+        #expect(passes(ipv4(gateway, flags: 0x12)), "a SYN-ACK: the guest answers a -p connection")
+        #expect(passes(ipv4(gateway, flags: 0x10)), "an ACK within it")
+        #expect(!passes(ipv4(gateway, proto: 17, ports: (53, 5353))), "a datagram nobody sent first")
+        #expect(passes(ipv4(gateway, proto: 17, ports: (53, 41000))), "the answer to a -p datagram")
+        #expect(!passes(ipv4(gateway, proto: 1)), "ICMP to the host")
+        #expect(!passes(ipv4(gateway, flags: 0x10, fragment: [0x20, 0x00])), "a fragment, whose ports cannot be read")
+        #expect(passes(ipv4(gateway), .everything), "--network host-loopback")
+        // restricted: the same replies, nothing else anywhere.
+        #expect(!passes(ipv4(world), .nothing))
+        #expect(!passes(ipv4([10, 0, 2, 3], proto: 17, ports: (40000, 53)), .nothing), "not even DNS")
+        #expect(passes(ipv4(gateway, flags: 0x12), .nothing))
+        #expect(passes(ipv4(gateway, proto: 17, ports: (53, 41000)), .nothing))
+        // IPv6: the loopback in every form; the link's host side gets neighbour discovery only.
         let loopback6: [UInt8] = Array(repeating: 0, count: 15) + [1]
         let mapped: [UInt8] = Array(repeating: 0, count: 10) + [0xff, 0xff, 127, 0, 0, 1]
         let compatible: [UInt8] = Array(repeating: 0, count: 12) + [127, 0, 0, 1]
-        #expect(!passes(ipv6(loopback6)))
-        #expect(!passes(ipv6(Array(repeating: 0, count: 16))))
-        #expect(!passes(ipv6(mapped)))
-        #expect(!passes(ipv6(compatible)))
-        #expect(!passes(ipv6([0x00, 0x64, 0xff, 0x9b] + Array(repeating: 0, count: 8) + [127, 0, 0, 1])), "NAT64")
-        #expect(!passes(ipv6([0x20, 0x02, 127, 0, 0, 1] + Array(repeating: 0, count: 10))), "6to4")
-        #expect(passes(ipv6([0x00, 0x64, 0xff, 0x9b] + Array(repeating: 0, count: 8) + [93, 184, 216, 34])), "NAT64 to the world")
-        #expect(passes(ipv6([0x20, 0x01, 0x0d, 0xb8] + Array(repeating: 0, count: 11) + [1])))
+        let nat64: [UInt8] = [0x00, 0x64, 0xff, 0x9b] + Array(repeating: 0, count: 8) + [127, 0, 0, 1]
+        let sixToFour: [UInt8] = [0x20, 0x02, 127, 0, 0, 1] + Array(repeating: 0, count: 10)
+        for host in [loopback6, Array(repeating: 0, count: 16), mapped, compatible, nat64, sixToFour] {
+            #expect(!passes(ipv6(host)) && !passes(ipv6(host), .everything), "\(host)")
+        }
+        let global: [UInt8] = [0x20, 0x01, 0x0d, 0xb8] + Array(repeating: 0, count: 11) + [1]
+        let router: [UInt8] = [0xfe, 0x80] + Array(repeating: 0, count: 13) + [1]
+        #expect(passes(ipv6(global)))
+        #expect(passes(ipv6([0x00, 0x64, 0xff, 0x9b] + Array(repeating: 0, count: 8) + world)), "NAT64 to the world")
+        #expect(!passes(ipv6(router)), "TCP to the router's link-local address")
+        #expect(passes(ipv6(router, next: 58)), "neighbour discovery")
+        #expect(!passes(ipv6(global), .nothing))
+        #expect(passes(ipv6([0xff, 0x02] + Array(repeating: 0, count: 13) + [2], next: 58), .nothing), "router solicitation")
+        // Neither ARP's absence nor odd frames pass.
         #expect(passes(Array(repeating: 0xff, count: 12) + [0x08, 0x06] + Array(repeating: 0, count: 28)), "ARP")
         #expect(!passes(Array(repeating: 0xff, count: 12) + [0x81, 0x00] + Array(repeating: 0, count: 46)), "a VLAN tag")
-        #expect(!passes(Array(ipv4([93, 184, 216, 34]).prefix(20))), "too short for its header")
+        #expect(!passes(Array(ipv4(world).prefix(20))), "too short for its header")
         #expect(!passes([]))
     }
 

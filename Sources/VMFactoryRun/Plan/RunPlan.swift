@@ -42,7 +42,7 @@ public struct RunPlan: Sendable {
         /// passt: the outside world as a container reaches it, and nothing that listens only
         /// on the host's loopback.
         case user
-        /// QEMU's user network with `restrict=on`: the `-p` ports and nothing else.
+        /// passt behind the frame filter: the `-p` ports and nothing else.
         case restricted
         /// passt with the gateway address mapped to the host's loopback: `user` plus the
         /// host's loopback services at 10.0.2.2, for those who ask for them.
@@ -53,7 +53,7 @@ public struct RunPlan: Sendable {
         /// Whether the guest has a network device.
         public var hasDevice: Bool { self != .none }
         /// Whether passt serves the guest's network.
-        public var usesPasst: Bool { self == .user || self == .hostLoopback }
+        public var usesPasst: Bool { self != .none }
     }
 
     /// QEMU's seccomp filter for a guest vmfactory does not trust: no obsolete system calls,
@@ -223,15 +223,11 @@ public struct RunPlan: Sendable {
             arguments += ["-chardev", "socket,id=\(id),\(endpoint)", "-device", "virtserialport,bus=ports.0,chardev=\(id),name=\(port.rawValue)"]
         }
         arguments += ["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", device("virtio-rng") + ",rng=rng"]
-        switch network {
-        case .user, .hostLoopback:
+        if network.hasDevice {
+            // passt, behind vmfactory's frame filter, on a stream of frames: never QEMU's own
+            // user network, which gives the guest the host's loopback.
             let endpoint = inherited?.network.map { "addr.type=fd,addr.str=\($0)" } ?? "addr.type=unix,addr.path=\(files.networkSocket)"
             arguments += ["-netdev", "stream,id=net,server=off,\(endpoint)", "-device", device("virtio-net") + ",netdev=net"]
-        case .restricted:
-            let forwards = ports.map { ",hostfwd=" + $0.hostfwd }.joined()
-            arguments += ["-netdev", "user,id=net,restrict=on\(forwards)", "-device", device("virtio-net") + ",netdev=net"]
-        case .none:
-            break
         }
         for (index, volume) in volumes.enumerated() {
             switch volume.kind {
@@ -252,15 +248,16 @@ public struct RunPlan: Sendable {
         return Command(target.qemuSystem, arguments)
     }
 
-    /// passt for the `user` and `host-loopback` networks: the guest's frames on `fd` (or on
-    /// the socket file, for a command to read), the addresses of QEMU's user network, the
-    /// `-p` ports on their host addresses, and no way to the host's loopback unless asked.
+    /// passt for every network but none: the guest's frames on `fd` (or on the socket file,
+    /// for a command to read), the addresses of QEMU's user network, the `-p` ports on their
+    /// host addresses. passt maps the gateway to the host's loopback, since the replies to `-p`
+    /// connections and datagrams go there; vmfactory's frame filter lets only those replies
+    /// through unless the network is `host-loopback`.
     public func passt(_ files: Files, fd: Int32?, log: String, executable: String = "passt") -> Command? {
         guard network.usesPasst else { return nil }
         var arguments = ["--foreground", "--one-off", "--quiet", "--log-file", log]
         arguments += fd.map { ["--fd", String($0)] } ?? ["--socket", files.networkSocket]
         arguments += ["--address", Self.guestAddress, "--netmask", "24", "--gateway", Self.gateway, "--dns-forward", Self.dns, "--no-dhcp-search"]
-        if network == .user { arguments.append("--no-map-gw") }
         if let vmmIdentity { arguments += ["--runas", "\(vmmIdentity.uid):\(vmmIdentity.gid)"] }
         for port in ports {
             arguments += [port.proto == .tcp ? "--tcp-ports" : "--udp-ports", "\(port.hostAddress)/\(port.hostPort):\(port.guestPort)"]

@@ -159,12 +159,20 @@ public struct RunSession: Sendable {
         defer { for daemon in daemons { daemon.terminate(grace: .milliseconds(500)) } }
         let passt = try await startPasst(files, folder: folder, descriptors: descriptors)
         defer { passt?.terminate(grace: .milliseconds(200)) }
-        let filter = descriptors.takeFilterEnds().map { FrameFilter(guest: $0.guest, passt: $0.passt) }
+        let policy: FrameFilter.Policy = switch plan.network {
+        case .restricted: .nothing
+        case .hostLoopback: .everything
+        default: .world
+        }
+        let udpPorts = Set(plan.ports.filter { $0.proto == .udp }.map { UInt16($0.guestPort) })
+        let filter = descriptors.takeFilterEnds().map {
+            FrameFilter(guest: $0.guest, passt: $0.passt, policy: policy, gateway: RunPlan.gateway, guestAddress: RunPlan.guestAddress, udpPorts: udpPorts)
+        }
         filter?.start()
         defer {
             filter?.stop()
             if let dropped = filter?.droppedFrames, dropped > 0 {
-                console.info("run: dropped \(dropped) network frame(s) of the guest's addressed to the host's loopback")
+                console.info("run: the network filter dropped \(dropped) frame(s) of the guest's (to the host's loopback, or not allowed by --network \(plan.network.rawValue))")
             }
         }
         var files = files
