@@ -31,6 +31,7 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/klog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -1010,47 +1011,49 @@ static int write_text(const char *path, const char *text)
 }
 
 /*
- * The command's cgroup, as docker gives each container one: its pids.max is --pids-limit, and
- * its memory.events count the processes the OOM killer ended. Returns whether the command
- * joins it (before exec): without cgroup2 in the kernel only --pids-limit is an error.
+ * The command's cgroup for --pids-limit (docker's): its pids.max. Made only when asked for:
+ * under TCG even these few writes cost a boot several milliseconds. Returns whether the
+ * command joins it (before exec).
  */
 static int make_command_cgroup(const struct vmf_run *run)
 {
-	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) != 0) {
-		if (run->pids_limit > 0)
-			fail(125, "cannot apply --pids-limit %llu: the guest kernel has no cgroup2", run->pids_limit);
+	if (run->pids_limit == 0)
 		return 0;
-	}
-	char limit[32] = "max";
-	if (run->pids_limit > 0)
-		snprintf(limit, sizeof(limit), "%llu", run->pids_limit);
-	/* memory first, apart: a kernel without the memory controller still limits pids. */
-	if (write_text("/sys/fs/cgroup/cgroup.subtree_control", "+memory") != 0)
-		vmf_say(VMF_TAG "no memory controller for the command's cgroup: %s\n", strerror(errno));
+	char limit[32];
+	snprintf(limit, sizeof(limit), "%llu", run->pids_limit);
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) != 0)
+		fail(125, "cannot apply --pids-limit %llu: the guest kernel has no cgroup2", run->pids_limit);
 	if (write_text("/sys/fs/cgroup/cgroup.subtree_control", "+pids") != 0 ||
 	    (mkdir(COMMAND_CGROUP, 0755) != 0 && errno != EEXIST) ||
-	    write_text(COMMAND_CGROUP "/pids.max", limit) != 0) {
-		if (run->pids_limit > 0)
-			fail(125, "cannot apply --pids-limit %llu: %s (the kernel needs the pids controller)",
-			     run->pids_limit, strerror(errno));
-		vmf_say(VMF_TAG "no cgroup for the command: %s\n", strerror(errno));
-		return 0;
-	}
+	    write_text(COMMAND_CGROUP "/pids.max", limit) != 0)
+		fail(125, "cannot apply --pids-limit %llu: %s (the kernel needs the pids controller)",
+		     run->pids_limit, strerror(errno));
 	return 1;
 }
 
-/* How many of the command's processes the OOM killer ended, from its cgroup's memory.events. */
-static unsigned long oom_kills(void)
+/*
+ * How many processes the OOM killer ended, from the kernel's log ("Out of memory: Killed
+ * process", "Memory cgroup out of memory: Killed process"). Read only when the command died
+ * of SIGKILL, the OOM killer's signal: nothing to pay otherwise.
+ */
+static unsigned long oom_kills(int status)
 {
-	FILE *events = fopen(COMMAND_CGROUP "/memory.events", "re");
-	if (!events)
+	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
 		return 0;
-	char line[128];
+	int size = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	if (size <= 0 || size > (64 << 20))
+		return 0;
+	char *log = malloc((size_t)size + 1);
+	if (!log)
+		return 0;
+	int length = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, size);
 	unsigned long count = 0;
-	while (fgets(line, sizeof(line), events))
-		if (sscanf(line, "oom_kill %lu", &count) == 1)
-			break;
-	fclose(events);
+	if (length > 0) {
+		log[length] = '\0';
+		for (const char *at = log; (at = strstr(at, "of memory: Killed process ")) != NULL; at++)
+			count++;
+	}
+	free(log);
 	return count;
 }
 
@@ -1312,7 +1315,8 @@ static void report_end(int status, const struct stream *out, const struct stream
 	if (WIFSIGNALED(status))
 		snprintf(how, sizeof(how), " signal %d", WTERMSIG(status));
 	tell_host("exit %d%s out=%llu err=%llu tty=%llu oom=%lu", code, how, out->bytes, err->bytes, terminal->bytes,
-		  run->in_cgroup ? oom_kills() : 0UL);
+		  oom_kills(status));
+	(void)run;
 	/* The last bytes may still be in QEMU's queues: the host says bye once they arrived. */
 	wait_for_bye(60000);
 }

@@ -111,7 +111,8 @@ struct RunTests {
         #expect(try PortForward.parse("127.0.0.1:8080:80").ipv6Loopback == false)
         #expect(try PortForward.parse("80").hostPort == 0)
         #expect(try PortForward.parse("127.0.0.1::80").hostPort == 0)
-        #expect(try PortForward.parse("8080:80").hostfwd == "tcp:127.0.0.1:8080-:80")
+        let plain = try PortForward.parse("8080:80")
+        #expect(plain.hostAddress == "127.0.0.1" && plain.hostPort == 8080 && plain.guestPort == 80 && plain.proto == .tcp)
         for bad in ["80/sctp", "a:b", "1:2:3:4", "99999:80", "localhost:1:2"] {
             #expect(throws: VMFactoryError.self, "\(bad)") { try PortForward.parse(bad) }
         }

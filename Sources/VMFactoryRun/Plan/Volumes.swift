@@ -166,8 +166,6 @@ public struct PortForward: Sendable, Equatable, Codable {
         return PortForward(hostAddress: address, hostPort: try port(host, allowZero: true), guestPort: try port(guest, allowZero: false), proto: proto, ipv6Loopback: parts.count < 3)
     }
 
-    /// QEMU's `hostfwd=` value.
-    public var hostfwd: String { "\(proto.rawValue):\(hostAddress):\(hostPort)-:\(guestPort)" }
 
     public var description: String {
         "\(hostAddress):\(hostPort)\(ipv6Loopback ? " and [::1]:\(hostPort)" : "") -> \(guestPort)/\(proto.rawValue)"
