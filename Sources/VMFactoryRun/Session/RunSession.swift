@@ -114,11 +114,18 @@ public struct RunSession: Sendable {
                 }
                 try await Task.sleep(for: .milliseconds(5))
             }
-            do {
-                try descriptors.connectVirtiofs(index, socket: files.virtiofsSocket(index))
-            } catch {
-                for other in daemons { other.terminate(grace: .milliseconds(200)) }
-                throw error
+            // The socket file appears at bind(); connections are refused until listen().
+            while true {
+                do {
+                    try descriptors.connectVirtiofs(index, socket: files.virtiofsSocket(index))
+                    break
+                } catch {
+                    if daemon.hasExited || ContinuousClock.now > deadline {
+                        for other in daemons { other.terminate(grace: .milliseconds(200)) }
+                        throw error
+                    }
+                    try await Task.sleep(for: .milliseconds(5))
+                }
             }
         }
         return daemons
