@@ -17,24 +17,7 @@ final class TokenServer: Sendable {
         guard fd >= 0 else { throw VMFactoryError(.io, "socket: \(errno)") }
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-        var storage = sockaddr_storage()
-        var length: socklen_t
-        if ipv6 {
-            var address6 = sockaddr_in6()
-            address6.sin6_family = sa_family_t(AF_INET6)
-            address6.sin6_port = in_port_t(UInt16(port).bigEndian)
-            inet_pton(AF_INET6, address, &address6.sin6_addr)
-            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &yes, socklen_t(MemoryLayout<Int32>.size))
-            withUnsafeBytes(of: address6) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        } else {
-            var address4 = sockaddr_in()
-            address4.sin_family = sa_family_t(AF_INET)
-            address4.sin_port = in_port_t(UInt16(port).bigEndian)
-            inet_pton(AF_INET, address, &address4.sin_addr)
-            withUnsafeBytes(of: address4) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        }
+        var (storage, length) = Self.socketAddress(address, port: port)
         let bound = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
         guard bound == 0, listen(fd, 16) == 0 else {
             close(fd)
@@ -63,6 +46,25 @@ final class TokenServer: Sendable {
     func stop() {
         shutdown(fd, Int32(SHUT_RDWR))
         close(fd)
+    }
+
+    /// HOST:PORT as a socket address, IPv4 or IPv6 by the form of HOST.
+    static func socketAddress(_ host: String, port: Int) -> (sockaddr_storage, socklen_t) {
+        var storage = sockaddr_storage()
+        if host.contains(":") {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = in_port_t(UInt16(port).bigEndian)
+            inet_pton(AF_INET6, host, &address.sin6_addr)
+            withUnsafeBytes(of: address) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
+            return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size))
+        }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &address.sin_addr)
+        withUnsafeBytes(of: address) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
+        return (storage, socklen_t(MemoryLayout<sockaddr_in>.size))
     }
 
     /// The host's first IPv4 address that is not a loopback one (its LAN address).
