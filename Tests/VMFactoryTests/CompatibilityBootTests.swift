@@ -183,7 +183,10 @@ struct CompatibilityBootTests {
             for host in ["127.0.0.1", "::1"] {
                 var answer: String?
                 for attempt in 0..<10 where answer == nil {
-                    answer = Self.udpExchange(host: host, port: port, message: "hello-\(attempt)")
+                    // recv blocks for up to 2 s: on a thread of its own, not the test's executor.
+                    answer = await withCheckedContinuation { continuation in
+                        Thread.detachNewThread { continuation.resume(returning: Self.udpExchange(host: host, port: port, message: "hello-\(attempt)")) }
+                    }
                 }
                 #expect(answer?.hasPrefix("echo:hello-") == true, "no answer from \(host):\(port)/udp")
             }

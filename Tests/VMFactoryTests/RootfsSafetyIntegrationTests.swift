@@ -280,6 +280,8 @@ struct RootfsSafetyIntegrationTests {
                     }
                     kill(child.pid, SIGCONT)
                     usleep(10_000)
+                    // Once reaped, its pid may be another process's (another suite's QEMU).
+                    if child.hasExited { break }
                     kill(child.pid, SIGSTOP)
                     while !stopped(), !child.hasExited { usleep(500) }
                 }

@@ -91,8 +91,9 @@ struct QEMUProcess {
     var pid: Int32
     var status: [String: String]
 
-    /// The QEMU (or passt) whose command line mentions `text`.
-    static func find(_ program: String, mentioning text: String) -> QEMUProcess? {
+    /// The QEMU (or passt) whose command line mentions `text`; with `uid`, only one that runs
+    /// as that user (so that a signal can never reach another suite's QEMU).
+    static func find(_ program: String, mentioning text: String, uid: String? = nil) -> QEMUProcess? {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
             guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
             let line = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
@@ -103,6 +104,7 @@ struct QEMUProcess {
                 let parts = row.split(separator: ":", maxSplits: 1)
                 if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
             }
+            if let uid, fields["Uid"]?.split(separator: "\t").first.map(String.init) != uid { continue }
             return QEMUProcess(pid: pid, status: fields)
         }
         return nil
@@ -266,7 +268,7 @@ struct SecurityBootTests {
         let seen = Mutex<(qemu: QEMUProcess?, passt: QEMUProcess?)>((nil, nil))
         let killed = try await vm.run(["--timeout", "120s", images.plain, "-c", "echo up; sleep 600"]) { live in
             _ = await live.waitFor("up")
-            let qemu = QEMUProcess.find("qemu-system-x86_64", mentioning: vm.cache)
+            let qemu = QEMUProcess.find("qemu-system-x86_64", mentioning: "vmfactory-run:" + vm.cache, uid: "65534")
             let passt = QEMUProcess.find("passt", mentioning: "--one-off")
             seen.withLock { $0 = (qemu, passt) }
             if let qemu { kill(qemu.pid, SIGKILL) }
@@ -285,7 +287,7 @@ struct SecurityBootTests {
 
         let stopped = try await vm.run(["--timeout", "5s", images.plain, "-c", "echo up; sleep 600"]) { live in
             _ = await live.waitFor("up")
-            if let qemu = QEMUProcess.find("qemu-system-x86_64", mentioning: vm.cache) { kill(qemu.pid, SIGSTOP) }
+            if let qemu = QEMUProcess.find("qemu-system-x86_64", mentioning: "vmfactory-run:" + vm.cache, uid: "65534") { kill(qemu.pid, SIGSTOP) }
         }
         #expect(stopped.status == 124, "a hung QEMU is ended by --timeout: \(stopped.stderr)")
         await vm.expectNothingLeft()
