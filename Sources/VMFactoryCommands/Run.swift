@@ -247,7 +247,7 @@ struct Run: AsyncParsableCommand {
         plan.tmpfs = tmpfsMounts
         plan.ports = ports
         plan.network = network
-        plan.vmmIdentity = try Self.vmmIdentity(asked: vmmUser, environment: context.environment)
+        plan.vmmIdentity = try Self.vmmIdentity(asked: vmmUser)
         plan.memoryMiB = try MemorySize.mebibytes(memory)
         plan.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
         if let pidsLimit, pidsLimit > Self.largestPidsLimit {
@@ -300,7 +300,7 @@ struct Run: AsyncParsableCommand {
 
     /// Who QEMU runs as when vmfactory is root (QEMU is then never root): the user asked for,
     /// else nobody:nogroup. Without root, QEMU runs as vmfactory's user.
-    static func vmmIdentity(asked: String?, environment: [String: String]) throws -> ProcessIdentity? {
+    static func vmmIdentity(asked: String?) throws -> ProcessIdentity? {
         guard geteuid() == 0 else {
             if asked != nil { throw ValidationError("--vmm-user needs vmfactory to run as root: otherwise QEMU runs as you") }
             return nil

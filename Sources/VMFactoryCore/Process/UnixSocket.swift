@@ -1,53 +1,6 @@
 import CLinux
 import Foundation
 
-/// A listening UNIX stream socket at a path: QEMU's chardevs connect to it as clients.
-public final class UnixListener: Sendable {
-    public let path: String
-    public let fd: Int32
-
-    /// Listens at `path` (which must not exist; at most 107 bytes).
-    public init(path: String) throws {
-        guard path.utf8.count < 108 else {
-            throw VMFactoryError(.io, "the socket path \(path) is longer than a UNIX socket address allows", hint: "use a shorter --cache-dir")
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw VMFactoryError.io("cannot open a socket for", path: path) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { bytes in
-            for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, listen(fd, 4) == 0 else {
-            let code = errno
-            Glibc.close(fd)
-            throw VMFactoryError.io("cannot listen on", path: path, errno: code)
-        }
-        self.path = path
-        self.fd = fd
-    }
-
-    /// The first connection, or nil when none came within `timeout` or `giveUp` said to stop.
-    public func accept(timeout: Duration, giveUp: () -> Bool = { false }) -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline, !giveUp() {
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&poller, 1, 20) > 0 else { continue }
-            let connection = vmf_accept_cloexec(fd)
-            if connection >= 0 { return connection }
-        }
-        return nil
-    }
-
-    public func close() {
-        Glibc.close(fd)
-        unlink(path)
-    }
-}
-
 /// The calls on a connected socket that the standard library has no words for.
 public enum SocketIO {
     /// A connected pair of stream sockets, both close-on-exec.
