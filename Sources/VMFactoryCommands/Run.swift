@@ -278,7 +278,7 @@ struct Run: AsyncParsableCommand {
             if let note { console.debug(note) }
         }
         if printQemu {
-            let files = RunPlan.Files(overlay: folders.root + "/\(id)/disk.qcow2", initrd: folders.root + "/\(id)/initrd.cpio", sockets: folders.root + "/\(id)/sockets")
+            let files = RunPlan.Files(overlay: folders.root + "/\(id)/disk.qcow2", sockets: folders.root + "/\(id)/sockets")
             context.stdout.writeLine(plan.qemu(files).description)
             return nil
         }
@@ -349,6 +349,16 @@ struct Run: AsyncParsableCommand {
         let (kernel, initrd, manifest) = found
         let cmdline = try manifest?.kernel?.cmdline ?? recipe.requireTarget(target).cmdline
         guard let initrd else { throw VMFactoryError(.notFound, "no initrd for \(recipe.name)/\(target)", hint: "run `vmfactory build --recipe \(recipe.name) --target \(target)`") }
+        if let part = manifest?.initrd, part.runProtocol != Int(RunProtocol.version) {
+            let theirs = part.runProtocol.map { "version \($0)" } ?? "no version (it was made before the protocol had one)"
+            throw VMFactoryError(
+                .invalidArgument,
+                "the initrd \(FileStore.displayPath(initrd)) speaks run protocol \(theirs), and this vmfactory speaks version \(RunProtocol.version)",
+                hint: pulled == nil
+                    ? "rebuild it with this vmfactory: vmfactory build --recipe \(recipe.name) --target \(target)"
+                    : "publish the kernel again with this vmfactory, or run it with the vmfactory that published it"
+            )
+        }
         return (kernel, initrd, cmdline)
     }
 }

@@ -5,17 +5,22 @@
  * entrypoint ended and ends the machine. With `quiet` on the kernel command
  * line, its two lines are all the console shows.
  *
- * With /etc/vmfactory/run.conf in the initrd (vmfactory run appends it), it runs
- * in container mode instead (container.c): it mounts the image's disk, switches
- * into it and runs the command there.
+ * With vmf.run on the kernel command line (vmfactory run puts it there), it runs
+ * in container mode instead (container.c): it takes the run's settings over the
+ * run's channel, mounts the image's disk, switches into it and runs the command
+ * and the host's execs there.
  *
- * Run as any other PID, `init --explain [--conf FILE] [--cmdline TEXT] [-- ARGS...]`
- * prints what it would run, and `init --explain-run FILE` what a run.conf asks
- * for, for tests on the build host.
+ * Run as any other PID, for tests on the build host:
+ *   init --explain [--conf FILE] [--cmdline TEXT] [-- ARGS...]  what it would run
+ *   init --explain-run FILE      what a run's settings ask for
+ *   init --decode-frames         the frames on stdin, as the init reads them (selftest.c)
+ *   init --sample-frames         frames of every kind the init sends, on stdout
+ *   init --resolve-user ROOT SPEC   a user looked up in the folder ROOT
  */
 #define _GNU_SOURCE
 #include "container.h"
 #include "launch.h"
+#include "selftest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -99,7 +104,6 @@ static void mount_one(const char *source, const char *target, const char *type,
 static void setup_filesystems(void)
 {
 	const unsigned long hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC;
-	mount_one("proc", "/proc", "proc", hardened, NULL, 0555);
 	mount_one("sysfs", "/sys", "sysfs", hardened, NULL, 0555);
 	mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", 0755);
 	mount_one("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666", 0755);
@@ -244,7 +248,7 @@ static int explain(int argc, char **argv, char **envp)
 	return 0;
 }
 
-/* `init --explain-run FILE`: what a run.conf asks for. */
+/* `init --explain-run FILE`: what a run's settings ask for. */
 static int explain_run(const char *path)
 {
 	char *text = vmf_read_file(path);
@@ -262,22 +266,32 @@ static int explain_run(const char *path)
 	return 0;
 }
 
-/* Container mode: the run's settings came appended to the initrd. */
+/* Whether the kernel command line asks for container mode (/proc is mounted). */
+static int asked_for_run(void)
+{
+	char *cmdline = vmf_read_file("/proc/cmdline");
+	if (!cmdline)
+		return 0;
+	char *words[VMF_MAX_WORDS];
+	int count = vmf_split_cmdline(cmdline, words, VMF_MAX_WORDS);
+	int found = 0;
+	for (int i = 0; i < count && !found; i++) {
+		if (strcmp(words[i], "--") == 0)
+			break;
+		found = strcmp(words[i], VMF_RUN_WORD) == 0;
+	}
+	free(cmdline);
+	return found;
+}
+
+/* Container mode: the run's settings come over its channel. */
 static void run_container(void)
 {
 	const unsigned long hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC;
 	/* Only what finding the devices needs; the rest is mounted inside the image. */
-	mount_one("proc", "/proc", "proc", hardened, NULL, 0555);
 	mount_one("sysfs", "/sys", "sysfs", hardened, NULL, 0555);
 	mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", 0755);
-	char *text = vmf_read_file(VMF_RUN_CONF);
-	struct vmf_run run;
-	char err[256];
-	if (!text || vmf_run_parse(&run, text, err, sizeof(err)) != 0) {
-		vmf_say(TAG "%s\n", text ? err : "cannot read " VMF_RUN_CONF);
-		vmf_end_machine(125);
-	}
-	vmf_run_container(&run);
+	vmf_run_container();
 }
 
 int main(int argc, char **argv, char **envp)
@@ -287,6 +301,12 @@ int main(int argc, char **argv, char **envp)
 			return explain(argc, argv, envp);
 		if (argc == 3 && strcmp(argv[1], "--explain-run") == 0)
 			return explain_run(argv[2]);
+		if (argc == 2 && strcmp(argv[1], "--decode-frames") == 0)
+			return vmf_decode_frames();
+		if (argc == 2 && strcmp(argv[1], "--sample-frames") == 0)
+			return vmf_sample_frames();
+		if (argc == 4 && strcmp(argv[1], "--resolve-user") == 0)
+			return vmf_resolve_user_at(argv[2], argv[3]);
 		fprintf(stderr, "vmfactory-init runs as PID 1 of a microVM; `%s --explain` shows what it would run\n", argv[0]);
 		return 2;
 	}
@@ -306,7 +326,8 @@ int main(int argc, char **argv, char **envp)
 	}
 	vmf_say(TAG "ready %ld.%06ld\n", (long)boot.tv_sec, boot.tv_nsec / 1000);
 
-	if (access(VMF_RUN_CONF, R_OK) == 0)
+	mount_one("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, 0555);
+	if (asked_for_run())
 		run_container();
 	setup_filesystems();
 

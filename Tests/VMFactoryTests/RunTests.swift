@@ -96,7 +96,7 @@ struct RunTests {
         #expect(try TmpfsMount.parse("/run") == TmpfsMount(guest: "/run", options: ["rw", "noexec", "nosuid", "nodev"]))
         #expect(try TmpfsMount.parse("/tmp/:exec,size=64m,mode=1777").options == ["rw", "noexec", "nosuid", "nodev", "exec", "size=64m", "mode=1777"])
         #expect(try TmpfsMount.parse("/tmp/").guest == "/tmp")
-        #expect(try TmpfsMount.parse("/x:size=50%,nr_inodes=10k,uid=1000,gid=1000,ro").runConfigValue == "rw,noexec,nosuid,nodev,size=50%,nr_inodes=10k,uid=1000,gid=1000,ro /x")
+        #expect(try TmpfsMount.parse("/x:size=50%,nr_inodes=10k,uid=1000,gid=1000,ro").settingsValue == "rw,noexec,nosuid,nodev,size=50%,nr_inodes=10k,uid=1000,gid=1000,ro /x")
         for bad in ["run", "/", "/a b", "/t:size=", "/t:size=1t", "/t:mode=999", "/t:mode=17777", "/t:uid=-1", "/t:bogus", "/t:size=1m;x", "/t:,"] {
             let error = #expect(throws: VMFactoryError.self, "\(bad)") { try TmpfsMount.parse(bad) }
             #expect(error?.hint != nil, "\(bad)")
@@ -160,10 +160,10 @@ struct RunTests {
         return plan
     }
 
-    @Test("the QEMU command per target: virtio-mmio or virtio-ccw devices, the overlay, named ports, RNG, hostfwd, 9p read-only in QEMU, vhost-user-fs with shared memory", arguments: Target.allCases)
+    @Test("the QEMU command per target: virtio-mmio or virtio-ccw devices, the overlay, the run's channel, RNG, passt, 9p read-only in QEMU, vhost-user-fs with shared memory", arguments: Target.allCases)
     func qemuCommand(_ target: Target) throws {
         let plan = try Self.plan(target)
-        let files = RunPlan.Files(overlay: "/run/disk.qcow2", initrd: "/run/initrd.cpio", sockets: "/run/s")
+        let files = RunPlan.Files(overlay: "/run/disk.qcow2", sockets: "/run/s")
         let argv = plan.qemu(files).argv
         let joined = argv.joined(separator: " ")
         let suffix = target == .s390x ? "-ccw" : "-device"
@@ -180,9 +180,9 @@ struct RunTests {
         #expect(joined.contains("path=/srv/a,security_model=mapped-xattr,readonly=on"))
         #expect(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"))
         #expect(joined.contains("memory-backend=mem"))
-        for port in ["vmf.control", "vmf.stdout", "vmf.stderr"] { #expect(joined.contains("name=\(port)")) }
-        #expect(!joined.contains("vmf.stdin"), "no stdin port without -i")
-        #expect(joined.contains("-initrd /run/initrd.cpio -append quiet"))
+        // One port, the run's channel: the settings, every process's I/O and the control.
+        #expect(joined.contains("max_ports=2 -chardev socket,id=channel,path=/run/s/channel.sock -device virtserialport,bus=ports.0,chardev=channel,name=vmf.channel"))
+        #expect(joined.contains("-initrd /i -append quiet vmf.run"))
         #expect(joined.contains("virtio-mmio.force-legacy=false") == (target == .x86_64))
 
         var none = plan
@@ -192,10 +192,10 @@ struct RunTests {
         let bare = none.qemu(files).argv.joined(separator: " ")
         #expect(!bare.contains("virtio-net") && !bare.contains("-netdev"), "--network none: no network device at all")
         #expect(!bare.contains("memory-backend"))
-        #expect(bare.contains("name=vmf.stdin"))
-        var tty = plan
-        tty.tty = true
-        #expect(tty.serialPorts == [.control, .tty])
+        #expect(bare.components(separatedBy: "virtserialport").count == 2, "one port with -i too")
+        var dashed = plan
+        dashed.cmdline = "quiet -- extra"
+        #expect(dashed.runCmdline == "quiet vmf.run -- extra", "the word goes before --, after which words are the init's arguments")
 
         // restricted: passt too (the frame filter decides); never QEMU's user network.
         var restricted = plan
@@ -207,7 +207,7 @@ struct RunTests {
 
         // A run's QEMU opens nothing by path: every file and socket is a descriptor it inherits.
         var inherited = RunPlan.Inherited(kernel: 10, initrd: 11, overlay: 12, backing: 13)
-        inherited.ports = [.control: 14, .stdout: 15, .stderr: 16]
+        inherited.channel = 14
         inherited.folders = [0: 17]
         inherited.virtiofs = [1: 18]
         inherited.network = 19
@@ -216,19 +216,19 @@ struct RunTests {
         let confined = plan.qemu(opened).argv.joined(separator: " ")
         #expect(confined.contains("-kernel /proc/self/fd/10 -initrd /proc/self/fd/11"))
         #expect(confined.contains("file=/proc/self/fd/12,if=none,id=root,format=qcow2,discard=unmap,backing.file.filename=/proc/self/fd/13"))
-        #expect(confined.contains("-chardev socket,id=control,fd=14") && confined.contains("-chardev socket,id=stderr,fd=16"))
+        #expect(confined.contains("-chardev socket,id=channel,fd=14"))
         #expect(confined.contains("path=/proc/self/fd/17,security_model=mapped-xattr,readonly=on"))
         #expect(confined.contains("-chardev socket,id=fs1,fd=18"))
         #expect(confined.contains("-netdev stream,id=net,server=off,addr.type=fd,addr.str=19"))
         #expect(!confined.contains("/run/s/") && !confined.contains(" /k ") && !confined.contains("/srv/"), "\(confined)")
-        #expect(Set(inherited.all) == Set(10...19))
+        #expect(Set(inherited.all) == Set(10...14).union(17...19))
     }
 
     @Test("passt's command: QEMU's user-network addresses, the -p ports on their host addresses, passt as QEMU's user")
     func passtCommand() throws {
         var plan = try Self.plan(.x86_64)
         plan.ports.append(PortForward(hostAddress: "0.0.0.0", hostPort: 5353, guestPort: 53, proto: .udp))
-        let files = RunPlan.Files(overlay: "/run/disk.qcow2", initrd: "/run/initrd.cpio", sockets: "/run/s")
+        let files = RunPlan.Files(overlay: "/run/disk.qcow2", sockets: "/run/s")
         let argv = try #require(plan.passt(files, fd: 7, log: "/run/passt.log")).argv
         let joined = argv.joined(separator: " ")
         #expect(argv.first == "passt")
@@ -301,20 +301,16 @@ struct RunTests {
         #expect(!passes([]))
     }
 
-    @Test("run.conf says everything with line breaks and backslashes escaped, and the init's own parser reads it back", .tags(.integration), .needsTool("gcc"))
-    func runConfigRoundTrip() async throws {
+    @Test("the run's settings say everything with line breaks and backslashes escaped, and the init's own parser reads them back", .tags(.integration), .needsTool("gcc"))
+    func settingsRoundTrip() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let source = TestSupport.repositoryRoot + "/Sources/guest-init"
-        try await TestSupport.runner.runChecked(
-            Command("gcc", ["-std=gnu11", "-Wall", "-Werror", "-o", dir + "/init", "init.c", "launch.c", "container.c"], workingDirectory: source),
-            what: "compiling the init for this host"
-        )
+        try await HostInit.compile(to: dir + "/init")
         var plan = try Self.plan(.x86_64)
         plan.tty = true
         plan.windowSize = (40, 120)
         plan.shmBytes = try MemorySize.bytes("256m", flag: "--shm-size")
         plan.pidsLimit = 64
-        try TestSupport.write(plan.runConfig, to: dir + "/run.conf")
+        try TestSupport.write(plan.settings, to: dir + "/run.conf")
         let explained = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/run.conf"])
         #expect(explained.output == """
             argv: /bin/echo
@@ -329,10 +325,11 @@ struct RunTests {
             line2
             user: app
             workdir: /srv
-            hostname: box
-            readonly: 0
             stdin: 0
             tty: 1
+            window: 40 120
+            hostname: box
+            readonly: 0
             stop-signal: 15
             shm-size: 268435456
             pids-limit: 64
@@ -352,18 +349,18 @@ struct RunTests {
         for value in ["rw run", "rw,bogus /t", "size=1m,x /t", "size=1m;rm /t", "-"] {
             try TestSupport.write("arg=/bin/true\ntmpfs=\(value)\n", to: dir + "/tmpfs.conf")
             let refused = try await TestSupport.runner.run(Command(dir + "/init", ["--explain-run", dir + "/tmpfs.conf"]), output: .capture)
-            #expect(refused.output.contains("run.conf:2: bad value for tmpfs"), "\(value): \(refused.output)")
+            #expect(refused.output.contains("settings:2: bad value for tmpfs"), "\(value): \(refused.output)")
         }
         try TestSupport.write("arg=/bin/true\nbogus=1\n", to: dir + "/bad.conf")
         let bad = try await TestSupport.runner.run(Command(dir + "/init", ["--explain-run", dir + "/bad.conf"]), output: .capture)
-        #expect(bad.output.contains("run.conf:2: unknown key 'bogus'"))
+        #expect(bad.output.contains("settings:2: unknown key 'bogus'"))
     }
 
-    @Test("run.conf escapes the line break inside \"\\r\\n\" too: no value splits a line")
+    @Test("the settings escape the line break inside \"\\r\\n\" too: no value splits a line")
     func carriageReturns() throws {
         var plan = try Self.plan(.x86_64)
         plan.process.environment = ["CRLF=a\r\nb", "BACKSLASH=c\\d"]
-        let lines = plan.runConfig.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let lines = plan.settings.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         #expect(lines.contains("env=CRLF=a\r\\nb"))
         #expect(lines.contains("env=BACKSLASH=c\\\\d"))
         #expect(!lines.contains("b"))

@@ -109,7 +109,7 @@ public struct InitrdBuilder: Sendable {
             environment: plan.spec.environment.map { "\($0.0)=\($0.1)" },
             initSources: plan.initInputs, compiler: plan.compiler, flags: InitCompiler.flags,
             files: zip(plan.spec.files, plan.fileDigests).map { .init(name: $0.0.destination, path: ManifestPaths(recipe: plan.recipe).shown($0.0.source), sha256: $0.1) },
-            entries: entries.count, key: plan.key
+            entries: entries.count, key: plan.key, runProtocol: InitCompiler.runProtocol
         )
         return (part, PartOutcome(artifacts: artifacts, files: [("init", initPath), (plan.fileName, initrdPath)]))
     }

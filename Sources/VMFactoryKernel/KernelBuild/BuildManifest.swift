@@ -90,6 +90,9 @@ public struct BuildManifest: Sendable, Codable, Equatable {
         public var entries: Int
         /// Covers every input of the init and the initrd.
         public var key: SHA256Digest
+        /// The version of the run protocol (docs/run-protocol.md) the init speaks; nil for an
+        /// init made before there was one.
+        public var runProtocol: Int? = nil
     }
 
     /// Where a kernel part that was not compiled here came from: a build cache's entry.

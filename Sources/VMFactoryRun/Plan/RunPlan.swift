@@ -7,7 +7,7 @@ import VMFactoryCore
 public struct RunPlan: Sendable {
     public var target: Target
     public var kernel: String
-    /// The recipe's initrd; the run's copy has run.conf appended.
+    /// The recipe's initrd (the run's settings come over the channel, not in it).
     public var initrd: String
     /// The recipe's kernel command line (the console and the boot trims).
     public var cmdline: String
@@ -79,47 +79,16 @@ public struct RunPlan: Sendable {
         self.hostname = hostname
     }
 
-    /// The names of the virtio-serial ports, as the init looks them up.
-    public enum Port: String, CaseIterable, Sendable {
-        case control = "vmf.control"
-        case stdout = "vmf.stdout"
-        case stderr = "vmf.stderr"
-        case stdin = "vmf.stdin"
-        case tty = "vmf.tty"
-
-        /// The socket file's name in the run's socket folder.
-        public var socketName: String { String(rawValue.dropFirst(4)) + ".sock" }
-    }
-
-    /// The ports this run has: -t relays a terminal on one port; otherwise stdout and stderr
-    /// apart, and stdin with -i.
-    public var serialPorts: [Port] {
-        if tty { return [.control, .tty] }
-        return [.control, .stdout, .stderr] + (interactive ? [.stdin] : [])
-    }
-
     public func volumeTag(_ index: Int) -> String { "vmf.v\(index)" }
 
-    /// The init's settings (see container.h): one key=value a line, line breaks and
-    /// backslashes escaped.
-    public var runConfig: String {
-        // By Unicode scalar: "\r\n" is one Character, and its "\n" must be escaped too.
-        func escaped(_ value: String) -> String {
-            var text = ""
-            for scalar in value.unicodeScalars {
-                switch scalar {
-                case "\\": text += "\\\\"
-                case "\n": text += "\\n"
-                default: text.unicodeScalars.append(scalar)
-                }
-            }
-            return text
-        }
+    /// The run's settings frame's text (docs/run-protocol.md): one key=value a line, line
+    /// breaks and backslashes escaped.
+    public var settings: String {
         var lines: [(String, String)] = process.argv.map { ("arg", $0) } + process.environment.map { ("env", $0) }
         lines += [
             ("user", process.user), ("workdir", process.workdir), ("hostname", hostname),
             ("stopsignal", String(process.stopSignal)), ("readonly", readOnly ? "1" : "0"),
-            ("stdin", interactive && !tty ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"), ("keep", keep ? "1" : "0"),
+            ("stdin", interactive ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"), ("keep", keep ? "1" : "0"),
             // The init only needs to know whether there is a device to configure.
             ("network", network.hasDevice ? "user" : "none"), ("shmsize", String(shmBytes)),
         ]
@@ -131,25 +100,35 @@ public struct RunPlan: Sendable {
         for (index, volume) in volumes.enumerated() {
             lines.append(("volume", "\(volume.kind.rawValue) \(volumeTag(index)) \(volume.readOnly ? "ro" : "rw") \(volume.guest)"))
         }
-        lines += tmpfs.map { ("tmpfs", $0.runConfigValue) }
-        return "# vmfactory run: the settings of one run, for the init's container mode.\n"
-            + lines.map { "\($0.0)=\(escaped($0.1))" }.joined(separator: "\n") + "\n"
+        lines += tmpfs.map { ("tmpfs", $0.settingsValue) }
+        return RunProtocol.keyValueText(lines)
+    }
+
+    /// The settings as the host sends them, once the init said hello.
+    public var settingsFrame: RunProtocol.Frame {
+        RunProtocol.Frame(.settings, number: RunProtocol.version, text: settings)
+    }
+
+    /// The recipe's command line with the word that puts the init in container mode, before
+    /// any `--` (after which words are the init's arguments).
+    public var runCmdline: String {
+        var words = cmdline.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        words.insert(RunProtocol.runWord, at: words.firstIndex(of: "--") ?? words.endIndex)
+        return words.joined(separator: " ")
     }
 
     /// Where the run's files are, for the QEMU command line.
     public struct Files: Sendable {
         public var overlay: String
-        public var initrd: String
         public var sockets: String
         /// Descriptors QEMU inherits instead of opening paths (a QEMU that runs as another
         /// user cannot reach the cache); nil for a command to read (`--print-qemu`).
         public var inherited: Inherited?
-        public init(overlay: String, initrd: String, sockets: String) {
+        public init(overlay: String, sockets: String) {
             self.overlay = overlay
-            self.initrd = initrd
             self.sockets = sockets
         }
-        public func socket(_ port: Port) -> String { sockets + "/" + port.socketName }
+        public var channelSocket: String { sockets + "/channel.sock" }
         public func virtiofsSocket(_ index: Int) -> String { sockets + "/fs\(index).sock" }
         public var networkSocket: String { sockets + "/net.sock" }
     }
@@ -161,8 +140,8 @@ public struct RunPlan: Sendable {
         public var overlay: Int32
         /// The image's cached disk, the overlay's backing file (read-only).
         public var backing: Int32
-        /// QEMU's ends of the virtio-serial ports' socket pairs.
-        public var ports: [Port: Int32] = [:]
+        /// QEMU's end of the run channel's socket pair.
+        public var channel: Int32?
         /// The 9p volumes' host folders, by volume index.
         public var folders: [Int: Int32] = [:]
         /// Connections to virtiofsd, by volume index.
@@ -178,7 +157,7 @@ public struct RunPlan: Sendable {
         }
 
         public var all: [Int32] {
-            [kernel, initrd, overlay, backing] + Array(ports.values) + Array(folders.values) + Array(virtiofs.values) + (network.map { [$0] } ?? [])
+            [kernel, initrd, overlay, backing] + (channel.map { [$0] } ?? []) + Array(folders.values) + Array(virtiofs.values) + (network.map { [$0] } ?? [])
         }
 
         /// A path that opens what `fd` is open on, for QEMU's options that take paths.
@@ -213,21 +192,20 @@ public struct RunPlan: Sendable {
             arguments += ["-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on"]
         }
         arguments += s390 ? ["-chardev", "stdio,id=console", "-device", "sclpconsole,chardev=console"] : ["-serial", "stdio"]
-        arguments += ["-kernel", path(inherited?.kernel, kernel), "-initrd", path(inherited?.initrd, files.initrd), "-append", cmdline]
+        arguments += ["-kernel", path(inherited?.kernel, kernel), "-initrd", path(inherited?.initrd, initrd), "-append", runCmdline]
         if !s390 { arguments += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"] }
         arguments += [
             "-drive", "file=\(path(inherited?.overlay, files.overlay)),if=none,id=root,format=qcow2,discard=unmap\(readOnly ? ",readonly=on" : "")"
                 + (inherited.map { ",backing.file.filename=\(Inherited.path($0.backing))" } ?? ""),
             "-device", device("virtio-blk") + ",drive=root",
         ]
-        // Only the ports the run has (and port 0, which the bus keeps for a console): the
+        // One port, the run's channel (and port 0, which the bus keeps for a console): the
         // guest sets up two queues for every port there could be.
-        arguments += ["-device", device("virtio-serial") + ",id=ports,max_ports=\(serialPorts.count + 1)"]
-        for port in serialPorts {
-            let id = String(port.rawValue.dropFirst(4))
-            let endpoint = inherited?.ports[port].map { "fd=\($0)" } ?? "path=\(files.socket(port))"
-            arguments += ["-chardev", "socket,id=\(id),\(endpoint)", "-device", "virtserialport,bus=ports.0,chardev=\(id),name=\(port.rawValue)"]
-        }
+        let channel = inherited?.channel.map { "fd=\($0)" } ?? "path=\(files.channelSocket)"
+        arguments += [
+            "-device", device("virtio-serial") + ",id=ports,max_ports=2",
+            "-chardev", "socket,id=channel,\(channel)", "-device", "virtserialport,bus=ports.0,chardev=channel,name=\(RunProtocol.port)",
+        ]
         arguments += ["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", device("virtio-rng") + ",rng=rng"]
         if network.hasDevice {
             // passt, behind vmfactory's frame filter, on a stream of frames: never QEMU's own

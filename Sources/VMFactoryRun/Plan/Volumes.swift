@@ -98,7 +98,7 @@ public struct Volume: Sendable, Equatable, Codable {
     }
 
     /// A guest path something can be mounted at, normalized: absolute, not /, on one line of
-    /// run.conf. nil otherwise.
+    /// settings. nil otherwise.
     static func mountPoint(_ guest: String) -> String? {
         let normalized = URL(fileURLWithPath: guest).standardizedFileURL.path
         guard guest.hasPrefix("/"), normalized != "/", !guest.contains("\n"), !guest.contains("\0") else { return nil }
@@ -289,6 +289,6 @@ public struct TmpfsMount: Sendable, Equatable, Codable {
         }
     }
 
-    /// The init's run.conf value: the options, then the path.
-    public var runConfigValue: String { options.joined(separator: ",") + " " + guest }
+    /// The value of the init's tmpfs setting: the options, then the path.
+    public var settingsValue: String { options.joined(separator: ",") + " " + guest }
 }

@@ -4,10 +4,12 @@ import Synchronization
 import VMFactoryBoot
 import VMFactoryCore
 
-/// The host's side of a run's virtio-serial ports: the command's stdout and stderr to ours,
-/// our stdin to it, the terminal with -t, and the control channel that carries its start,
-/// its end, signals and window sizes. Each port is relayed by a thread of its own, since
-/// every read blocks.
+/// The host's side of the run's channel (docs/run-protocol.md): it answers the init's hello
+/// with the run's settings, relays the command's stdout and stderr to ours and our stdin to it,
+/// forwards signals and window sizes, and learns how the command ended. One thread reads the
+/// channel; the outputs are written by queues of their own, and the init gets room for more
+/// output only once a write is done, so a slow stdout holds back the guest and never grows a
+/// buffer here.
 final class RunChannels: Sendable {
     enum Ending: Sendable {
         case timedOut
@@ -19,25 +21,15 @@ final class RunChannels: Sendable {
         case acceleratorFailed(String)
     }
 
-    struct ExitLine: Sendable {
-        var code: Int32
-        var bytes: [RunPlan.Port: UInt64]
-        /// Processes the guest kernel's OOM killer ended while the command ran.
-        var oomKills: UInt64 = 0
-    }
-
-    /// The longest line the init sends on the control channel; a longer one ends the channel.
-    static let longestControlLine = 4096
-
     private struct State {
         var ending: Ending?
-        var exit: ExitLine?
-        var error: (code: Int32, message: String)?
+        var exit: RunProtocol.ExitReport?
+        var failure: (code: Int32, message: String)?
         var started: ContinuousClock.Instant?
-        var received: [RunPlan.Port: UInt64] = [:]
-        var connections: [RunPlan.Port: Int32] = [:]
+        /// Bytes of stdin the init still takes before it grants more.
+        var stdinCredit: UInt32 = RunProtocol.window
         var stops = 0
-        var relaysRunning = 0
+        var readerDone = false
     }
 
     let plan: RunPlan
@@ -45,136 +37,154 @@ final class RunChannels: Sendable {
     let stdout: TextOutput
     let stderr: TextOutput
     let stopGrace: Duration
+    /// Our end of the channel's socket pair (QEMU has the other).
+    let channel: Int32
     private let state = Mutex(State())
-    private let relaysDone = DispatchSemaphore(value: 0)
+    /// Frames go out whole: one writer at a time.
+    private let sending = Mutex(())
+    private let stdinRoom = DispatchSemaphore(value: 0)
+    /// Signalled when the command started (or the channel ended): stdin goes only to a process.
+    private let commandStarted = DispatchSemaphore(value: 0)
+    private let readerEnded = DispatchSemaphore(value: 0)
+    private let outputs = (stdout: DispatchQueue(label: "vmfactory.run.stdout"), stderr: DispatchQueue(label: "vmfactory.run.stderr"))
+    /// What the reader answers goes out from here: the reader itself never waits on a write,
+    /// or a writer blocked on a guest that is blocked writing to us would stop both.
+    private let answers = DispatchQueue(label: "vmfactory.run.answers")
 
-    init(plan: RunPlan, qemu: ChildProcess, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration) {
+    init(plan: RunPlan, qemu: ChildProcess, channel: Int32, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration) {
         self.plan = plan
         self.qemu = qemu
+        self.channel = channel
         self.stdout = stdout
         self.stderr = stderr
         self.stopGrace = stopGrace
     }
 
-    /// Starts the relays on our ends of the ports' socket pairs (QEMU has the other ends).
-    func connect(_ ends: [RunPlan.Port: Int32]) {
-        state.withLock { $0.connections = ends }
-        for (port, fd) in ends { start(port, fd) }
-    }
-
-    private func start(_ port: RunPlan.Port, _ fd: Int32) {
-        switch port {
-        case .stdout, .tty:
-            relay(port, fd, to: stdout)
-            if port == .tty, plan.interactive { feed(fd, shutdownAtEnd: false) }
-        case .stderr:
-            relay(port, fd, to: stderr)
-        case .stdin:
-            feed(fd, shutdownAtEnd: true)
-        case .control:
-            state.withLock { $0.relaysRunning += 1 }
-            Thread.detachNewThread { [self] in
-                readControl(fd)
-                relayEnded()
-            }
-        }
-    }
-
-    /// The guest's bytes on `port` to one of our outputs, counted.
-    private func relay(_ port: RunPlan.Port, _ fd: Int32, to output: TextOutput) {
-        state.withLock { $0.relaysRunning += 1 }
+    /// Starts reading the channel (and feeding it our stdin with -i).
+    func connect() {
         Thread.detachNewThread { [self] in
-            PipeReader.forEachChunk(fd) { chunk in
-                output.write(Data(chunk))
-                state.withLock { $0.received[port, default: 0] += UInt64(chunk.count) }
+            read()
+            state.withLock { $0.readerDone = true }
+            stdinRoom.signal()
+            commandStarted.signal()
+            readerEnded.signal()
+        }
+        if plan.interactive {
+            Thread.detachNewThread { [self] in feedStdin() }
+        }
+    }
+
+    func send(_ frame: RunProtocol.Frame) {
+        let bytes = frame.encoded
+        sending.withLock { _ in _ = bytes.withUnsafeBytes { SocketIO.writeAll(channel, $0) } }
+    }
+
+    private func read() {
+        var decoder = RunProtocol.Decoder()
+        PipeReader.forEachChunk(channel) { chunk in
+            decoder.feed(chunk)
+            do {
+                while let frame = try decoder.next() {
+                    guard handle(frame) else { return false }
+                }
                 return true
+            } catch {
+                fail("the guest broke the run protocol (\(error)); the VM was ended")
+                return false
             }
-            relayEnded()
         }
     }
 
-    /// Our stdin to the guest. At its end, stdin's port sees an end of file (our direction
-    /// shut down, theirs still open); a terminal's port stays open.
-    private func feed(_ fd: Int32, shutdownAtEnd: Bool) {
-        Thread.detachNewThread {
-            PipeReader.forEachChunk(STDIN_FILENO) { chunk in SocketIO.writeAll(fd, chunk) }
-            if shutdownAtEnd { SocketIO.shutdownWrite(fd) }
+    /// Ends the run for something the guest did: its message wins over how QEMU ended.
+    private func fail(_ message: String) {
+        state.withLock { state in
+            if state.failure == nil { state.failure = (125, message) }
         }
+        end(nil)
     }
 
-    private func relayEnded() {
-        let last = state.withLock { state -> Bool in
-            state.relaysRunning -= 1
-            return state.relaysRunning == 0
-        }
-        if last { relaysDone.signal() }
-    }
-
-    /// The init's lines: "started PID", "exit CODE [signal N] out=B err=B tty=B",
-    /// "error CODE MESSAGE".
-    private func readControl(_ fd: Int32) {
-        var pending: [UInt8] = []
-        PipeReader.forEachChunk(fd) { chunk in
-            pending.append(contentsOf: chunk)
-            while let newline = pending.firstIndex(of: 0x0a) {
-                let line = String(decoding: pending[..<newline], as: UTF8.self)
-                pending.removeSubrange(...newline)
-                handle(line, control: fd)
+    /// Acts on one of the init's frames; false once the channel is done with.
+    private func handle(_ frame: RunProtocol.Frame) -> Bool {
+        switch frame.type {
+        case .hello:
+            guard let version = frame.number else {
+                fail("the guest's hello says no version; the VM was ended")
+                return false
             }
-            // The guest writes this channel: a line without an end is not kept growing.
-            return pending.count <= Self.longestControlLine
-        }
-    }
-
-    private func handle(_ line: String, control fd: Int32) {
-        let words = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
-        switch words.first {
-        case "started":
+            guard version == RunProtocol.version else {
+                fail("the initrd speaks run protocol version \(version), and this vmfactory speaks version \(RunProtocol.version); build the kernel and initrd with this vmfactory (vmfactory build --recipe container), or use the vmfactory that made them")
+                return false
+            }
+            let settings = plan.settingsFrame
+            answers.async { [self] in send(settings) }
+        case .started where frame.stream == RunProtocol.commandStream:
             state.withLock { $0.started = .now }
-        case "exit":
-            guard words.count >= 2, let code = Int32(words[1]) else { return }
-            var bytes: [RunPlan.Port: UInt64] = [:]
-            var oomKills: UInt64 = 0
-            for word in words.dropFirst(2) {
-                let pair = word.split(separator: "=").map(String.init)
-                guard pair.count == 2, let count = UInt64(pair[1]) else { continue }
-                switch pair[0] {
-                case "out": bytes[.stdout] = count
-                case "err": bytes[.stderr] = count
-                case "tty": bytes[.tty] = count
-                case "oom": oomKills = count
-                default: break
-                }
+            commandStarted.signal()
+        case .stdout where frame.stream == RunProtocol.commandStream, .stderr where frame.stream == RunProtocol.commandStream:
+            let (queue, output) = frame.type == .stdout ? (outputs.stdout, stdout) : (outputs.stderr, stderr)
+            let count = frame.payload.count
+            let data = Data(frame.payload)
+            queue.async { [self] in
+                output.write(data)
+                send(RunProtocol.Frame(.credit, stream: frame.stream, number: UInt32(count)))
             }
-            state.withLock { $0.exit = ExitLine(code: code, bytes: bytes, oomKills: oomKills) }
-            // The init waits for this before it ends the machine: every byte it sent is here.
-            let expected = bytes
-            Thread.detachNewThread { [self] in
-                while !qemu.hasExited {
-                    let complete = state.withLock { state in expected.allSatisfy { state.received[$0.key, default: 0] >= $0.value } }
-                    if complete { break }
-                    usleep(1000)
-                }
-                SocketIO.writeAll(fd, "bye\n")
+        case .credit where frame.stream == RunProtocol.commandStream:
+            guard let more = frame.number else { return true }
+            state.withLock { $0.stdinCredit = $0.stdinCredit.addingReportingOverflow(more).overflow ? .max : $0.stdinCredit + more }
+            stdinRoom.signal()
+        case .exit where frame.stream == RunProtocol.commandStream:
+            guard let report = RunProtocol.ExitReport(frame.payload) else {
+                fail("the guest's exit report is malformed; the VM was ended")
+                return false
             }
-        case "error":
-            guard words.count >= 2, let code = Int32(words[1]) else { return }
-            state.withLock { $0.error = (code, words.dropFirst(2).joined(separator: " ")) }
-            // The init waits for this before it ends the machine: the message is here.
-            SocketIO.writeAll(fd, "bye\n")
+            state.withLock { $0.exit = report }
+        case .error:
+            guard let failure = RunProtocol.StartFailure(frame) else {
+                fail("the guest's error report is malformed; the VM was ended")
+                return false
+            }
+            state.withLock { state in
+                if state.failure == nil { state.failure = (failure.code, failure.message) }
+            }
+        case .end:
+            // Every frame the init sent is here (the channel keeps their order): it may end the
+            // machine.
+            answers.async { [self] in send(RunProtocol.Frame(.bye)) }
         default:
+            // Frames of streams this run did not open: nothing to do with them.
             break
         }
+        return true
+    }
+
+    /// Our stdin to the command, in frames of at most the room the init granted; an empty frame
+    /// at its end (which closes the command's stdin; a terminal stays open).
+    private func feedStdin() {
+        commandStarted.wait()
+        guard !state.withLock({ $0.readerDone }) else { return }
+        PipeReader.forEachChunk(STDIN_FILENO) { chunk in
+            var offset = 0
+            while offset < chunk.count {
+                let room = state.withLock { state -> Int in
+                    let take = min(Int(state.stdinCredit), RunProtocol.largestData, chunk.count - offset)
+                    state.stdinCredit -= UInt32(take)
+                    return state.readerDone ? -1 : take
+                }
+                if room < 0 { return false }
+                if room == 0 {
+                    stdinRoom.wait()
+                    continue
+                }
+                send(RunProtocol.Frame(.stdin, stream: RunProtocol.commandStream, payload: Array(chunk[offset..<(offset + room)])))
+                offset += room
+            }
+            return true
+        }
+        send(RunProtocol.Frame(.stdin, stream: RunProtocol.commandStream))
     }
 
     /// When the init said the command started.
     var startedAfter: ContinuousClock.Instant? { state.withLock { $0.started } }
-
-    /// Sends a line to the init, if the control channel is up.
-    func tell(_ line: String) {
-        guard let fd = state.withLock({ $0.connections[.control] }) else { return }
-        SocketIO.writeAll(fd, line + "\n")
-    }
 
     /// Ends the VM for `reason` (nil: QEMU failed to connect), unless something ended it first.
     func end(_ reason: Ending?, evenAfterExit: Bool = false) {
@@ -207,41 +217,44 @@ final class RunChannels: Sendable {
                     return
                 }
                 stderr.writeLine("vmfactory: stopping: the command got its stop signal; the VM ends in \(Elapsed.format(stopGrace)) unless it exits first (again to end it now)")
-                tell("signal \(SIGTERM)")
+                send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(SIGTERM)))
                 let grace = stopGrace
                 DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) { [self] in
                     if !qemu.hasExited { end(.stopKilled) }
                 }
             case SIGWINCH:
-                if plan.tty, let size = RawTerminal.size(of: STDIN_FILENO) { tell("winsize \(size.rows) \(size.cols)") }
+                if plan.tty, let size = RawTerminal.size(of: STDIN_FILENO) {
+                    let rows = UInt16(clamping: size.rows), cols = UInt16(clamping: size.cols)
+                    send(RunProtocol.Frame(.windowSize, stream: RunProtocol.commandStream, payload: [UInt8(rows >> 8), UInt8(rows & 0xff), UInt8(cols >> 8), UInt8(cols & 0xff)]))
+                }
             default:
-                tell("signal \(number)")
+                send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(number)))
             }
         }
     }
 
-    /// Waits until the output relays have reached the end of what QEMU sent (QEMU has exited).
+    /// Waits until the channel's reader has reached the end of what QEMU sent (QEMU has
+    /// exited) and the outputs have written everything.
     func finish() async {
-        let hasRelays = state.withLock { $0.relaysRunning > 0 }
-        guard hasRelays else { return }
-        let done = relaysDone
+        let ended = readerEnded
+        let outputs = outputs
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             Thread.detachNewThread {
-                _ = done.wait(timeout: .now() + 10)
+                _ = ended.wait(timeout: .now() + 10)
+                outputs.stdout.sync {}
+                outputs.stderr.sync {}
                 continuation.resume()
             }
         }
-        // Shut down, not closed: a thread still blocked on one of them returns, and no
-        // descriptor number is reused under it.
-        state.withLock { state in
-            for fd in state.connections.values { shutdown(fd, Int32(SHUT_RDWR)) }
-        }
+        // Shut down, not closed: the stdin feeder may still be blocked on it, and no descriptor
+        // number is reused under it.
+        shutdown(channel, Int32(SHUT_RDWR))
     }
 
     /// The exit status, and what to say when it is vmfactory's, not the command's.
     func outcome(connected: Bool, termination: CommandResult.Termination, qemuSaid: String, consoleLog: String, keep: Bool) -> (exitCode: Int32, message: String?) {
         let state = state.withLock { $0 }
-        if let error = state.error { return (error.code, error.message) }
+        if let failure = state.failure { return (failure.code, failure.message) }
         if let exit = state.exit {
             guard exit.oomKills > 0 else { return (exit.code, nil) }
             let who = exit.code == 137 ? "the command" : "\(exit.oomKills) process(es) of the command's"

@@ -1,7 +1,7 @@
 import Foundation
 import VMFactoryCore
 
-/// `<cache>/runs/<id>/`: one folder per run, holding its overlay, its initrd, its sockets,
+/// `<cache>/runs/<id>/`: one folder per run, holding its overlay, its sockets,
 /// QEMU's command and the console log. A run holds its folder's lock while it lives; a folder
 /// whose lock is free and that --keep did not keep was left by a run that was killed, and the
 /// next run removes it.
@@ -49,7 +49,7 @@ public struct RunFolders: Sendable {
         let path = root + "/" + id
         let making = root + "/." + id
         try FileStore.createDirectory(making)
-        // The run's files (its overlay, its initrd with the command's environment) are its own.
+        // The run's files (its overlay, its logs) are its own.
         chmod(making, 0o700)
         let lock = try await FileLock.acquire(making + "/" + Self.lockName)
         try FileStore.rename(making, to: path)

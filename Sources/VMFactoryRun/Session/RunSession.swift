@@ -17,8 +17,7 @@ public struct RunOutcome: Sendable {
     public var keptFolder: String?
 }
 
-/// Runs one plan: the run's folder, the disk overlay, the initrd with run.conf, the
-/// channels, virtiofsd, QEMU; streams the command's I/O; forwards signals; ends it all.
+/// Runs one plan: the run's folder, the disk overlay, the channel, virtiofsd, passt, QEMU; streams the command's I/O; forwards signals; ends it all.
 public struct RunSession: Sendable {
     public var plan: RunPlan
     public var folders: RunFolders
@@ -57,32 +56,16 @@ public struct RunSession: Sendable {
         let folder = try await folders.create(id: id)
         var keptFolder: String?
         defer { if !keep { folder.remove() } }
-        let files = RunPlan.Files(overlay: folder.path + "/disk.qcow2", initrd: folder.path + "/initrd.cpio", sockets: folder.sockets)
+        let files = RunPlan.Files(overlay: folder.path + "/disk.qcow2", sockets: folder.sockets)
         let started = ContinuousClock.now
-        try await prepare(files)
-        console.debug(String(format: "run: the overlay and the initrd took %.3f s", (ContinuousClock.now - started).seconds))
+        try Qcow2Overlay.create(backing: plan.disk, at: files.overlay)
+        console.debug(String(format: "run: the overlay took %.3f s", (ContinuousClock.now - started).seconds))
         let outcome = try await boot(files, folder: folder)
         if keep {
             try folder.markKept()
             keptFolder = folder.path
         }
         return RunOutcome(exitCode: outcome.exitCode, message: outcome.message, keptFolder: keptFolder)
-    }
-
-    /// The overlay over the image's disk (which stays as it is) and the run's initrd.
-    func prepare(_ files: RunPlan.Files) async throws {
-        try Qcow2Overlay.create(backing: plan.disk, at: files.overlay)
-        let settings = ArchiveWriter.Entry(path: "etc/vmfactory/run.conf", kind: .file(Data(plan.runConfig.utf8)), mode: 0o644, uid: 0, gid: 0, mtime: 0)
-        let appendix = files.initrd + ".run"
-        try ArchiveWriter.write([settings], to: appendix, format: .cpioNewc, compression: .none)
-        // The kernel unpacks concatenated archives in order: the recipe's, then the run's.
-        var initrd = try FileStore.readData(plan.initrd)
-        // The kernel looks for the next archive at a 4-byte boundary.
-        initrd.append(Data(count: (4 - initrd.count % 4) % 4))
-        initrd.append(try FileStore.readData(appendix))
-        unlink(appendix)
-        // run.conf holds the command's environment (-e, --env-file): for the run alone.
-        try FileStore.writeAtomically(initrd, to: files.initrd, mode: 0o600)
     }
 
     /// Starts virtiofsd for each virtio-fs volume, waits for its socket and connects to it
@@ -160,8 +143,8 @@ public struct RunSession: Sendable {
             }
         }
         let descriptors = try VMMDescriptors(plan: plan, files: files, identity: plan.vmmIdentity)
-        var channelsOwnPorts = false
-        defer { descriptors.closeAll(keepingPorts: channelsOwnPorts) }
+        var channelsOwnChannel = false
+        defer { descriptors.closeAll(keepingChannel: channelsOwnChannel) }
         let daemons = try await startVirtiofsd(files, folder: folder, descriptors: descriptors)
         defer { for daemon in daemons { daemon.terminate(grace: .milliseconds(500)) } }
         let passt = try await startPasst(files, folder: folder, descriptors: descriptors)
@@ -209,7 +192,7 @@ public struct RunSession: Sendable {
             }
         }
         defer { passtWatch?.cancel() }
-        let channels = RunChannels(plan: plan, qemu: qemu, stdout: stdout, stderr: stderr, stopGrace: stopGrace)
+        let channels = RunChannels(plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace)
         relay?.start()
         defer { relay?.stop() }
         let showConsole = showConsole
@@ -234,8 +217,8 @@ public struct RunSession: Sendable {
         // -it: keys go to the guest's terminal as they are typed, Ctrl-C included.
         let raw = plan.tty && plan.interactive ? RawTerminal(fd: STDIN_FILENO) : nil
         defer { raw?.restore() }
-        channels.connect(descriptors.ports)
-        channelsOwnPorts = true
+        channels.connect()
+        channelsOwnChannel = true
         let connected = true
         if let signals {
             channels.forwardSignals(signals)

@@ -2,13 +2,13 @@ import Foundation
 import VMFactoryCore
 
 /// What a run opens for QEMU before it starts: the kernel, the initrd, the overlay and its
-/// backing disk, the 9p folders, and one end of a socket pair per port and for passt. QEMU
+/// backing disk, the 9p folders, and one end of a socket pair for the run's channel and for passt. QEMU
 /// inherits them, so a QEMU that runs as an unprivileged user reaches exactly these files and
 /// nothing else of the cache's.
 final class VMMDescriptors: @unchecked Sendable {
     private(set) var inherited: RunPlan.Inherited
-    /// Our ends of the ports' socket pairs.
-    private(set) var ports: [RunPlan.Port: Int32] = [:]
+    /// Our end of the run channel's socket pair.
+    private(set) var channel: Int32 = -1
     /// passt's end of its socket pair.
     private(set) var passt: Int32?
     /// Our ends towards QEMU and towards passt, for the frame filter between them.
@@ -16,8 +16,8 @@ final class VMMDescriptors: @unchecked Sendable {
     private var open: [Int32] = []
     private var childEndsClosed = false
 
-    /// Opens everything `plan` needs. With `identity`, the run's own files become that user's
-    /// (mode 0600) and every 9p folder is checked for that user's access first.
+    /// Opens everything `plan` needs. With `identity`, the run's overlay becomes that user's
+    /// (mode 0600), and the kernel and initrd are checked to be readable by that user.
     init(plan: RunPlan, files: RunPlan.Files, identity: ProcessIdentity?) throws {
         var opened: [Int32] = []
         func openFile(_ path: String, _ flags: Int32, what: String) throws -> Int32 {
@@ -28,25 +28,22 @@ final class VMMDescriptors: @unchecked Sendable {
         }
         do {
             if let identity {
-                for path in [files.overlay, files.initrd] {
-                    guard chown(path, identity.uid, identity.gid) == 0, chmod(path, 0o600) == 0 else {
-                        throw VMFactoryError.io("cannot give QEMU's user (\(identity)) the run's file", path: path)
-                    }
+                guard chown(files.overlay, identity.uid, identity.gid) == 0, chmod(files.overlay, 0o600) == 0 else {
+                    throw VMFactoryError.io("cannot give QEMU's user (\(identity)) the run's overlay", path: files.overlay)
                 }
-                try Self.checkKernel(plan.kernel, identity: identity)
+                try Self.checkReadable(plan.kernel, what: "kernel", identity: identity)
+                try Self.checkReadable(plan.initrd, what: "initrd", identity: identity)
             }
             inherited = RunPlan.Inherited(
                 kernel: try openFile(plan.kernel, O_RDONLY, what: "the kernel"),
-                initrd: try openFile(files.initrd, O_RDONLY, what: "the run's initrd"),
+                initrd: try openFile(plan.initrd, O_RDONLY, what: "the initrd"),
                 overlay: try openFile(files.overlay, plan.readOnly ? O_RDONLY : O_RDWR, what: "the run's overlay"),
                 backing: try openFile(plan.disk, O_RDONLY, what: "the image's disk")
             )
-            for port in plan.serialPorts {
-                let (ours, theirs) = try SocketIO.pair()
-                opened += [ours, theirs]
-                ports[port] = ours
-                inherited.ports[port] = theirs
-            }
+            let (ours, theirs) = try SocketIO.pair()
+            opened += [ours, theirs]
+            channel = ours
+            inherited.channel = theirs
             for (index, volume) in plan.volumes.enumerated() where volume.kind == .ninep {
                 inherited.folders[index] = try openFile(volume.host, O_RDONLY | O_DIRECTORY, what: "the volume")
             }
@@ -84,15 +81,14 @@ final class VMMDescriptors: @unchecked Sendable {
     func closeChildEnds() {
         guard !childEndsClosed else { return }
         childEndsClosed = true
-        let ours = Set(ports.values)
-        for fd in open where !ours.contains(fd) { close(fd) }
-        open = open.filter { ours.contains($0) }
+        for fd in open where fd != channel { close(fd) }
+        open = open.filter { $0 == channel }
     }
 
-    /// Closes everything still open (our ends of the ports are the channels' to close).
-    func closeAll(keepingPorts: Bool) {
-        let ours = Set(ports.values)
-        for fd in open where !(keepingPorts && ours.contains(fd)) { close(fd) }
+    /// Closes everything still open (our end of the channel is the session's to close once
+    /// it took it).
+    func closeAll(keepingChannel: Bool) {
+        for fd in open where !(keepingChannel && fd == channel) { close(fd) }
         open = []
     }
 
@@ -133,13 +129,14 @@ final class VMMDescriptors: @unchecked Sendable {
         )
     }
 
-    /// QEMU reopens the kernel through /proc/self/fd, which checks the file's own mode.
-    static func checkKernel(_ path: String, identity: ProcessIdentity) throws {
+    /// QEMU reopens the kernel and the initrd through /proc/self/fd, which checks the file's
+    /// own mode.
+    static func checkReadable(_ path: String, what: String, identity: ProcessIdentity) throws {
         var st = stat()
         guard stat(path, &st) == 0 else { throw VMFactoryError.io("cannot read", path: path) }
         guard !allows(st, identity: identity, read: true, write: false, search: false) else { return }
         throw VMFactoryError(
-            .invalidArgument, "QEMU runs as \(identity), which cannot read the kernel \(path) (mode \(String(st.st_mode & 0o7777, radix: 8)))",
+            .invalidArgument, "QEMU runs as \(identity), which cannot read the \(what) \(path) (mode \(String(st.st_mode & 0o7777, radix: 8)))",
             hint: "make it readable (chmod a+r \(path)), or choose the user with --vmm-user"
         )
     }

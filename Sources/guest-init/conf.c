@@ -1,0 +1,400 @@
+/*
+ * The settings the host sends, as key=value lines (conf.h): the run's and an
+ * exec's, with the same process keys.
+ */
+#define _GNU_SOURCE
+#include "conf.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+
+int vmf_words_add(struct vmf_words *words, char *word)
+{
+	if (words->count + 2 > words->capacity) {
+		int capacity = words->capacity ? words->capacity * 2 : 16;
+		char **items = realloc(words->items, (size_t)capacity * sizeof(char *));
+		if (!items)
+			return -1;
+		words->items = items;
+		words->capacity = capacity;
+	}
+	words->items[words->count++] = word;
+	words->items[words->count] = NULL;
+	return 0;
+}
+
+/* NAME=VALUE into the environment, replacing an entry of the same name. */
+int vmf_env_set(struct vmf_words *env, char *entry)
+{
+	const char *equals = strchr(entry, '=');
+	if (!equals || equals == entry)
+		return -1;
+	size_t name = (size_t)(equals - entry) + 1;
+	for (int i = 0; i < env->count; i++) {
+		if (strncmp(env->items[i], entry, name) == 0) {
+			env->items[i] = entry;
+			return 0;
+		}
+	}
+	return vmf_words_add(env, entry);
+}
+
+int vmf_env_has(const struct vmf_words *env, const char *name)
+{
+	size_t length = strlen(name);
+	for (int i = 0; i < env->count; i++)
+		if (strncmp(env->items[i], name, length) == 0 && env->items[i][length] == '=')
+			return 1;
+	return 0;
+}
+
+/* Undoes the host's escaping in place: \n is a line break, \\ a backslash. */
+static int unescape(char *value)
+{
+	char *out = value;
+	for (char *in = value; *in; in++) {
+		if (*in != '\\') {
+			*out++ = *in;
+			continue;
+		}
+		in++;
+		if (*in == 'n')
+			*out++ = '\n';
+		else if (*in == '\\')
+			*out++ = '\\';
+		else
+			return -1;
+	}
+	*out = '\0';
+	return 0;
+}
+
+static int parse_volume(struct vmf_run *run, char *value)
+{
+	if (run->volume_count >= VMF_MAX_VOLUMES)
+		return -1;
+	struct vmf_volume *volume = &run->volumes[run->volume_count];
+	char *fields[3];
+	for (int i = 0; i < 3; i++) {
+		fields[i] = value;
+		value = strchr(value, ' ');
+		if (!value)
+			return -1;
+		*value++ = '\0';
+	}
+	if (strcmp(fields[0], "9p") != 0 && strcmp(fields[0], "virtiofs") != 0)
+		return -1;
+	if (strcmp(fields[2], "ro") != 0 && strcmp(fields[2], "rw") != 0)
+		return -1;
+	if (value[0] != '/')
+		return -1;
+	volume->type = fields[0];
+	volume->tag = fields[1];
+	volume->readonly = strcmp(fields[2], "ro") == 0;
+	volume->path = value;
+	run->volume_count++;
+	return 0;
+}
+
+/* One tmpfs option is a mount flag or one of tmpfs's own; anything else is refused. */
+static int tmpfs_option(struct vmf_tmpfs *tmpfs, char *option, char *data, size_t *used, size_t room)
+{
+	static const struct {
+		const char *name;
+		unsigned long set, clear;
+	} flags[] = {
+		{"ro", MS_RDONLY, 0}, {"rw", 0, MS_RDONLY}, {"noexec", MS_NOEXEC, 0}, {"exec", 0, MS_NOEXEC},
+		{"nosuid", MS_NOSUID, 0}, {"suid", 0, MS_NOSUID}, {"nodev", MS_NODEV, 0}, {"dev", 0, MS_NODEV},
+	};
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+		if (strcmp(option, flags[i].name) == 0) {
+			tmpfs->flags = (tmpfs->flags | flags[i].set) & ~flags[i].clear;
+			return 0;
+		}
+	}
+	static const char *const own[] = {"size=", "mode=", "uid=", "gid=", "nr_inodes="};
+	for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) {
+		size_t prefix = strlen(own[i]), length = strlen(option);
+		if (strncmp(option, own[i], prefix) != 0 || length == prefix)
+			continue;
+		for (const char *c = option + prefix; *c; c++)
+			if (!isalnum((unsigned char)*c) && *c != '%')
+				return -1;
+		/* The option, a comma before it unless it is the first, and the NUL. */
+		if (*used + length + (*used ? 1 : 0) + 1 > room)
+			return -1;
+		if (*used)
+			data[(*used)++] = ',';
+		memcpy(data + *used, option, length + 1);
+		*used += length;
+		return 0;
+	}
+	return -1;
+}
+
+/* "OPTIONS PATH": OPTIONS comma-separated, or "-" for none. */
+static int parse_tmpfs(struct vmf_run *run, char *value)
+{
+	if (run->tmpfs_count >= VMF_MAX_TMPFS)
+		return -1;
+	struct vmf_tmpfs *tmpfs = &run->tmpfs[run->tmpfs_count];
+	char *path = strchr(value, ' ');
+	if (!path || path[1] != '/')
+		return -1;
+	*path++ = '\0';
+	/* The data is never longer than the options it comes from. */
+	size_t room = strlen(value) + 1, used = 0;
+	char *data = malloc(room);
+	if (!data)
+		return -1;
+	data[0] = '\0';
+	tmpfs->flags = 0;
+	if (strcmp(value, "-") != 0) {
+		for (char *option = strtok(value, ","); option; option = strtok(NULL, ","))
+			if (tmpfs_option(tmpfs, option, data, &used, room) != 0) {
+				free(data);
+				return -1;
+			}
+	}
+	tmpfs->data = data;
+	tmpfs->path = path;
+	run->tmpfs_count++;
+	return 0;
+}
+
+static int parse_number(const char *value, int *number)
+{
+	char *end;
+	errno = 0;
+	long parsed = strtol(value, &end, 10);
+	if (errno || end == value || *end || parsed < 0 || parsed > 65535)
+		return -1;
+	*number = (int)parsed;
+	return 0;
+}
+
+static int parse_size(const char *value, unsigned long long *size)
+{
+	char *end;
+	errno = 0;
+	unsigned long long parsed = strtoull(value, &end, 10);
+	if (errno || end == value || *end || value[0] == '-' || parsed == 0 || parsed > (1ULL << 50))
+		return -1;
+	*size = parsed;
+	return 0;
+}
+
+/* The keys of a process, the run's command's or an exec's: 0, -1 for a bad value, -2 for another key. */
+static int parse_process_key(struct vmf_process_spec *spec, const char *key, char *value)
+{
+	if (strcmp(key, "arg") == 0)
+		return vmf_words_add(&spec->argv, value);
+	if (strcmp(key, "env") == 0)
+		return vmf_env_set(&spec->envp, value);
+	if (strcmp(key, "user") == 0)
+		spec->user = value;
+	else if (strcmp(key, "workdir") == 0)
+		spec->workdir = value;
+	else if (strcmp(key, "stdin") == 0)
+		return parse_number(value, &spec->stdin_open);
+	else if (strcmp(key, "tty") == 0)
+		return parse_number(value, &spec->tty);
+	else if (strcmp(key, "rows") == 0)
+		return parse_number(value, &spec->rows);
+	else if (strcmp(key, "cols") == 0)
+		return parse_number(value, &spec->cols);
+	else
+		return -2;
+	return 0;
+}
+
+static int parse_setting(struct vmf_run *run, const char *key, char *value)
+{
+	int process = parse_process_key(&run->command, key, value);
+	if (process != -2)
+		return process;
+	if (strcmp(key, "hostname") == 0)
+		run->hostname = value;
+	else if (strcmp(key, "address") == 0)
+		run->address = value;
+	else if (strcmp(key, "netmask") == 0)
+		run->netmask = value;
+	else if (strcmp(key, "gateway") == 0)
+		run->gateway = value;
+	else if (strcmp(key, "dns") == 0)
+		run->dns = value;
+	else if (strcmp(key, "network") == 0) {
+		if (strcmp(value, "user") != 0 && strcmp(value, "none") != 0)
+			return -1;
+		run->network = strcmp(value, "user") == 0;
+	} else if (strcmp(key, "volume") == 0)
+		return parse_volume(run, value);
+	else if (strcmp(key, "tmpfs") == 0)
+		return parse_tmpfs(run, value);
+	else if (strcmp(key, "shmsize") == 0)
+		return parse_size(value, &run->shm_bytes);
+	else if (strcmp(key, "pidslimit") == 0)
+		return parse_size(value, &run->pids_limit);
+	else if (strcmp(key, "readonly") == 0)
+		return parse_number(value, &run->readonly);
+	else if (strcmp(key, "stopsignal") == 0)
+		return parse_number(value, &run->stop_signal);
+	else if (strcmp(key, "verbose") == 0)
+		return parse_number(value, &run->verbose);
+	else if (strcmp(key, "keep") == 0)
+		return parse_number(value, &run->keep);
+	else
+		return -2;
+	return 0;
+}
+
+/*
+ * Reads key=value lines, handing each to `setting` (0 taken, -1 a bad value, -2 an
+ * unknown key). Returns 0, or -1 with a message in err.
+ */
+static int parse_lines(char *text, const char *what, int (*setting)(void *, const char *, char *), void *into,
+		       char *err, size_t errlen)
+{
+	int line_number = 0;
+	char *line = text;
+	while (line) {
+		char *next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		line_number++;
+		if (*line == '\0' || *line == '#') {
+			line = next;
+			continue;
+		}
+		char *value = strchr(line, '=');
+		if (!value || unescape(value + 1) != 0) {
+			snprintf(err, errlen, "%s:%d: expected key=value", what, line_number);
+			return -1;
+		}
+		*value++ = '\0';
+		int result = setting(into, line, value);
+		if (result == -2) {
+			snprintf(err, errlen, "%s:%d: unknown key '%.64s'", what, line_number, line);
+			return -1;
+		}
+		if (result != 0) {
+			snprintf(err, errlen, "%s:%d: bad value for %.64s", what, line_number, line);
+			return -1;
+		}
+		line = next;
+	}
+	return 0;
+}
+
+static int run_setting(void *into, const char *key, char *value)
+{
+	return parse_setting(into, key, value);
+}
+
+static int exec_setting(void *into, const char *key, char *value)
+{
+	return parse_process_key(into, key, value);
+}
+
+/* What both kinds of process must have. */
+static int check_process(const struct vmf_process_spec *spec, const char *what, char *err, size_t errlen)
+{
+	if (spec->argv.count == 0) {
+		snprintf(err, errlen, "%s: no command", what);
+		return -1;
+	}
+	if (spec->rows < 0 || spec->cols < 0 || spec->rows > 65535 || spec->cols > 65535) {
+		snprintf(err, errlen, "%s: the window size is out of range", what);
+		return -1;
+	}
+	return 0;
+}
+
+int vmf_run_parse(struct vmf_run *run, char *text, char *err, size_t errlen)
+{
+	memset(run, 0, sizeof(*run));
+	run->command.user = "";
+	run->command.workdir = "/";
+	run->hostname = "vmfactory";
+	run->stop_signal = SIGTERM;
+	run->shm_bytes = 64ULL << 20;
+	if (parse_lines(text, "settings", run_setting, run, err, errlen) != 0 || check_process(&run->command, "settings", err, errlen) != 0) {
+		vmf_run_free(run);
+		return -1;
+	}
+	if (run->stop_signal < 1 || run->stop_signal >= NSIG) {
+		snprintf(err, errlen, "settings: stop signal %d is not a signal", run->stop_signal);
+		vmf_run_free(run);
+		return -1;
+	}
+	return 0;
+}
+
+void vmf_run_free(struct vmf_run *run)
+{
+	vmf_process_spec_free(&run->command);
+	for (int i = 0; i < run->tmpfs_count; i++)
+		free((char *)run->tmpfs[i].data);
+	run->tmpfs_count = 0;
+}
+
+int vmf_exec_parse(struct vmf_process_spec *spec, char *text, char *err, size_t errlen)
+{
+	memset(spec, 0, sizeof(*spec));
+	spec->user = "";
+	spec->workdir = "/";
+	if (parse_lines(text, "exec", exec_setting, spec, err, errlen) != 0 || check_process(spec, "exec", err, errlen) != 0) {
+		vmf_process_spec_free(spec);
+		return -1;
+	}
+	return 0;
+}
+
+void vmf_words_free(struct vmf_words *words)
+{
+	free(words->items);
+	memset(words, 0, sizeof(*words));
+}
+
+void vmf_process_spec_free(struct vmf_process_spec *spec)
+{
+	vmf_words_free(&spec->argv);
+	vmf_words_free(&spec->envp);
+}
+
+static void explain_process(const struct vmf_process_spec *spec)
+{
+	for (int i = 0; i < spec->argv.count; i++)
+		printf("argv: %s\n", spec->argv.items[i]);
+	for (int i = 0; i < spec->envp.count; i++)
+		printf("env: %s\n", spec->envp.items[i]);
+	printf("user: %s\nworkdir: %s\nstdin: %d\ntty: %d\n", spec->user, spec->workdir, spec->stdin_open, spec->tty);
+	if (spec->rows || spec->cols)
+		printf("window: %d %d\n", spec->rows, spec->cols);
+}
+
+void vmf_exec_explain(const struct vmf_process_spec *spec)
+{
+	explain_process(spec);
+}
+
+void vmf_run_explain(const struct vmf_run *run)
+{
+	explain_process(&run->command);
+	printf("hostname: %s\n", run->hostname);
+	printf("readonly: %d\nstop-signal: %d\nshm-size: %llu\npids-limit: %llu\n", run->readonly, run->stop_signal, run->shm_bytes, run->pids_limit);
+	printf("network: %s\n", run->network ? "user" : "none");
+	for (int i = 0; i < run->volume_count; i++)
+		printf("volume: %s %s %s %s\n", run->volumes[i].type, run->volumes[i].tag,
+		       run->volumes[i].readonly ? "ro" : "rw", run->volumes[i].path);
+	for (int i = 0; i < run->tmpfs_count; i++)
+		printf("tmpfs: %s%s%s%s [%s] %s\n", run->tmpfs[i].flags & MS_RDONLY ? "ro" : "rw",
+		       run->tmpfs[i].flags & MS_NOEXEC ? ",noexec" : "", run->tmpfs[i].flags & MS_NOSUID ? ",nosuid" : "",
+		       run->tmpfs[i].flags & MS_NODEV ? ",nodev" : "", run->tmpfs[i].data, run->tmpfs[i].path);
+}
+

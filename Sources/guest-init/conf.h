@@ -1,0 +1,106 @@
+/*
+ * The settings the host sends: the run's (VMF_SETTINGS) and an exec's
+ * (VMF_EXEC), both as key=value lines; in values, `\n` stands for a line break
+ * and `\\` for a backslash (docs/run-protocol.md lists the keys). Parsed here,
+ * apart from anything that acts on them, so that the host's tests run it.
+ */
+#ifndef VMFACTORY_CONF_H
+#define VMFACTORY_CONF_H
+
+#include <stddef.h>
+
+#define VMF_MAX_VOLUMES 32
+#define VMF_MAX_TMPFS 32
+
+struct vmf_volume {
+	/* "9p" or "virtiofs". */
+	const char *type;
+	/* The mount tag QEMU gives the device. */
+	const char *tag;
+	int readonly;
+	/* An absolute path inside the image. */
+	const char *path;
+};
+
+/* A tmpfs the run asked for (--tmpfs PATH[:OPTIONS]). */
+struct vmf_tmpfs {
+	/* MS_RDONLY, MS_NOEXEC, MS_NOSUID, MS_NODEV as the options say. */
+	unsigned long flags;
+	/* tmpfs's own options (size=, mode=, uid=, gid=, nr_inodes=), comma-separated; may be empty. */
+	const char *data;
+	/* An absolute path inside the image. */
+	const char *path;
+};
+
+/* A growing, NULL-terminated list of strings. */
+struct vmf_words {
+	int count;
+	int capacity;
+	char **items;
+};
+
+int vmf_words_add(struct vmf_words *words, char *word);
+void vmf_words_free(struct vmf_words *words);
+/* NAME=VALUE into an environment, replacing an entry of the same name; -1 when malformed. */
+int vmf_env_set(struct vmf_words *env, char *entry);
+int vmf_env_has(const struct vmf_words *env, const char *name);
+
+/* One process: the run's command, or an exec's. */
+struct vmf_process_spec {
+	struct vmf_words argv;
+	/* The environment the host combined (image, --env-file, -e). */
+	struct vmf_words envp;
+	/* USER[:GROUP], names or numbers; empty for root. */
+	const char *user;
+	const char *workdir;
+	/* The host sends stdin (-i). */
+	int stdin_open;
+	/* The process gets a pseudo-terminal (-t). */
+	int tty;
+	int rows;
+	int cols;
+};
+
+struct vmf_run {
+	struct vmf_process_spec command;
+	const char *hostname;
+	int readonly;
+	/* What SIGTERM to PID 1 and a stop from the host become (the image's StopSignal). */
+	int stop_signal;
+	int verbose;
+	/* The run's overlay is kept (--keep): its file system is left clean. */
+	int keep;
+	/* A network device on eth0, or none. */
+	int network;
+	const char *address;
+	const char *netmask;
+	const char *gateway;
+	const char *dns;
+	/* The size of /dev/shm in bytes (docker's --shm-size; 64 MiB unless given). */
+	unsigned long long shm_bytes;
+	/* --pids-limit: at most this many tasks in the command's cgroup; 0 for no limit. */
+	unsigned long long pids_limit;
+	int volume_count;
+	struct vmf_volume volumes[VMF_MAX_VOLUMES];
+	int tmpfs_count;
+	struct vmf_tmpfs tmpfs[VMF_MAX_TMPFS];
+};
+
+/*
+ * Parses the run's settings. The run keeps pointers into text, which must
+ * outlive it. Returns 0, or -1 with a message in err.
+ */
+int vmf_run_parse(struct vmf_run *run, char *text, char *err, size_t errlen);
+
+/* Frees what parsing allocated (the text stays the caller's). */
+void vmf_run_free(struct vmf_run *run);
+
+/* Parses an exec's request (arg, env, user, workdir, stdin, tty, rows, cols); as vmf_run_parse. */
+int vmf_exec_parse(struct vmf_process_spec *spec, char *text, char *err, size_t errlen);
+void vmf_process_spec_free(struct vmf_process_spec *spec);
+
+/* For tests on the build host: prints what the settings ask for. */
+void vmf_run_explain(const struct vmf_run *run);
+void vmf_exec_explain(const struct vmf_process_spec *spec);
+
+#endif
