@@ -16,6 +16,9 @@ public struct CommandContext: Sendable {
     public var runner: any ProcessRunner
     /// SIGINT and SIGTERM cancel the command. Only the real process installs handlers.
     public var handlesSignals: Bool
+    /// The command line as given (after the executable's name), for a command that starts
+    /// vmfactory again with it (`run -d` starts the run's supervisor so).
+    public var arguments: [String] = []
 
     public init(
         environment: [String: String], currentDirectory: String, executablePath: String,
@@ -51,6 +54,8 @@ extension VMFactoryCommand {
     public static func run(_ arguments: [String], in context: CommandContext) async -> Int32 {
         do {
             var command = try parseAsRoot(arguments)
+            var context = context
+            context.arguments = arguments
             try await CommandContext.$current.withValue(context) {
                 if var asynchronous = command as? any AsyncParsableCommand {
                     try await asynchronous.run()

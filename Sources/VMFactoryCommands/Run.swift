@@ -85,8 +85,22 @@ struct Run: AsyncParsableCommand {
     @Flag(name: [.customShort("t"), .long], help: "Give the command a pseudo-terminal (the host terminal goes into raw mode).")
     var tty = false
 
-    @Flag(name: .customLong("rm"), help: "Remove the run's writable layer at the end (the default).")
+    @Flag(name: .customLong("rm"), help: "Remove the run's writable layer at the end (the default without -d; with -d, its record and log go too).")
     var remove = false
+
+    @Flag(name: [.customShort("d"), .long], help: "Run in the background: print the run's id once the command has started; `vmfactory logs`, `exec`, `stop`, `wait` and `rm` take it from there.")
+    var detach = false
+
+    @Option(help: "A name for the run, for exec, logs, stop and the rest (unique among the runs).")
+    var name: String?
+
+    /// Set when vmfactory starts itself as a detached run's supervisor: the descriptor to say
+    /// "started" on, and the run's id.
+    @Option(help: .hidden)
+    var supervisorReport: Int32?
+
+    @Option(help: .hidden)
+    var runID: String?
 
     @Flag(help: "Keep the run's folder (its writable layer, console log and QEMU command) and print its path.")
     var keep = false
@@ -138,6 +152,9 @@ struct Run: AsyncParsableCommand {
 
     func validate() throws {
         if remove && keep { throw ValidationError("--rm and --keep cannot be used together") }
+        if detach && (interactive || tty) { throw ValidationError("-d runs in the background without a terminal or stdin; use `vmfactory exec -it` into it instead of -i or -t") }
+        if detach && printQemu { throw ValidationError("--print-qemu prints the command; drop -d") }
+        if let name, !RunRegistry.isValidName(name) { throw ValidationError("--name \(name) is not a valid name: letters, digits, '_', '.' and '-', starting with a letter or digit") }
         if !(cpus > 0 && cpus <= 64) { throw ValidationError("--cpus takes a number above 0, at most 64") }
         if network == .none, !publish.isEmpty { throw ValidationError("-p needs a network; drop --network none") }
         if let platform, Platform(parsing: platform) == nil { throw ValidationError("--platform wants OS/ARCH[/VARIANT], such as linux/amd64") }
@@ -151,6 +168,18 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let context = CommandContext.current
+        if detach, supervisorReport == nil {
+            do {
+                return try await startDetached(context)
+            } catch let exit as ExitCode {
+                throw exit
+            } catch {
+                let failure = VMFactoryError(error)
+                context.stderr.writeLine("vmfactory: error: " + failure.description)
+                throw ExitCode(failure.code == .interrupted ? 130 : 125)
+            }
+        }
+        if detach { return try await superviseDetached(context) }
         let console = settings.console(context)
         // One set of handlers from the start: a signal while the image is converted or the
         // kernel built cancels that work (exit 130); one while the VM starts waits for the
@@ -168,6 +197,8 @@ struct Run: AsyncParsableCommand {
             guard var session = prepared else { return }
             signals?.handle(nil)
             session.signals = signals
+            if let name { try session.registry.reserve(name: name, id: session.id) }
+            defer { if let name { session.registry.release(name: name, id: session.id) } }
             if context.handlesSignals { signal(SIGPIPE, SIG_IGN) }
             let outcome = try await session.run()
             if let message = outcome.message { context.stderr.writeLine("vmfactory: " + message) }
@@ -241,7 +272,7 @@ struct Run: AsyncParsableCommand {
         let process = try ContainerProcess.combine(image: image.record.config, request: request, hostEnvironment: context.environment)
 
         let folders = RunFolders(cacheDirectory: cache)
-        let id = RunFolders.newID()
+        let id = runID ?? RunFolders.newID()
         var plan = RunPlan(target: target, kernel: kernel, initrd: initrd, cmdline: cmdline, disk: image.disk, process: process, hostname: hostname ?? id)
         plan.volumes = volumes
         plan.tmpfs = tmpfsMounts
@@ -292,6 +323,10 @@ struct Run: AsyncParsableCommand {
         session.showConsole = self.console
         session.keep = keep
         session.relay = relay.isEmpty ? nil : relay
+        session.record = RunRecord(
+            id: id, name: name, image: self.image, command: process.argv, target: target.rawValue, created: Date(), status: .created,
+            ports: ports.map(\.description), pid: 0, controlSocket: "", detached: detach, user: process.user, workdir: process.workdir, environment: []
+        )
         return session
     }
 
@@ -350,10 +385,11 @@ struct Run: AsyncParsableCommand {
         let cmdline = try manifest?.kernel?.cmdline ?? recipe.requireTarget(target).cmdline
         guard let initrd else { throw VMFactoryError(.notFound, "no initrd for \(recipe.name)/\(target)", hint: "run `vmfactory build --recipe \(recipe.name) --target \(target)`") }
         if let part = manifest?.initrd, part.runProtocol != Int(RunProtocol.version) {
-            let theirs = part.runProtocol.map { "version \($0)" } ?? "no version (it was made before the protocol had one)"
+            let shown = FileStore.displayPath(initrd)
             throw VMFactoryError(
                 .invalidArgument,
-                "the initrd \(FileStore.displayPath(initrd)) speaks run protocol \(theirs), and this vmfactory speaks version \(RunProtocol.version)",
+                part.runProtocol.map { "the initrd \(shown) speaks run protocol version \($0), and this vmfactory speaks version \(RunProtocol.version)" }
+                    ?? "the initrd \(shown) was made before the run protocol (version 0), and this vmfactory speaks version \(RunProtocol.version)",
                 hint: pulled == nil
                     ? "rebuild it with this vmfactory: vmfactory build --recipe \(recipe.name) --target \(target)"
                     : "publish the kernel again with this vmfactory, or run it with the vmfactory that published it"

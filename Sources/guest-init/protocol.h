@@ -17,7 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version this init speaks (a test builds an init of another with -D). */
+#ifndef VMF_PROTOCOL_VERSION
 #define VMF_PROTOCOL_VERSION 1
+#endif
 #define VMF_CHANNEL_PORT "vmf.channel"
 #define VMF_FRAME_HEADER 12
 /* The largest payload either side sends: the settings and an exec's request. */

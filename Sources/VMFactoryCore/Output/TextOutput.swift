@@ -7,6 +7,7 @@ public final class TextOutput: Sendable {
     private enum Target {
         case descriptor(Int32)
         case memory
+        case sink(@Sendable (Data) -> Void)
     }
 
     private let target: Target
@@ -25,10 +26,15 @@ public final class TextOutput: Sendable {
     /// Keeps what is written, for `text`.
     public static func memory(isTerminal: Bool = false) -> TextOutput { TextOutput(target: .memory, isTerminal: isTerminal) }
 
+    /// Hands what is written to `body` (a log, a connection).
+    public static func sink(_ body: @escaping @Sendable (Data) -> Void) -> TextOutput { TextOutput(target: .sink(body), isTerminal: false) }
+
     public func write(_ data: Data) {
         switch target {
         case .memory:
             captured.withLock { $0.append(data) }
+        case .sink(let body):
+            body(data)
         case .descriptor(let fd):
             data.withUnsafeBytes { bytes in
                 // A closed pipe (`| head`) is not vmfactory's failure: stop writing quietly.

@@ -1,6 +1,53 @@
 import CLinux
 import Foundation
 
+/// A listening UNIX stream socket at a path, mode 0600, in a folder that should be its owner's alone.
+public final class UnixListener: Sendable {
+    public let path: String
+    public let fd: Int32
+
+    /// Listens at `path` (which must not exist; at most 107 bytes).
+    public init(path: String) throws {
+        guard path.utf8.count < 108 else {
+            throw VMFactoryError(.io, "the socket path \(path) is longer than a UNIX socket address allows", hint: "use a shorter --cache-dir")
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VMFactoryError.io("cannot open a socket for", path: path) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { bytes in
+            for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        // The folder it is in is its owner's alone (0700); the socket itself is 0600 too.
+        guard bound == 0, chmod(path, 0o600) == 0, listen(fd, 64) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw VMFactoryError.io("cannot listen on", path: path, errno: code)
+        }
+        self.path = path
+        self.fd = fd
+    }
+
+    /// Blocks until a connection comes; nil once the listener is shut down.
+    public func accept() -> Int32? {
+        while true {
+            let connection = vmf_accept_cloexec(fd)
+            if connection >= 0 { return connection }
+            if errno == EINTR || errno == ECONNABORTED { continue }
+            return nil
+        }
+    }
+
+    /// Stops accepting (a blocked accept returns) and removes the path.
+    public func close() {
+        unlink(path)
+        shutdown(fd, Int32(SHUT_RDWR))
+    }
+}
+
 /// The calls on a connected socket that the standard library has no words for.
 public enum SocketIO {
     /// A connected pair of stream sockets, both close-on-exec.

@@ -59,16 +59,7 @@ public struct ContainerProcess: Sendable, Equatable, Codable {
         }
         var environment = EnvironmentList()
         for entry in image.Env ?? [] { try environment.set(entry, from: "the image's Env", hostEnvironment: [:]) }
-        for file in request.environmentFiles {
-            // "\r\n" is one Character, a line break like "\n".
-            for (number, line) in file.text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
-                let entry = String(line)
-                let trimmed = entry.trimmingCharacters(in: .whitespaces)
-                if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
-                try environment.set(entry, from: "\(file.name):\(number + 1)", hostEnvironment: hostEnvironment)
-            }
-        }
-        for entry in request.environment { try environment.set(entry, from: "-e", hostEnvironment: hostEnvironment) }
+        try environment.add(files: request.environmentFiles, entries: request.environment, hostEnvironment: hostEnvironment)
         let workdir = request.workdir ?? (image.WorkingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/")
         guard workdir.hasPrefix("/") else {
             throw VMFactoryError(.invalidArgument, "the working directory '\(workdir)' is not an absolute path", hint: "give -w an absolute path inside the image, such as /srv")
@@ -81,8 +72,31 @@ public struct ContainerProcess: Sendable, Equatable, Codable {
     }
 }
 
+extension ContainerProcess {
+    /// An exec's own environment (`--env-file`, then `-e`), which goes over the run's.
+    public static func execEnvironment(files: [(name: String, text: String)], entries: [String], hostEnvironment: [String: String]) throws -> [String] {
+        var environment = EnvironmentList()
+        try environment.add(files: files, entries: entries, hostEnvironment: hostEnvironment)
+        return environment.entries
+    }
+}
+
 /// NAME=VALUE entries where a later value of a name replaces the earlier one in place.
 struct EnvironmentList {
+    /// Each `--env-file` in order (# comments and blank lines skipped), then each `-e`.
+    mutating func add(files: [(name: String, text: String)], entries: [String], hostEnvironment: [String: String]) throws {
+        for file in files {
+            // "\r\n" is one Character, a line break like "\n".
+            for (number, line) in file.text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+                let entry = String(line)
+                let trimmed = entry.trimmingCharacters(in: .whitespaces)
+                if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
+                try set(entry, from: "\(file.name):\(number + 1)", hostEnvironment: hostEnvironment)
+            }
+        }
+        for entry in entries { try set(entry, from: "-e", hostEnvironment: hostEnvironment) }
+    }
+
     private(set) var entries: [String] = []
     private var index: [String: Int] = [:]
 

@@ -129,6 +129,8 @@ public struct RunPlan: Sendable {
             self.sockets = sockets
         }
         public var channelSocket: String { sockets + "/channel.sock" }
+        /// The supervisor's control socket (`RunControl`).
+        public var controlSocket: String { sockets + "/control.sock" }
         public func virtiofsSocket(_ index: Int) -> String { sockets + "/fs\(index).sock" }
         public var networkSocket: String { sockets + "/net.sock" }
     }

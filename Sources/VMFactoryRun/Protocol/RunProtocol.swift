@@ -28,6 +28,12 @@ public enum RunProtocol {
 
     public enum FrameType: UInt16, Sendable, CaseIterable {
         case hello = 1, settings, exec, started, stdin, stdout, stderr, windowSize, signal, credit, exit, error, end, bye
+        /// Between vmfactory's own processes on the host (a command and a run's supervisor),
+        /// never on the guest's channel: a request (text), and its reply (u32 status, text).
+        case request = 100, reply
+
+        /// Whether the guest's channel carries it.
+        public var isGuestFrame: Bool { rawValue < 100 }
     }
 
     public struct Frame: Sendable, Equatable {
@@ -92,6 +98,35 @@ public enum RunProtocol {
         return pairs.map { "\($0.0)=\(escaped($0.1))" }.joined(separator: "\n") + "\n"
     }
 
+    /// `key=value` lines back into pairs (the inverse of `keyValueText`); nil when a line is not
+    /// one, or an escape is unknown.
+    public static func keyValuePairs(_ text: String) -> [(String, String)]? {
+        var pairs: [(String, String)] = []
+        // By Unicode scalar: a value ending in "\r" makes "\r\n" one Character with the line break.
+        for scalars in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: true) where scalars.first != "#" {
+            guard let equals = scalars.firstIndex(of: "=") else { return nil }
+            var value = ""
+            var escaping = false
+            for scalar in scalars[scalars.index(after: equals)...] {
+                if escaping {
+                    switch scalar {
+                    case "n": value += "\n"
+                    case "\\": value += "\\"
+                    default: return nil
+                    }
+                    escaping = false
+                } else if scalar == "\\" {
+                    escaping = true
+                } else {
+                    value.unicodeScalars.append(scalar)
+                }
+            }
+            guard !escaping else { return nil }
+            pairs.append((String(String.UnicodeScalarView(scalars[..<equals])), value))
+        }
+        return pairs
+    }
+
     /// Why the guest's frames cannot be read any more.
     public struct Malformed: Error, Equatable, CustomStringConvertible {
         public var description: String
@@ -104,10 +139,14 @@ public enum RunProtocol {
         private var pending: [UInt8] = []
         private var start = 0
         public let limit: Int
+        /// Whether the host's own request and reply frames are taken (a supervisor's control
+        /// socket), or refused as on the guest's channel.
+        public let local: Bool
         public private(set) var failure: Malformed?
 
-        public init(limit: Int = RunProtocol.largestGuestPayload) {
+        public init(limit: Int = RunProtocol.largestGuestPayload, local: Bool = false) {
             self.limit = limit
+            self.local = local
         }
 
         /// Bytes waiting that do not yet make a whole frame.
@@ -137,7 +176,7 @@ public enum RunProtocol {
             let stream = RunProtocol.number(pending, at: start + 8)
             guard length <= limit else { return try fail("a frame of \(length) bytes, more than the \(limit) the guest may send") }
             guard flags == 0 else { return try fail("a frame with flags \(flags), which version \(RunProtocol.version) does not have") }
-            guard let type = FrameType(rawValue: rawType) else { return try fail("a frame of unknown type \(rawType)") }
+            guard let type = FrameType(rawValue: rawType), local || type.isGuestFrame else { return try fail("a frame of unknown type \(rawType)") }
             guard pending.count - start >= RunProtocol.headerSize + length else { return nil }
             let payloadStart = start + RunProtocol.headerSize
             let frame = Frame(type, stream: stream, payload: Array(pending[payloadStart..<(payloadStart + length)]))

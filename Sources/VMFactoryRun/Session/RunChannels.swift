@@ -19,7 +19,13 @@ final class RunChannels: Sendable {
         case stopKilled
         /// QEMU said that its accelerator stopped the guest for good (QEMU's line).
         case acceleratorFailed(String)
+        /// `vmfactory rm -f`: the VM was ended on request.
+        case removed
     }
+
+    /// Takes an exec stream's frames from the guest; nil once the VM has ended. Never blocks:
+    /// the channel's reader calls it.
+    typealias StreamHandler = @Sendable (RunProtocol.Frame?) -> Void
 
     private struct State {
         var ending: Ending?
@@ -43,6 +49,10 @@ final class RunChannels: Sendable {
     /// Frames go out whole: one writer at a time.
     private let sending = Mutex(())
     private let stdinRoom = DispatchSemaphore(value: 0)
+    /// The exec streams open now, and the next stream number to give.
+    private let streams = Mutex<(next: UInt32, handlers: [UInt32: StreamHandler], closed: Bool)>((RunProtocol.firstExecStream, [:], false))
+    /// Called once the command has started.
+    let onStarted: (@Sendable () -> Void)?
     /// Signalled when the command started (or the channel ended): stdin goes only to a process.
     private let commandStarted = DispatchSemaphore(value: 0)
     private let readerEnded = DispatchSemaphore(value: 0)
@@ -51,7 +61,8 @@ final class RunChannels: Sendable {
     /// or a writer blocked on a guest that is blocked writing to us would stop both.
     private let answers = DispatchQueue(label: "vmfactory.run.answers")
 
-    init(plan: RunPlan, qemu: ChildProcess, channel: Int32, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration) {
+    init(plan: RunPlan, qemu: ChildProcess, channel: Int32, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration, onStarted: (@Sendable () -> Void)? = nil) {
+        self.onStarted = onStarted
         self.plan = plan
         self.qemu = qemu
         self.channel = channel
@@ -65,6 +76,12 @@ final class RunChannels: Sendable {
         Thread.detachNewThread { [self] in
             read()
             state.withLock { $0.readerDone = true }
+            let open = streams.withLock { streams in
+                streams.closed = true
+                defer { streams.handlers = [:] }
+                return streams.handlers.values
+            }
+            for handler in open { handler(nil) }
             stdinRoom.signal()
             commandStarted.signal()
             readerEnded.signal()
@@ -103,8 +120,28 @@ final class RunChannels: Sendable {
         end(nil)
     }
 
+    /// A new exec stream whose frames go to `handler`; nil when the VM has ended.
+    func openStream(_ handler: @escaping StreamHandler) -> UInt32? {
+        streams.withLock { streams in
+            guard !streams.closed else { return nil }
+            let stream = streams.next
+            streams.next = streams.next == .max ? RunProtocol.firstExecStream : streams.next + 1
+            streams.handlers[stream] = handler
+            return stream
+        }
+    }
+
     /// Acts on one of the init's frames; false once the channel is done with.
     private func handle(_ frame: RunProtocol.Frame) -> Bool {
+        if frame.stream >= RunProtocol.firstExecStream {
+            // An exec's: to whoever asked for it, and its stream is done after its exit or error.
+            let handler = streams.withLock { streams in
+                defer { if frame.type == .exit || frame.type == .error { streams.handlers[frame.stream] = nil } }
+                return streams.handlers[frame.stream]
+            }
+            handler?(frame)
+            return true
+        }
         switch frame.type {
         case .hello:
             guard let version = frame.number else {
@@ -120,6 +157,7 @@ final class RunChannels: Sendable {
         case .started where frame.stream == RunProtocol.commandStream:
             state.withLock { $0.started = .now }
             commandStarted.signal()
+            onStarted?()
         case .stdout where frame.stream == RunProtocol.commandStream, .stderr where frame.stream == RunProtocol.commandStream:
             let (queue, output) = frame.type == .stdout ? (outputs.stdout, stdout) : (outputs.stderr, stderr)
             let count = frame.payload.count
@@ -201,6 +239,15 @@ final class RunChannels: Sendable {
         qemu.terminate(grace: .milliseconds(500))
     }
 
+    /// The command's stop signal (the init turns SIGTERM into the image's StopSignal), and the
+    /// end of the VM after `grace` unless it ended first.
+    func stop(grace: Duration) {
+        send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(SIGTERM)))
+        DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) { [self] in
+            if !qemu.hasExited { end(.stopKilled) }
+        }
+    }
+
     /// SIGINT or SIGTERM: the stop signal to the command, and the end of the VM after the grace
     /// period (or at a second one). SIGHUP goes to the command; SIGWINCH becomes the
     /// terminal's new size.
@@ -217,11 +264,7 @@ final class RunChannels: Sendable {
                     return
                 }
                 stderr.writeLine("vmfactory: stopping: the command got its stop signal; the VM ends in \(Elapsed.format(stopGrace)) unless it exits first (again to end it now)")
-                send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(SIGTERM)))
-                let grace = stopGrace
-                DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) { [self] in
-                    if !qemu.hasExited { end(.stopKilled) }
-                }
+                stop(grace: stopGrace)
             case SIGWINCH:
                 if plan.tty, let size = RawTerminal.size(of: STDIN_FILENO) {
                     let rows = UInt16(clamping: size.rows), cols = UInt16(clamping: size.cols)
@@ -272,6 +315,8 @@ final class RunChannels: Sendable {
             return (137, "the command did not stop within \(Elapsed.format(stopGrace)) of its stop signal; the VM was ended")
         case .interrupted?:
             return (130, "interrupted; the VM was ended")
+        case .removed?:
+            return (137, "removed (rm -f); the VM was ended")
         case .acceleratorFailed(let said)?:
             return (125, QEMUMessages.acceleratorError(said, stderr: qemuSaid).description)
         case nil:

@@ -1,10 +1,10 @@
 import Foundation
 import VMFactoryCore
 
-/// `<cache>/runs/<id>/`: one folder per run, holding its overlay, its sockets,
-/// QEMU's command and the console log. A run holds its folder's lock while it lives; a folder
-/// whose lock is free and that --keep did not keep was left by a run that was killed, and the
-/// next run removes it.
+/// `<cache>/runs/<id>/`: one folder per run, holding its record, its overlay, its sockets,
+/// QEMU's command, the console log and a detached run's output. A run's supervisor holds its
+/// folder's lock while it lives; a folder whose lock is free and that neither --keep nor
+/// `run -d` kept was left by a run that was killed, and the next run removes it.
 public struct RunFolders: Sendable {
     public var root: String
 
@@ -24,6 +24,11 @@ public struct RunFolders: Sendable {
             try FileStore.writeAtomically("kept by vmfactory run --keep\n", to: path + "/" + RunFolders.keptMarker)
         }
 
+        /// A detached run's folder stays after its end, for `ps -a`, `logs` and `wait`, until `rm`.
+        public func markDetached() throws {
+            try FileStore.writeAtomically("a detached run's: removed by vmfactory rm\n", to: path + "/" + RunFolders.detachedMarker)
+        }
+
         /// Removes the folder (the lock goes last).
         func remove() {
             if !sockets.hasPrefix(path) { try? FileStore.removeTree(sockets) }
@@ -33,6 +38,7 @@ public struct RunFolders: Sendable {
     }
 
     static let keptMarker = "kept"
+    static let detachedMarker = "detached"
     static let lockName = ".lock"
 
     /// A new run's id: 12 hexadecimal digits, also the guest's default host name.
@@ -69,7 +75,8 @@ public struct RunFolders: Sendable {
     public func removeLeftovers() {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
             let path = root + "/" + name
-            guard !name.hasPrefix("."), FileStore.isDirectory(path), !FileStore.exists(path + "/" + Self.keptMarker) else { continue }
+            guard !name.hasPrefix("."), FileStore.isDirectory(path), !FileStore.exists(path + "/" + Self.keptMarker),
+                  !FileStore.exists(path + "/" + Self.detachedMarker) else { continue }
             guard let lock = FileLock.tryAcquire(path + "/" + Self.lockName) else { continue }
             try? FileStore.removeTree(path)
             lock.release()

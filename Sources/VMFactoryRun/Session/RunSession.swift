@@ -41,6 +41,13 @@ public struct RunSession: Sendable {
 
     /// The run's id (`RunFolders.newID`).
     public var id: String
+    /// What the run's record says of it beside what the session knows: the image, the name,
+    /// the command as given, the ports. The session fills in the rest and keeps it current.
+    public var record: RunRecord?
+    /// `run -d`: the folder (record, log, overlay) stays after the end, until `rm`.
+    public var detached = false
+    /// Called once the command has started (a detached run's parent is waiting for it).
+    public var onStarted: (@Sendable () -> Void)?
 
     public init(id: String, plan: RunPlan, folders: RunFolders, console: Console, baseEnvironment: [String: String], stdout: TextOutput, stderr: TextOutput) {
         self.id = id
@@ -52,20 +59,33 @@ public struct RunSession: Sendable {
         self.stderr = stderr
     }
 
+    /// The runs beside this one (for its name).
+    public var registry: RunRegistry { RunRegistry(folders: folders) }
+
     public func run() async throws -> RunOutcome {
         let folder = try await folders.create(id: id)
         var keptFolder: String?
-        defer { if !keep { folder.remove() } }
+        defer { if !keep && !detached { folder.remove() } }
+        if detached { try folder.markDetached() }
         let files = RunPlan.Files(overlay: folder.path + "/disk.qcow2", sockets: folder.sockets)
-        let started = ContinuousClock.now
-        try Qcow2Overlay.create(backing: plan.disk, at: files.overlay)
-        console.debug(String(format: "run: the overlay took %.3f s", (ContinuousClock.now - started).seconds))
-        let outcome = try await boot(files, folder: folder)
-        if keep {
-            try folder.markKept()
-            keptFolder = folder.path
+        let records = record.map { RecordKeeper(record: $0, session: self, folder: folder) }
+        do {
+            try records?.write()
+            let started = ContinuousClock.now
+            try Qcow2Overlay.create(backing: plan.disk, at: files.overlay)
+            console.debug(String(format: "run: the overlay took %.3f s", (ContinuousClock.now - started).seconds))
+            let outcome = try await boot(files, folder: folder, records: records)
+            try records?.ended(code: outcome.exitCode, message: outcome.message)
+            if keep {
+                try folder.markKept()
+                keptFolder = folder.path
+            }
+            return RunOutcome(exitCode: outcome.exitCode, message: outcome.message, keptFolder: keptFolder)
+        } catch {
+            let failure = VMFactoryError(error)
+            try? records?.ended(code: failure.code == .interrupted ? 130 : 125, message: failure.description)
+            throw error
         }
-        return RunOutcome(exitCode: outcome.exitCode, message: outcome.message, keptFolder: keptFolder)
     }
 
     /// Starts virtiofsd for each virtio-fs volume, waits for its socket and connects to it
@@ -136,7 +156,7 @@ public struct RunSession: Sendable {
     static let consoleLogLimit = 16 << 20
 
     /// Boots, streams and ends the VM; decides the exit status.
-    func boot(_ files: RunPlan.Files, folder: RunFolders.Folder) async throws -> (exitCode: Int32, message: String?) {
+    func boot(_ files: RunPlan.Files, folder: RunFolders.Folder, records: RecordKeeper?) async throws -> (exitCode: Int32, message: String?) {
         if let identity = plan.vmmIdentity {
             for volume in plan.volumes where volume.kind == .ninep {
                 try await VMMDescriptors.checkAccess(volume, identity: identity, environment: baseEnvironment)
@@ -192,7 +212,14 @@ public struct RunSession: Sendable {
             }
         }
         defer { passtWatch?.cancel() }
-        let channels = RunChannels(plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace)
+        let onStarted = onStarted
+        let channels = RunChannels(plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace) {
+            try? records?.started()
+            onStarted?()
+        }
+        // exec, stop, kill, wait and rm -f reach the run here, foreground or detached.
+        let control = try RunControl(path: files.controlSocket, channels: channels, process: plan.process)
+        control.start()
         relay?.start()
         defer { relay?.stop() }
         let showConsole = showConsole
@@ -246,6 +273,53 @@ public struct RunSession: Sendable {
         await channels.finish()
         _ = await consoleDone
         let messages = String(decoding: await qemuSaid, as: UTF8.self)
-        return channels.outcome(connected: connected, termination: termination, qemuSaid: messages, consoleLog: folder.path + "/console.log", keep: keep)
+        let outcome = channels.outcome(connected: connected, termination: termination, qemuSaid: messages, consoleLog: folder.path + "/console.log", keep: keep)
+        try? records?.ended(code: outcome.exitCode, message: outcome.message)
+        control.finish(code: outcome.exitCode, message: outcome.message)
+        return outcome
+    }
+}
+
+/// Keeps a run's record current: created, running, exited.
+final class RecordKeeper: Sendable {
+    private let state: Mutex<RunRecord>
+    let folder: String
+
+    init(record: RunRecord, session: RunSession, folder: RunFolders.Folder) {
+        var record = record
+        record.id = session.id
+        record.pid = getpid()
+        record.controlSocket = RunPlan.Files(overlay: "", sockets: folder.sockets).controlSocket
+        record.detached = session.detached
+        record.user = session.plan.process.user
+        record.workdir = session.plan.process.workdir
+        record.environment = session.plan.process.environment
+        record.status = .created
+        state = Mutex(record)
+        self.folder = folder.path
+    }
+
+    func write() throws {
+        try state.withLock { try $0.write(folder: folder) }
+    }
+
+    func started() throws {
+        try state.withLock { record in
+            record.status = .running
+            record.started = Date()
+            try record.write(folder: folder)
+        }
+    }
+
+    /// Written once: the first end said is the one that counts.
+    func ended(code: Int32, message: String?) throws {
+        try state.withLock { record in
+            guard record.status != .exited else { return }
+            record.status = .exited
+            record.exitCode = code
+            record.message = message
+            record.finished = Date()
+            try record.write(folder: folder)
+        }
     }
 }

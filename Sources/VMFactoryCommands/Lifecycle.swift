@@ -1,0 +1,356 @@
+import ArgumentParser
+import Foundation
+import VMFactoryCore
+import VMFactoryKernel
+import VMFactoryRun
+
+/// Where the lifecycle commands find the runs: the cache's `runs/` folder.
+struct RunsLocation: ParsableArguments {
+    @Option(help: "The cache the runs are in (default: $XDG_CACHE_HOME/vmfactory or ~/.cache/vmfactory).")
+    var cacheDir: String?
+
+    func registry(_ context: CommandContext) -> RunRegistry {
+        let cache = Workspace.cacheDirectory(given: cacheDir, environment: context.environment, currentDirectory: context.currentDirectory)
+        return RunRegistry(folders: RunFolders(cacheDirectory: cache))
+    }
+}
+
+/// Runs `body` for each run named; says what failed on stderr as docker does, and fails at
+/// the end if any did.
+func eachRun(_ references: [String], _ context: CommandContext, _ body: (String) throws -> Void) throws {
+    var failed = false
+    for reference in references {
+        do {
+            try body(reference)
+        } catch {
+            context.stderr.writeLine("vmfactory: error: " + VMFactoryError(error).description)
+            failed = true
+        }
+    }
+    if failed { throw ExitCode(1) }
+}
+
+struct Exec: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a command inside a running VM, as docker exec does.",
+        usage: "vmfactory exec [OPTIONS] RUN COMMAND [ARG...]",
+        discussion: """
+            The command runs in the VM's container root with the run's environment (the image's, then the run's \
+            -e) plus these -e, as the run's user in its working directory unless -u and -w say otherwise. The exit \
+            status is the command's (128+N for a signal); 126 and 127 when it cannot be run or is not found; 125 \
+            when vmfactory failed (the run is not running, for one). It ends with the run's command, as under docker.
+            """
+    )
+
+    @OptionGroup var location: RunsLocation
+
+    @Flag(name: [.customShort("i"), .long], help: "Stream stdin to the command; its end is the command's end of file.")
+    var interactive = false
+
+    @Flag(name: [.customShort("t"), .long], help: "Give the command a pseudo-terminal.")
+    var tty = false
+
+    @Flag(name: [.customShort("d"), .long], help: "Start the command and return; its output is dropped.")
+    var detach = false
+
+    @Option(name: [.customShort("e"), .long], help: "NAME=VALUE, or NAME to pass vmfactory's own value (repeatable).")
+    var env: [String] = []
+
+    @Option(help: "A file of NAME=VALUE lines (# comments), read before -e (repeatable).")
+    var envFile: [String] = []
+
+    @Option(name: [.customShort("w"), .long], help: "The working directory (default: the run's).")
+    var workdir: String?
+
+    @Option(name: [.customShort("u"), .long], help: "USER[:GROUP] (default: the run's user).")
+    var user: String?
+
+    @Argument(help: "The run: its id, a unique start of it, or its name.")
+    var run: String
+
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments.")
+    var command: [String] = []
+
+    func validate() throws {
+        if command.isEmpty { throw ValidationError("exec needs a command to run") }
+        if detach && (interactive || tty) { throw ValidationError("-d cannot be used with -i or -t") }
+        if let workdir, !workdir.hasPrefix("/") { throw ValidationError("-w \(workdir) is not an absolute path") }
+        if (command + [workdir ?? "", user ?? ""]).contains(where: { $0.contains("\0") }) { throw ValidationError("an argument holds a NUL byte") }
+    }
+
+    func run() async throws {
+        let context = CommandContext.current
+        do {
+            try await execute(context)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            // As run's: vmfactory's own failure, apart from the command's statuses.
+            context.stderr.writeLine("vmfactory: error: " + VMFactoryError(error).description)
+            throw ExitCode(125)
+        }
+    }
+
+    func execute(_ context: CommandContext) async throws {
+        let entry = try location.registry(context).find(run)
+        var exec = RunClient.Exec(argv: command)
+        let files = try envFile.map { name in
+            let path = FileStore.absolute(name, relativeTo: context.currentDirectory)
+            guard let text = try? FileStore.readText(path) else {
+                throw VMFactoryError(.notFound, "--env-file \(name): cannot read \(path)", hint: "check the path")
+            }
+            return (name, text)
+        }
+        exec.environment = try ContainerProcess.execEnvironment(files: files, entries: env, hostEnvironment: context.environment)
+        exec.user = user
+        exec.workdir = workdir
+        exec.interactive = interactive
+        exec.tty = tty
+        exec.detach = detach
+        if tty { exec.windowSize = RawTerminal.size(of: STDIN_FILENO) ?? (24, 80) }
+        let signals = context.handlesSignals && tty ? SignalForwarding(signals: [SIGWINCH]) : nil
+        defer { signals?.cancel() }
+        if context.handlesSignals { signal(SIGPIPE, SIG_IGN) }
+        let code = try RunClient.exec(entry, exec, stdout: context.stdout, stderr: context.stderr, signals: signals)
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Ps: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the runs, as docker ps lists containers.")
+
+    @OptionGroup var location: RunsLocation
+
+    @Flag(name: [.customShort("a"), .long], help: "All runs, the ended ones too.")
+    var all = false
+
+    @Option(help: "table (the default) or json.")
+    var format: OutputFormat = .table
+
+    enum OutputFormat: String, ExpressibleByArgument {
+        case table, json
+    }
+
+    func run() async throws {
+        let context = CommandContext.current
+        let entries = location.registry(context).list().filter { all || $0.record.status != .exited }
+        switch format {
+        case .json:
+            struct Row: Encodable {
+                var record: RunRecord
+                var statusText: String
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .iso8601
+            let data = try encoder.encode(entries.map { Row(record: $0.record, statusText: $0.record.statusText()) })
+            context.stdout.writeLine(String(decoding: data, as: UTF8.self))
+        case .table:
+            var rows = [["RUN ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]]
+            for entry in entries {
+                let record = entry.record
+                var command = record.command.joined(separator: " ").replacingOccurrences(of: "\n", with: " ")
+                if command.count > 30 { command = String(command.prefix(29)) + "…" }
+                rows.append([
+                    record.id, record.image, "\"\(command)\"", RunRecord.age(since: record.created) + " ago", record.statusText(),
+                    record.ports.joined(separator: ", "), record.name ?? "",
+                ])
+            }
+            let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+            for row in rows {
+                let padded = row.enumerated().map { $0.offset == row.count - 1 ? $0.element : $0.element.padding(toLength: widths[$0.offset] + 3, withPad: " ", startingAt: 0) }
+                context.stdout.writeLine(padded.joined())
+            }
+        }
+    }
+}
+
+struct Logs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a detached run's output: its stdout to stdout and its stderr to stderr, as docker logs does."
+    )
+
+    @OptionGroup var location: RunsLocation
+
+    @Flag(name: [.customShort("f"), .long], help: "Go on printing the output as it comes, until the run ends.")
+    var follow = false
+
+    @Option(name: [.customShort("n"), .long], help: "Only the last N lines.")
+    var tail: Int?
+
+    @Argument(help: "The run: its id, a unique start of it, or its name.")
+    var run: String
+
+    func run() async throws {
+        let context = CommandContext.current
+        let registry = location.registry(context)
+        let entry = try registry.find(run)
+        guard entry.record.detached else {
+            throw VMFactoryError(.invalidArgument, "the run \(entry.record.id) is attached to its terminal: its output went there", hint: "start runs with -d to keep their output")
+        }
+        if context.handlesSignals { signal(SIGPIPE, SIG_IGN) }
+        var reader = RunLog.Reader(folder: entry.path)
+        defer { reader.close() }
+        var records = reader.read()
+        if let tail { records = Self.lastLines(records, tail) }
+        write(records, context)
+        guard follow else { return }
+        while true {
+            let alive = registry.isAlive(entry.path)
+            let more = reader.read()
+            write(more, context)
+            if !alive && more.isEmpty { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    func write(_ records: [(RunLog.Stream, Data)], _ context: CommandContext) {
+        for (stream, data) in records { (stream == .stdout ? context.stdout : context.stderr).write(data) }
+    }
+
+    /// The last `count` lines of the records (a line ends with a line break, or the output).
+    static func lastLines(_ records: [(RunLog.Stream, Data)], _ count: Int) -> [(RunLog.Stream, Data)] {
+        var lines: [(RunLog.Stream, Data)] = []
+        var partial: [RunLog.Stream: Data] = [:]
+        for (stream, data) in records {
+            var current = partial[stream] ?? Data()
+            for byte in data {
+                current.append(byte)
+                if byte == 0x0a {
+                    lines.append((stream, current))
+                    current = Data()
+                }
+            }
+            partial[stream] = current
+        }
+        for (stream, rest) in partial where !rest.isEmpty { lines.append((stream, rest)) }
+        return Array(lines.suffix(max(0, count)))
+    }
+}
+
+struct Stop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop runs: the command's stop signal (the image's StopSignal, else SIGTERM), then the end of the VM after the timeout."
+    )
+
+    @OptionGroup var location: RunsLocation
+
+    @Option(name: [.customShort("t"), .customLong("time")], help: "Seconds to wait for the command to exit before the VM ends.")
+    var seconds = 10
+
+    @Argument(help: "The runs.")
+    var runs: [String]
+
+    func run() async throws {
+        let context = CommandContext.current
+        let registry = location.registry(context)
+        try eachRun(runs, context) { reference in
+            let entry = try registry.find(reference)
+            if entry.record.status != .exited, registry.isAlive(entry.path) {
+                _ = try RunClient.request(entry, "stop \(seconds)")
+            }
+            context.stdout.writeLine(reference)
+        }
+    }
+}
+
+struct Kill: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send a signal to runs' commands (SIGKILL unless -s says another).")
+
+    @OptionGroup var location: RunsLocation
+
+    @Option(name: [.customShort("s"), .long], help: "The signal: KILL, TERM, USR1, 9...")
+    var signal = "KILL"
+
+    @Argument(help: "The runs.")
+    var runs: [String]
+
+    func run() async throws {
+        let context = CommandContext.current
+        let number = try Signals.number(of: signal, what: "--signal")
+        let registry = location.registry(context)
+        try eachRun(runs, context) { reference in
+            let entry = try registry.find(reference)
+            let answer = try RunClient.request(entry, "kill \(number)")
+            guard answer.code == 0 else { throw VMFactoryError(.processFailed, answer.message) }
+            context.stdout.writeLine(reference)
+        }
+    }
+}
+
+struct Rm: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove ended runs: their records, logs and writable layers.")
+
+    @OptionGroup var location: RunsLocation
+
+    @Flag(name: [.customShort("f"), .long], help: "End a running run first.")
+    var force = false
+
+    @Argument(help: "The runs.")
+    var runs: [String]
+
+    func run() async throws {
+        let context = CommandContext.current
+        let registry = location.registry(context)
+        try eachRun(runs, context) { reference in
+            var entry = try registry.find(reference)
+            if registry.isAlive(entry.path) {
+                guard force else {
+                    throw VMFactoryError(.invalidArgument, "the run \(entry.record.id) is still running", hint: "stop it first (vmfactory stop \(reference)), or remove it with rm -f")
+                }
+                _ = try? RunClient.request(entry, "end")
+                // The supervisor lets go of the folder as it exits.
+                let deadline = ContinuousClock.now + .seconds(30)
+                while registry.isAlive(entry.path), ContinuousClock.now < deadline { usleep(20_000) }
+                entry = try registry.find(entry.record.id)
+            }
+            try registry.remove(entry)
+            unlink(registry.folders.root + "/.\(entry.record.id).supervisor.log")
+            context.stdout.writeLine(reference)
+        }
+    }
+}
+
+struct Wait: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Wait until runs end, and print each one's exit status.")
+
+    @OptionGroup var location: RunsLocation
+
+    @Argument(help: "The runs.")
+    var runs: [String]
+
+    func run() async throws {
+        let context = CommandContext.current
+        let registry = location.registry(context)
+        try eachRun(runs, context) { reference in
+            var entry = try registry.find(reference)
+            if entry.record.status != .exited, let answer = try? RunClient.request(entry, "wait") {
+                context.stdout.writeLine(String(answer.code))
+                return
+            }
+            // No supervisor to ask: the record says how it ended (bringing it up to date first).
+            entry = try registry.find(entry.record.id)
+            context.stdout.writeLine(String(entry.record.exitCode ?? 125))
+        }
+    }
+}
+
+struct Inspect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print runs' records as JSON.")
+
+    @OptionGroup var location: RunsLocation
+
+    @Argument(help: "The runs.")
+    var runs: [String]
+
+    func run() async throws {
+        let context = CommandContext.current
+        let registry = location.registry(context)
+        var records: [RunRecord] = []
+        try eachRun(runs, context) { records.append(try registry.find($0).record) }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        context.stdout.writeLine(String(decoding: try encoder.encode(records), as: UTF8.self))
+    }
+}

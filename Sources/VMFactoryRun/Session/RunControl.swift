@@ -1,0 +1,185 @@
+import Foundation
+import Synchronization
+import VMFactoryCore
+
+/// A run's control socket (`<sockets>/control.sock`, 0600 in a 0700 folder): where `exec`,
+/// `stop`, `kill`, `wait` and `rm -f` reach the run's supervisor. Each connection starts with
+/// one request frame:
+///
+/// - `exec` and the process's settings (key=value lines): the connection then carries that
+///   process's frames both ways, as on the guest's channel, until its exit;
+/// - `kill N`: signal N to the command, answered at once;
+/// - `stop SECONDS`, `wait`, `end`: answered with the run's exit status once the VM has ended.
+final class RunControl: Sendable {
+    let listener: UnixListener
+    let channels: RunChannels
+    let process: ContainerProcess
+    private let ended = Mutex<(outcome: (code: Int32, message: String?)?, waiters: [Int32])>((nil, []))
+
+    init(path: String, channels: RunChannels, process: ContainerProcess) throws {
+        listener = try UnixListener(path: path)
+        self.channels = channels
+        self.process = process
+    }
+
+    func start() {
+        Thread.detachNewThread { [self] in
+            while let connection = listener.accept() {
+                Thread.detachNewThread { [self] in serve(connection) }
+            }
+        }
+    }
+
+    /// The run has ended with `code`: every waiter hears it, and nobody connects any more.
+    func finish(code: Int32, message: String?) {
+        listener.close()
+        let waiters = ended.withLock { ended in
+            ended.outcome = (code, message)
+            defer { ended.waiters = [] }
+            return ended.waiters
+        }
+        for fd in waiters { answer(fd, code, message ?? "") }
+    }
+
+    private func answer(_ fd: Int32, _ code: Int32, _ text: String) {
+        let frame = RunProtocol.Frame(.reply, number: UInt32(bitPattern: code), text: text).encoded
+        _ = frame.withUnsafeBytes { SocketIO.writeAll(fd, $0) }
+        close(fd)
+    }
+
+    /// Answers `fd` once the run has ended (at once if it has).
+    private func answerAtEnd(_ fd: Int32) {
+        let outcome = ended.withLock { ended -> (code: Int32, message: String?)? in
+            if ended.outcome == nil { ended.waiters.append(fd) }
+            return ended.outcome
+        }
+        if let outcome { answer(fd, outcome.code, outcome.message ?? "") }
+    }
+
+    /// Reads the next frame from a client; nil at its end or when it sent something malformed.
+    static func next(_ fd: Int32, _ decoder: inout RunProtocol.Decoder) -> RunProtocol.Frame? {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 1)
+        defer { buffer.deallocate() }
+        while true {
+            let frame: RunProtocol.Frame?
+            do { frame = try decoder.next() } catch { return nil }
+            if let frame { return frame }
+            let count = read(fd, buffer.baseAddress, buffer.count)
+            if count < 0, errno == EINTR { continue }
+            if count <= 0 { return nil }
+            decoder.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+    }
+
+    private func serve(_ fd: Int32) {
+        var decoder = RunProtocol.Decoder(limit: RunProtocol.largestPayload, local: true)
+        guard let request = Self.next(fd, &decoder), request.type == .request else {
+            close(fd)
+            return
+        }
+        let text = String(decoding: request.payload, as: UTF8.self)
+        let verb = text.prefix { $0 != " " && $0 != "\n" }
+        let argument = text.dropFirst(verb.count).drop { $0 == " " || $0 == "\n" }
+        switch verb {
+        case "exec":
+            relayExec(fd, settings: String(argument), decoder: &decoder)
+        case "kill":
+            guard let number = UInt32(argument), number > 0, number < 65 else { return answer(fd, 2, "kill: \(argument) is not a signal number") }
+            channels.send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: number))
+            answer(fd, 0, "")
+        case "stop":
+            guard let seconds = Int(argument), seconds >= 0 else { return answer(fd, 2, "stop: \(argument) is not a number of seconds") }
+            channels.stop(grace: .seconds(seconds))
+            answerAtEnd(fd)
+        case "end":
+            channels.end(.removed, evenAfterExit: true)
+            answerAtEnd(fd)
+        case "wait":
+            answerAtEnd(fd)
+        default:
+            answer(fd, 2, "unknown request \(verb)")
+        }
+    }
+
+    /// The exec's settings with the run's own as defaults: its user, folder and environment
+    /// (docker exec's), the exec's `-e` over the run's.
+    static func execSettings(_ text: String, process: ContainerProcess) -> String? {
+        guard let pairs = RunProtocol.keyValuePairs(text), pairs.contains(where: { $0.0 == "arg" }) else { return nil }
+        var environment = process.environment
+        for (key, value) in pairs where key == "env" {
+            let name = value.prefix { $0 != "=" }
+            environment.removeAll { $0.prefix { $0 != "=" } == name }
+            environment.append(value)
+        }
+        var merged = pairs.filter { $0.0 == "arg" }
+        merged += environment.map { ("env", $0) }
+        merged.append(("user", pairs.last { $0.0 == "user" }?.1 ?? process.user))
+        merged.append(("workdir", pairs.last { $0.0 == "workdir" }?.1 ?? process.workdir))
+        merged += pairs.filter { ["stdin", "tty", "rows", "cols"].contains($0.0) }
+        return RunProtocol.keyValueText(merged)
+    }
+
+    /// Relays one exec between its client and the guest until its exit. Output is written to
+    /// the client by a queue of the connection's own, and the guest gets room for more only
+    /// once a write is done. A client that goes away leaves its process running (as docker's
+    /// exec does); what it would have got is dropped.
+    private func relayExec(_ fd: Int32, settings: String, decoder: inout RunProtocol.Decoder) {
+        guard let merged = Self.execSettings(settings, process: process) else {
+            let failure = RunProtocol.Frame(.error, number: 125, text: "exec: the request names no command").encoded
+            _ = failure.withUnsafeBytes { SocketIO.writeAll(fd, $0) }
+            close(fd)
+            return
+        }
+        let queue = DispatchQueue(label: "vmfactory.exec")
+        // The descriptor is closed once both directions are done with it.
+        let users = Atomic<Int>(2)
+        let done: @Sendable () -> Void = {
+            if users.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { close(fd) }
+        }
+        let channels = channels
+        let streamHolder = Mutex<UInt32>(0)
+        let opened = channels.openStream { frame in
+            let stream = streamHolder.withLock { $0 }
+            guard let frame else {
+                queue.async {
+                    let failure = RunProtocol.Frame(.error, stream: stream, number: 137, text: "the VM ended before the process did").encoded
+                    _ = failure.withUnsafeBytes { SocketIO.writeAll(fd, $0) }
+                    shutdown(fd, Int32(SHUT_WR))
+                    done()
+                }
+                return
+            }
+            queue.async {
+                let bytes = frame.encoded
+                _ = bytes.withUnsafeBytes { SocketIO.writeAll(fd, $0) }
+                switch frame.type {
+                case .stdout, .stderr:
+                    channels.send(RunProtocol.Frame(.credit, stream: stream, number: UInt32(frame.payload.count)))
+                case .exit, .error:
+                    shutdown(fd, Int32(SHUT_WR))
+                    done()
+                default:
+                    break
+                }
+            }
+        }
+        guard let stream = opened else {
+            let failure = RunProtocol.Frame(.error, number: 125, text: "the run has ended; there is nothing to exec into").encoded
+            _ = failure.withUnsafeBytes { SocketIO.writeAll(fd, $0) }
+            close(fd)
+            return
+        }
+        // Set before the guest can answer: the exec frame goes out only now.
+        streamHolder.withLock { $0 = stream }
+        channels.send(RunProtocol.Frame(.exec, stream: stream, payload: Array(merged.utf8)))
+        while let frame = Self.next(fd, &decoder) {
+            switch frame.type {
+            case .stdin, .signal, .windowSize:
+                channels.send(RunProtocol.Frame(frame.type, stream: stream, payload: frame.payload))
+            default:
+                break
+            }
+        }
+        done()
+    }
+}
