@@ -101,7 +101,12 @@ struct RunVM {
     /// Runs `vmfactory run OPTIONS...`; `stdin` is written to its stdin, then closed;
     /// `onStart` runs meanwhile.
     func run(_ arguments: [String], stdin: Data? = nil, environment: [String: String] = [:], onStart: (@Sendable (Live) async -> Void)? = nil) async throws -> Result {
-        let command = Command(TestSupport.executable, prefix + arguments, environment: environment)
+        try await command(prefix + arguments, stdin: stdin, environment: environment, onStart: onStart)
+    }
+
+    /// Runs `vmfactory ARGUMENTS...` (any command), as `run` does.
+    func command(_ arguments: [String], stdin: Data? = nil, environment: [String: String] = [:], onStart: (@Sendable (Live) async -> Void)? = nil) async throws -> Result {
+        let command = Command(TestSupport.executable, arguments, environment: environment)
         let child = try await ChildProcess.spawn(
             command, environment: command.environment(on: TestSupport.environment),
             stdin: stdin == nil ? .null : .pipe, stdout: .pipe, stderr: .pipe

@@ -1,0 +1,114 @@
+import Foundation
+import Testing
+@testable import VMFactoryCore
+@testable import VMFactoryKernel
+@testable import VMFactoryRun
+
+/// The pieces of long-lived runs that need no VM: the protocol's version in its three places,
+/// settings text both ways, records, names, logs, an exec's settings over the run's.
+@Suite("Long-lived runs: values", .tags(.unit), .scoped)
+struct LifecycleTests {
+    @Test("the run protocol's version is one number: the init's header, the manifest's and the host's")
+    func oneVersion() throws {
+        let header = try FileStore.readText(TestSupport.repositoryRoot + "/Sources/guest-init/protocol.h")
+        let defined = header.split(separator: "\n").first { $0.hasPrefix("#define VMF_PROTOCOL_VERSION ") }
+        #expect(defined == "#define VMF_PROTOCOL_VERSION \(RunProtocol.version)")
+        #expect(InitCompiler.runProtocol == Int(RunProtocol.version))
+    }
+
+    @Test("settings text and back: line breaks, backslashes and a value ending in a carriage return; bad escapes refused")
+    func keyValues() {
+        let pairs = [("arg", "a\\b"), ("env", "X=1\n2"), ("env", "CR=\r"), ("arg", "")]
+        let text = RunProtocol.keyValueText(pairs)
+        let back = RunProtocol.keyValuePairs(text)
+        #expect(back?.map(\.0) == pairs.map(\.0) && back?.map(\.1) == pairs.map(\.1))
+        #expect(RunProtocol.keyValuePairs("arg=x\\q\n") == nil)
+        #expect(RunProtocol.keyValuePairs("arg=x\\") == nil)
+        #expect(RunProtocol.keyValuePairs("no equals\n") == nil)
+    }
+
+    @Test("names: docker's rule, one run each, released only by their run")
+    func names() throws {
+        let cache = try TestSupport.temporaryDirectory()
+        let registry = RunRegistry(folders: RunFolders(cacheDirectory: cache))
+        for good in ["web", "a.b_c-1", "9lives"] { #expect(RunRegistry.isValidName(good), "\(good)") }
+        for bad in ["", "-x", ".x", "a b", "a/b", "ä", String(repeating: "x", count: 129)] { #expect(!RunRegistry.isValidName(bad), "\(bad)") }
+        try registry.reserve(name: "web", id: "aaaaaaaaaaaa")
+        #expect(throws: VMFactoryError.self) { try registry.reserve(name: "web", id: "bbbbbbbbbbbb") }
+        registry.release(name: "web", id: "bbbbbbbbbbbb")
+        #expect(throws: VMFactoryError.self) { try registry.reserve(name: "web", id: "bbbbbbbbbbbb") }
+        registry.release(name: "web", id: "aaaaaaaaaaaa")
+        try registry.reserve(name: "web", id: "bbbbbbbbbbbb")
+    }
+
+    static func record(_ id: String, name: String? = nil, status: RunRecord.Status = .running) -> RunRecord {
+        RunRecord(
+            id: id, name: name, image: "oci:/x", command: ["/bin/sh"], target: "x86_64", created: Date(), status: status,
+            ports: [], pid: 4242, controlSocket: "/nowhere/control.sock", detached: true, user: "", workdir: "/", environment: []
+        )
+    }
+
+    @Test("runs are found by id, a unique start of one, or name; a run whose supervisor is gone is recorded as killed, 137")
+    func finding() throws {
+        let cache = try TestSupport.temporaryDirectory()
+        let folders = RunFolders(cacheDirectory: cache)
+        let registry = RunRegistry(folders: folders)
+        for (id, name) in [("abc111111111", "one"), ("abc222222222", nil)] {
+            try FileStore.createDirectory(folders.root + "/" + id)
+            try Self.record(id, name: name).write(folder: folders.root + "/" + id)
+            try FileStore.writeAtomically("", to: folders.root + "/" + id + "/" + RunFolders.lockName)
+            if let name { try registry.reserve(name: name, id: id) }
+        }
+        #expect(try registry.find("one").record.id == "abc111111111")
+        #expect(try registry.find("abc2").record.id == "abc222222222")
+        #expect(throws: VMFactoryError.self) { try registry.find("abc") }
+        #expect(throws: VMFactoryError.self) { try registry.find("zzz") }
+        // Nobody holds the locks: both supervisors are gone.
+        let found = try registry.find("abc1")
+        #expect(!found.alive && found.record.status == .exited && found.record.exitCode == 137)
+        #expect(found.record.message?.contains("its supervisor (pid 4242) was killed") == true)
+        #expect(try RunRecord.read(folder: found.path).exitCode == 137, "written down for the next reader")
+        #expect(found.record.statusText().hasPrefix("Exited (137) "))
+        try registry.remove(found)
+        #expect(!FileStore.exists(found.path))
+        #expect(throws: VMFactoryError.self) { try registry.find("one") }
+        #expect(registry.list().map(\.record.id) == ["abc222222222"])
+    }
+
+    @Test("the log keeps each stream's bytes in order, rotates once past its limit, and a follower reads across the rotation")
+    func log() throws {
+        let folder = try TestSupport.temporaryDirectory()
+        let log = RunLog(folder: folder, limit: 100)
+        var reader = RunLog.Reader(folder: folder)
+        log.append(.stdout, Data("one\n".utf8))
+        log.append(.stderr, Data("err\n".utf8))
+        let first = reader.read()
+        #expect(first.map(\.0) == [.stdout, .stderr] && first.map(\.1) == [Data("one\n".utf8), Data("err\n".utf8)])
+        // A follower that keeps up (reads between writes) loses nothing across rotations.
+        var more: [(RunLog.Stream, Data)] = []
+        for index in 0..<10 {
+            log.append(.stdout, Data("line \(index) of some length\n".utf8))
+            more += reader.read()
+        }
+        #expect(more.map { String(decoding: $0.1, as: UTF8.self) } == (0..<10).map { "line \($0) of some length\n" }, "nothing lost across rotations")
+        // A reader from the start gets what is kept: the last one or two files' worth.
+        var late = RunLog.Reader(folder: folder)
+        let kept = late.read().map { String(decoding: $0.1, as: UTF8.self) }
+        #expect(!kept.isEmpty && kept.last == "line 9 of some length\n" && kept.count < 10, "\(kept)")
+        #expect(FileStore.exists(folder + "/output.log.1"))
+        let total = (FileStore.fileSize(folder + "/output.log") ?? 0) + (FileStore.fileSize(folder + "/output.log.1") ?? 0)
+        #expect(total <= 200, "at most twice the limit on disk")
+    }
+
+    @Test("an exec's settings: the run's user, folder and environment unless it says otherwise, its -e over the run's")
+    func execSettings() throws {
+        let process = ContainerProcess(argv: ["/bin/sh"], environment: ["PATH=/bin", "A=run", "B=run"], user: "app", workdir: "/srv", stopSignal: SIGTERM)
+        let merged = RunControl.execSettings(RunProtocol.keyValueText([("arg", "env"), ("env", "B=exec"), ("env", "C=new"), ("stdin", "1")]), process: process)
+        #expect(merged == RunProtocol.keyValueText([
+            ("arg", "env"), ("env", "PATH=/bin"), ("env", "A=run"), ("env", "B=exec"), ("env", "C=new"), ("user", "app"), ("workdir", "/srv"), ("stdin", "1"),
+        ]))
+        let own = RunControl.execSettings(RunProtocol.keyValueText([("arg", "id"), ("user", "0"), ("workdir", "/tmp")]), process: process)
+        #expect(own?.contains("user=0\n") == true && own?.contains("workdir=/tmp\n") == true)
+        #expect(RunControl.execSettings("user=0\n", process: process) == nil, "no command")
+    }
+}
