@@ -18,12 +18,14 @@ public enum ArchiveExtractor {
 
     /// - Parameters:
     ///   - stripTopDirectory: every entry must lie in one top folder, which is dropped.
+    ///   - owners: the entries' owners too (root only), not only their modes and times.
     ///   - expected: the digest the archive must have; checked after the last byte was read.
     ///   - cancellation: checked between entries.
     public static func extract(
         archive path: String,
         into destination: String,
         stripTopDirectory: Bool,
+        owners: Bool = false,
         expected: SHA256Digest? = nil,
         cancellation: BlockingWork.Cancellation? = nil,
         progress: ((_ bytesRead: Int64, _ entries: Int) -> Void)? = nil
@@ -37,7 +39,7 @@ public enum ArchiveExtractor {
         guard let writer = archive_write_disk_new() else { throw VMFactoryError(.archiveFailed, "archive_write_disk_new failed") }
         defer { archive_write_free(writer) }
         // Absolute paths in the archive itself are refused by `checkedPath` before this point.
-        let flags = ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME
+        let flags = ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME | (owners ? ARCHIVE_EXTRACT_OWNER : 0)
         archive_write_disk_set_options(writer, flags)
 
         var entries = 0

@@ -1,5 +1,8 @@
 import ArgumentParser
+import CLinux
 import Foundation
+import Synchronization
+import VMFactoryArchive
 import VMFactoryCore
 import VMFactoryKernel
 import VMFactoryRun
@@ -352,5 +355,183 @@ struct Inspect: AsyncParsableCommand {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
         context.stdout.writeLine(String(decoding: try encoder.encode(records), as: UTF8.self))
+    }
+}
+
+struct Cp: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy files out of a running VM or into it, as docker cp does.",
+        usage: "vmfactory cp [OPTIONS] RUN:PATH HOSTPATH|-\n       vmfactory cp [OPTIONS] HOSTPATH|- RUN:PATH",
+        discussion: """
+            The init makes and reads the tar stream itself, so the image needs no tar. Owners, modes, times, \
+            symlinks and hard links are kept. PATH/. copies a folder's contents. `-` is a tar stream on stdout \
+            (out) or stdin (in). What comes out of the VM is checked as hostile before anything is written: no \
+            absolute names, no `..`, no link that points outside HOSTPATH, no device nodes; nothing is written \
+            outside HOSTPATH.
+            """
+    )
+
+    @OptionGroup var location: RunsLocation
+
+    @Argument(help: "RUN:PATH, or a host path (- for a tar stream on stdin).")
+    var source: String
+
+    @Argument(help: "A host path (- for a tar stream on stdout), or RUN:PATH.")
+    var destination: String
+
+    /// RUN:PATH when the colon comes before any slash (docker's rule).
+    static func runPath(_ argument: String) -> (run: String, path: String)? {
+        guard let colon = argument.firstIndex(of: ":"), colon != argument.startIndex, !argument[..<colon].contains("/") else { return nil }
+        let path = String(argument[argument.index(after: colon)...])
+        // Relative to the container's root, as docker's.
+        return (String(argument[..<colon]), path.hasPrefix("/") ? path : "/" + path)
+    }
+
+    func validate() throws {
+        switch (Self.runPath(source), Self.runPath(destination)) {
+        case (nil, nil): throw ValidationError("one side must be RUN:PATH")
+        case (.some, .some): throw ValidationError("copying between two runs is not supported; copy to the host first")
+        default: break
+        }
+    }
+
+    func run() async throws {
+        let context = CommandContext.current
+        do {
+            if context.handlesSignals { signal(SIGPIPE, SIG_IGN) }
+            let registry = location.registry(context)
+            if let from = Self.runPath(source) {
+                try copyOut(try registry.find(from.run), from.path, context)
+            } else if let to = Self.runPath(destination) {
+                try copyIn(try registry.find(to.run), to.path, context)
+            }
+        } catch {
+            context.stderr.writeLine("vmfactory: error: " + VMFactoryError(error).description)
+            throw ExitCode(1)
+        }
+    }
+
+    /// The guest's path without a trailing "/." (and whether it had one), and its last component.
+    static func split(_ path: String) -> (path: String, contentsOnly: Bool, base: String) {
+        var trimmed = path
+        let contentsOnly = trimmed.hasSuffix("/.")
+        if contentsOnly { trimmed.removeLast(2) }
+        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
+        if trimmed.isEmpty { trimmed = "/" }
+        let base = trimmed == "/" ? "." : (trimmed as NSString).lastPathComponent
+        return (trimmed, contentsOnly || base == ".", base)
+    }
+
+    func copyOut(_ entry: RunRegistry.Entry, _ path: String, _ context: CommandContext) throws {
+        let (guestPath, contentsOnly, base) = Self.split(path)
+        var exec = RunClient.Exec(argv: ["vmfactory-cp"])
+        exec.user = "0"
+        exec.workdir = "/"
+        exec.copyOut = guestPath
+        let said = TextOutput.memory()
+        if destination == "-" {
+            let code = try RunClient.exec(entry, exec, stdout: context.stdout, stderr: said, signals: nil)
+            guard code == 0 else { throw Self.failed("out of", path, code, said.text) }
+            return
+        }
+        let target = FileStore.absolute(destination, relativeTo: context.currentDirectory)
+        let container = try Self.container(of: target)
+        var template = Array((container + "/.vmfactory-cp-XXXXXX.tar").utf8CString)
+        let fd = mkstemps(&template, 4)
+        guard fd >= 0 else { throw VMFactoryError.io("cannot write a file in", path: container) }
+        let stream = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        defer { unlink(stream) }
+        let written = TextOutput.sink { data in data.withUnsafeBytes { try? FileStore.writeAll(fd, $0, path: stream) } }
+        let code = try RunClient.exec(entry, exec, stdout: written, stderr: said, signals: nil)
+        close(fd)
+        guard code == 0 else { throw Self.failed("out of", path, code, said.text) }
+        try Self.receive(stream, path: path, target: target, owners: geteuid() == 0)
+    }
+
+    /// The folder the copy lands in: `target` when it is one, else the folder it would be in.
+    static func container(of target: String) throws -> String {
+        let container = FileStore.isDirectory(target) ? target : (target as NSString).deletingLastPathComponent
+        guard FileStore.isDirectory(container) else {
+            throw VMFactoryError(.notFound, "the folder \(container) does not exist", hint: "make it first, or copy to a path in a folder that exists")
+        }
+        return container
+    }
+
+    /// Unpacks the guest's tar stream of `path` at `target`, as docker cp places it. The guest
+    /// made the stream: it is unpacked into a folder of its own beside the target with every
+    /// entry checked as hostile (no absolute names, no "..", no link out of the folder, no
+    /// device nodes), and only then moved; nothing is written outside the target.
+    static func receive(_ stream: String, path: String, target: String, owners: Bool) throws {
+        let (_, contentsOnly, base) = split(path)
+        let targetIsFolder = FileStore.isDirectory(target)
+        let container = try container(of: target)
+        var template = Array((container + "/.vmfactory-cp-XXXXXX").utf8CString)
+        guard mkdtemp(&template) != nil else { throw VMFactoryError.io("cannot make a folder in", path: container) }
+        let staging = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        defer { try? FileStore.removeTree(staging) }
+        _ = try ArchiveExtractor.extract(archive: stream, into: staging, stripTopDirectory: false, owners: owners)
+        let extracted = base == "." ? staging : staging + "/" + base
+        guard FileStore.exists(extracted) else {
+            throw VMFactoryError(.hostileArchive, "the run sent no \(base) for \(path)", hint: "the guest's init answered with something else; nothing was written")
+        }
+        if contentsOnly {
+            guard FileStore.isDirectory(extracted) else { throw VMFactoryError(.invalidArgument, "\(path) is not a folder in the run") }
+            try FileStore.createDirectory(target)
+            for name in try FileManager.default.contentsOfDirectory(atPath: extracted) {
+                try place(extracted + "/" + name, at: target + "/" + name)
+            }
+        } else {
+            try place(extracted, at: targetIsFolder ? target + "/" + base : target)
+        }
+    }
+
+    /// Moves `from` to `to`, replacing a file or link there (not following it), never a folder.
+    static func place(_ from: String, at to: String) throws {
+        var st = stat()
+        if lstat(to, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
+            throw VMFactoryError(.invalidArgument, "\(to) already exists as a folder", hint: "remove it, or copy to another path")
+        }
+        try FileStore.rename(from, to: to)
+    }
+
+    func copyIn(_ entry: RunRegistry.Entry, _ path: String, _ context: CommandContext) throws {
+        var exec = RunClient.Exec(argv: ["vmfactory-cp"])
+        exec.user = "0"
+        exec.workdir = "/"
+        exec.copyIn = Self.split(path).path
+        exec.interactive = true
+        let said = TextOutput.memory()
+        guard source != "-" else {
+            let code = try RunClient.exec(entry, exec, stdout: said, stderr: said, signals: nil)
+            guard code == 0 else { throw Self.failed("into", path, code, said.text) }
+            return
+        }
+        let (hostPath, contentsOnly, base) = Self.split(FileStore.absolute(source, relativeTo: context.currentDirectory))
+        var st = stat()
+        guard lstat(hostPath, &st) == 0 else { throw VMFactoryError.io("cannot read", path: hostPath) }
+        let top = contentsOnly ? "" : base
+        exec.copyTop = top.isEmpty ? nil : top
+        var ends: [Int32] = [-1, -1]
+        guard vmf_pipe_cloexec(&ends) == 0 else { throw VMFactoryError(.io, "cannot make a pipe") }
+        exec.input = ends[0]
+        defer { close(ends[0]) }
+        let failure = Mutex<(any Error)?>(nil)
+        let writer = ends[1]
+        Thread.detachNewThread {
+            do {
+                try TreeArchiver.write(hostPath, top: top, to: writer)
+            } catch {
+                failure.withLock { $0 = error }
+            }
+            close(writer)
+        }
+        let code = try RunClient.exec(entry, exec, stdout: said, stderr: said, signals: nil)
+        if let error = failure.withLock({ $0 }) { throw error }
+        guard code == 0 else { throw Self.failed("into", path, code, said.text) }
+    }
+
+    static func failed(_ direction: String, _ path: String, _ code: Int32, _ said: String) -> VMFactoryError {
+        let message = RunProtocol.printable(said.trimmingCharacters(in: .whitespacesAndNewlines))
+        return VMFactoryError(.processFailed, "cannot copy \(direction) the run at \(path)" + (message.isEmpty ? " (status \(code))" : ": " + message))
     }
 }

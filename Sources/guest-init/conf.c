@@ -298,7 +298,18 @@ static int run_setting(void *into, const char *key, char *value)
 
 static int exec_setting(void *into, const char *key, char *value)
 {
-	return parse_process_key(into, key, value);
+	struct vmf_process_spec *spec = into;
+	if (strcmp(key, "copyout") == 0 && value[0] == '/')
+		spec->copy_out = value;
+	else if (strcmp(key, "copyin") == 0 && value[0] == '/')
+		spec->copy_in = value;
+	else if (strcmp(key, "copytop") == 0 && !strchr(value, '/') && strcmp(value, "..") != 0)
+		spec->copy_top = value;
+	else if (strcmp(key, "copyout") == 0 || strcmp(key, "copyin") == 0 || strcmp(key, "copytop") == 0)
+		return -1;
+	else
+		return parse_process_key(into, key, value);
+	return 0;
 }
 
 /* What both kinds of process must have. */
@@ -376,6 +387,10 @@ static void explain_process(const struct vmf_process_spec *spec)
 	printf("user: %s\nworkdir: %s\nstdin: %d\ntty: %d\n", spec->user, spec->workdir, spec->stdin_open, spec->tty);
 	if (spec->rows || spec->cols)
 		printf("window: %d %d\n", spec->rows, spec->cols);
+	if (spec->copy_out)
+		printf("copy out: %s\n", spec->copy_out);
+	if (spec->copy_in)
+		printf("copy in: %s (%s)\n", spec->copy_in, spec->copy_top ? spec->copy_top : "");
 }
 
 void vmf_exec_explain(const struct vmf_process_spec *spec)

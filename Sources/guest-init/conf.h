@@ -59,6 +59,11 @@ struct vmf_process_spec {
 	int tty;
 	int rows;
 	int cols;
+	/* vmfactory cp (an exec's only): a tar stream of this path on stdout, */
+	const char *copy_out;
+	/* or a tar stream from stdin extracted at this path, its top entry `copy_top`. */
+	const char *copy_in;
+	const char *copy_top;
 };
 
 struct vmf_run {

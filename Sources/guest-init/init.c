@@ -16,11 +16,14 @@
  *   init --decode-frames         the frames on stdin, as the init reads them (selftest.c)
  *   init --sample-frames         frames of every kind the init sends, on stdout
  *   init --resolve-user ROOT SPEC   a user looked up in the folder ROOT
+ *   init --copy-out PATH         PATH as vmfactory cp's tar stream, on stdout (copy.c)
+ *   init --copy-in PATH [TOP]    vmfactory cp's tar stream on stdin, extracted at PATH
  */
 #define _GNU_SOURCE
 #include "container.h"
 #include "launch.h"
 #include "selftest.h"
+#include "copy.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -307,6 +310,10 @@ int main(int argc, char **argv, char **envp)
 			return vmf_sample_frames();
 		if (argc == 4 && strcmp(argv[1], "--resolve-user") == 0)
 			return vmf_resolve_user_at(argv[2], argv[3]);
+		if (argc == 3 && strcmp(argv[1], "--copy-out") == 0)
+			return vmf_copy_out(argv[2], STDOUT_FILENO);
+		if ((argc == 3 || argc == 4) && strcmp(argv[1], "--copy-in") == 0)
+			return vmf_copy_in(argv[2], argc == 4 ? argv[3] : NULL, STDIN_FILENO);
 		fprintf(stderr, "vmfactory-init runs as PID 1 of a microVM; `%s --explain` shows what it would run\n", argv[0]);
 		return 2;
 	}

@@ -6,6 +6,8 @@
 #define _GNU_SOURCE
 #include "process.h"
 
+#include "copy.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -163,6 +165,11 @@ static void become(const struct vmf_process *process, const struct vmf_process_s
 		child_fails(report, STAGE_IDENTITY);
 	if (chdir(spec->workdir) != 0)
 		child_fails(report, STAGE_WORKDIR);
+	/* vmfactory cp: the init's own tar, in this child; the report pipe closes as exec would. */
+	if (spec->copy_out || spec->copy_in) {
+		close(report);
+		_exit(spec->copy_out ? vmf_copy_out(spec->copy_out, STDOUT_FILENO) : vmf_copy_in(spec->copy_in, spec->copy_top, STDIN_FILENO));
+	}
 	environ = spec->envp.items;
 	execvp(spec->argv.items[0], spec->argv.items);
 	child_fails(report, STAGE_EXEC);

@@ -95,6 +95,45 @@ struct LifecycleBootTests {
         #expect(typed.status == 7, "\(typed.output)")
         #expect(typed.output.contains("/dev/pts/") && typed.output.contains("typed-42"), "\(typed.output)")
 
+        // cp both ways: a folder with a symlink, a hard link and 3 MiB; owners, modes and times kept.
+        let dir = try TestSupport.temporaryDirectory()
+        let tree = dir + "/tree"
+        try FileStore.createDirectory(tree + "/sub")
+        try images.random.write(to: URL(fileURLWithPath: tree + "/big"))
+        #expect(link(tree + "/big", tree + "/hard") == 0)
+        #expect(symlink("../big", tree + "/sub/link") == 0)
+        try TestSupport.write("small\n", to: tree + "/sub/small")
+        #expect(chown(tree + "/sub/small", 1234, 5678) == 0 && chmod(tree + "/sub", 0o751) == 0)
+        var times = [timespec(tv_sec: 1_600_000_000, tv_nsec: 0), timespec(tv_sec: 1_600_000_000, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, tree + "/big", &times, 0) == 0)
+        let copiedIn = try await Self.cli(vm, "cp", [tree, "\(name):/home/"])
+        #expect(copiedIn.status == 0, "\(copiedIn.stderr)")
+        let inside = try await Self.cli(vm, "exec", ["-u", "0", name, "sh", "-c", "cd /home/tree && sha256sum big hard && stat -c '%n %u:%g %a %h %Y' big hard && stat -c '%n %u:%g %a' sub sub/small && readlink sub/link"])
+        let digest = SHA256Digest.of(images.random).hex
+        #expect(inside.text == """
+            \(digest)  big
+            \(digest)  hard
+            big 0:0 644 2 1600000000
+            hard 0:0 644 2 1600000000
+            sub 0:0 751
+            sub/small 1234:5678 644
+            ../big
+
+            """, "\(inside.text) \(inside.stderr)")
+        let copiedOut = try await Self.cli(vm, "cp", ["\(name):/home/tree", dir + "/back"])
+        #expect(copiedOut.status == 0, "\(copiedOut.stderr)")
+        #expect(try await SHA256Digest.ofFile(at: dir + "/back/big") == SHA256Digest.of(images.random))
+        var big = stat(), hard = stat(), small = stat()
+        #expect(stat(dir + "/back/big", &big) == 0 && stat(dir + "/back/hard", &hard) == 0 && big.st_ino == hard.st_ino, "the hard link is one")
+        #expect(big.st_mtim.tv_sec == 1_600_000_000)
+        #expect(lstat(dir + "/back/sub/small", &small) == 0 && small.st_uid == 1234 && small.st_gid == 5678)
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/back/sub/link")) == "../big")
+        // A link the guest made that points out of the copy: refused, and nothing written.
+        _ = try await Self.cli(vm, "exec", ["-u", "0", name, "ln", "-s", "/etc/passwd", "/home/tree/sub/escape"])
+        let refused = try await Self.cli(vm, "cp", ["\(name):/home/tree", dir + "/hostile"])
+        #expect(refused.status != 0 && refused.stderr.contains("symlink to '/etc/passwd' points outside the destination"), "\(refused.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["back", "tree"], "nothing else was written")
+
         // logs while the command writes; -f until the run ends.
         #expect(try await Self.logs(vm, name, contain: "tick 3"))
         let tail = try await Self.cli(vm, "logs", ["--tail", "2", name])

@@ -1,5 +1,7 @@
 import Foundation
 import Testing
+@testable import VMFactoryArchive
+@testable import VMFactoryCommands
 @testable import VMFactoryCore
 @testable import VMFactoryKernel
 @testable import VMFactoryRun
@@ -110,5 +112,38 @@ struct LifecycleTests {
         let own = RunControl.execSettings(RunProtocol.keyValueText([("arg", "id"), ("user", "0"), ("workdir", "/tmp")]), process: process)
         #expect(own?.contains("user=0\n") == true && own?.contains("workdir=/tmp\n") == true)
         #expect(RunControl.execSettings("user=0\n", process: process) == nil, "no command")
+    }
+
+    @Test("cp's receiving side: a guest's stream with .., an absolute name, a link out, a file through a link, a device or another top is refused, and nothing lands outside the target", .tags(.integration))
+    func hostileCopies() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let cases: [(String, [ArchiveWriter.Entry])] = [
+            ("dotdot", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/../../escaped", kind: .file(Data("x".utf8)))]),
+            ("absolute", [.init(path: "/tmp/escaped", kind: .file(Data("x".utf8)))]),
+            ("link out", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/up", kind: .symlink("../../.."))]),
+            ("through a link", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/in", kind: .symlink(".")), .init(path: "report/in/../../escaped", kind: .file(Data("x".utf8)))]),
+            ("device", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/null", kind: .characterDevice(major: 1, minor: 3))]),
+            ("hard link out", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/passwd", kind: .hardlink("../../etc/passwd"))]),
+        ]
+        for (name, entries) in cases {
+            let folder = dir + "/" + name.replacingOccurrences(of: " ", with: "-")
+            try FileStore.createDirectory(folder + "/target")
+            try ArchiveWriter.write(entries, to: folder + "/stream.tar", format: .paxTar)
+            #expect(throws: VMFactoryError.self, "\(name)") { try Cp.receive(folder + "/stream.tar", path: "/out/report", target: folder + "/target", owners: false) }
+            #expect(try FileManager.default.contentsOfDirectory(atPath: folder).sorted() == ["stream.tar", "target"], "\(name): nothing beside the target")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: folder + "/target").isEmpty, "\(name): nothing in it either")
+        }
+        #expect(!FileStore.exists(dir + "/escaped") && !FileStore.exists("/tmp/escaped"))
+        // Another name than the one asked for: nothing placed.
+        let other = dir + "/other"
+        try FileStore.createDirectory(other + "/target")
+        try ArchiveWriter.write([.init(path: "elsewhere", kind: .file(Data("x".utf8)))], to: other + "/stream.tar", format: .paxTar)
+        #expect(throws: VMFactoryError.self) { try Cp.receive(other + "/stream.tar", path: "/out/report", target: other + "/target", owners: false) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: other + "/target").isEmpty)
+        // A good one lands as docker cp places it: into a folder that exists, or as a new name.
+        try ArchiveWriter.write([.init(path: "report", kind: .file(Data("ok".utf8)))], to: other + "/good.tar", format: .paxTar)
+        try Cp.receive(other + "/good.tar", path: "/out/report", target: other + "/target", owners: false)
+        try Cp.receive(other + "/good.tar", path: "/out/report", target: other + "/renamed", owners: false)
+        #expect(try FileStore.readText(other + "/target/report") == "ok" && FileStore.readText(other + "/renamed") == "ok")
     }
 }

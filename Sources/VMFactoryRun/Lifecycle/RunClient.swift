@@ -49,6 +49,12 @@ public enum RunClient {
         public var tty = false
         public var detach = false
         public var windowSize: (rows: Int, cols: Int)?
+        /// vmfactory cp: the init's own tar of this path out, or into it (`copyTop` its top entry).
+        public var copyOut: String?
+        public var copyIn: String?
+        public var copyTop: String?
+        /// Where stdin comes from with `interactive`.
+        public var input: Int32 = STDIN_FILENO
 
         public init(argv: [String]) {
             self.argv = argv
@@ -56,6 +62,9 @@ public enum RunClient {
 
         var settings: String {
             var pairs = argv.map { ("arg", $0) } + environment.map { ("env", $0) }
+            if let copyOut { pairs.append(("copyout", copyOut)) }
+            if let copyIn { pairs.append(("copyin", copyIn)) }
+            if let copyTop { pairs.append(("copytop", copyTop)) }
             if let user { pairs.append(("user", user)) }
             if let workdir { pairs.append(("workdir", workdir)) }
             pairs += [("stdin", interactive ? "1" : "0"), ("tty", tty ? "1" : "0")]
@@ -80,7 +89,7 @@ public enum RunClient {
             Thread.detachNewThread {
                 started.wait()
                 guard !credit.withLock({ $0.ended }) else { return }
-                PipeReader.forEachChunk(STDIN_FILENO) { chunk in
+                PipeReader.forEachChunk(exec.input) { chunk in
                     var offset = 0
                     while offset < chunk.count {
                         let take = credit.withLock { state -> Int in
