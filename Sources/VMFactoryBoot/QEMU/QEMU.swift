@@ -36,6 +36,14 @@ public struct QEMUMachine: Sendable, Hashable {
     /// x86_64: QEMU's `isa-debug-exit` at 0xf4, so that the init's exit code becomes QEMU's
     /// exit status (`code << 1 | 1`).
     public var debugExit: Bool
+    /// `-name`: who the QEMU is, in ps and /proc.
+    public var name: String?
+    /// Appended to `-M`'s value (`memory-backend=mem`).
+    public var machineOptions: [String] = []
+    /// Appended to `-accel`'s value (`tb-size=128`).
+    public var acceleratorOptions: [String] = []
+    /// After the common options, before the console: a sandbox, globals, memory objects.
+    public var extra: [String] = []
 
     public init(
         target: Target, kernel: String, initrd: String? = nil, cmdline: String, memory: String = "256M", cpus: Int = 1,
@@ -73,17 +81,20 @@ public struct QEMUMachine: Sendable, Hashable {
     public static func code(fromDebugExitStatus status: Int32) -> Int32? { status & 1 == 1 ? status >> 1 : nil }
 
     public var arguments: [String] {
-        var arguments: [String]
+        // In QEMU's option syntax a comma is written twice.
+        var arguments = name.map { ["-name", $0.replacingOccurrences(of: ",", with: ",,")] } ?? []
+        let machine: String
         switch target {
         case .x86_64:
             // microvm: no PCI, no firmware tables, no option ROMs. rtc=on avoids a one-second
             // wait in the kernel's clock setup; acpi=off leaves virtio-mmio devices on the
             // command line, which QEMU adds itself.
-            arguments = ["-M", "microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on,isa-serial=\(console == .serial ? "on" : "off")"]
+            machine = "microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on,isa-serial=\(console == .serial ? "on" : "off")"
         case .s390x:
-            arguments = ["-M", "s390-ccw-virtio"]
+            machine = "s390-ccw-virtio"
         }
-        arguments += ["-accel", accelerator.rawValue]
+        arguments += ["-M", ([machine] + machineOptions).joined(separator: ",")]
+        arguments += ["-accel", ([accelerator.rawValue] + acceleratorOptions).joined(separator: ",")]
         if icount {
             arguments += ["-icount", "shift=0,sleep=off"]
         }
@@ -96,6 +107,7 @@ public struct QEMUMachine: Sendable, Hashable {
             "-m", memory, "-smp", String(cpus),
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         ]
+        arguments += extra
         switch console {
         case .serial:
             arguments += ["-serial", "stdio"]

@@ -172,30 +172,26 @@ public struct RunPlan: Sendable {
         let s390 = target == .s390x
         func device(_ name: String) -> String { name + (s390 ? "-ccw" : "-device") }
         let sharedMemory = volumes.contains { $0.kind == .virtiofs }
-        var machine = s390 ? "s390-ccw-virtio" : "microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on,isa-serial=on"
-        if sharedMemory { machine += ",memory-backend=mem" }
-        // The name says whose QEMU this is (ps, /proc): it opens nothing by path otherwise.
-        let name = "vmfactory-run:" + (files.overlay as NSString).deletingLastPathComponent
-        // In QEMU's option syntax a comma is written twice.
-        // TCG's translation cache grows as the guest meets new code, up to QEMU 7.2's default
-        // of 1 GiB: bounded here (no slower to boot, measured).
-        let accel = accelerator == .tcg ? "tcg,tb-size=\(Self.translationCacheMiB)" : accelerator.rawValue
-        var arguments = ["-name", name.replacingOccurrences(of: ",", with: ",,"), "-M", machine, "-accel", accel]
-        if icount { arguments += ["-icount", "shift=0,sleep=off"] }
-        if accelerator == .kvm { arguments += ["-cpu", "host"] } else if !s390 { arguments += ["-cpu", "max"] }
-        arguments += ["-m", "\(memoryMiB)M", "-smp", String(cpus), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
-        arguments += ["-sandbox", Self.sandbox]
         let inherited = files.inherited
         func path(_ fd: Int32?, _ fallback: String) -> String { fd.map(Inherited.path) ?? fallback }
+        // The machine as boot and bench start it (console, kernel, isa-debug-exit), and what a
+        // run adds to it.
+        var machine = QEMUMachine(
+            target: target, kernel: path(inherited?.kernel, kernel), initrd: path(inherited?.initrd, initrd), cmdline: runCmdline,
+            memory: "\(memoryMiB)M", cpus: cpus, accelerator: accelerator, icount: icount, debugExit: true
+        )
+        // The name says whose QEMU this is (ps, /proc): it opens nothing by path otherwise.
+        machine.name = "vmfactory-run:" + (files.overlay as NSString).deletingLastPathComponent
+        if sharedMemory { machine.machineOptions = ["memory-backend=mem"] }
+        // TCG's translation cache grows as the guest meets new code, up to QEMU 7.2's default
+        // of 1 GiB: bounded here (no slower to boot, measured).
+        if accelerator == .tcg { machine.acceleratorOptions = ["tb-size=\(Self.translationCacheMiB)"] }
+        machine.extra = ["-sandbox", Self.sandbox]
         // Modern virtio-mmio (version 2): virtio-fs refuses legacy devices, and the rest work either way.
-        if !s390 { arguments += ["-global", "virtio-mmio.force-legacy=false"] }
-        if sharedMemory {
-            // vhost-user needs guest memory that virtiofsd can map.
-            arguments += ["-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on"]
-        }
-        arguments += s390 ? ["-chardev", "stdio,id=console", "-device", "sclpconsole,chardev=console"] : ["-serial", "stdio"]
-        arguments += ["-kernel", path(inherited?.kernel, kernel), "-initrd", path(inherited?.initrd, initrd), "-append", runCmdline]
-        if !s390 { arguments += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"] }
+        if !s390 { machine.extra += ["-global", "virtio-mmio.force-legacy=false"] }
+        // vhost-user needs guest memory that virtiofsd can map.
+        if sharedMemory { machine.extra += ["-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on"] }
+        var arguments = machine.arguments
         arguments += [
             "-drive", "file=\(path(inherited?.overlay, files.overlay)),if=none,id=root,format=qcow2,discard=unmap\(readOnly ? ",readonly=on" : "")"
                 + (inherited.map { ",backing.file.filename=\(Inherited.path($0.backing))" } ?? ""),
