@@ -129,6 +129,15 @@ public enum ArchiveExtractor {
             if target.hasPrefix("/") || normalizedComponents(parent.isEmpty ? target : parent + "/" + target) == nil {
                 throw hostile("symlink to '\(target)' points outside the destination")
             }
+            // ".." only before any name: after a name that an earlier entry made a symlink
+            // ("s -> .", then "d -> s/.."), the kernel climbs from where that link leads, not
+            // where the text says. Leading ".." climb real folders (nothing is written through a
+            // link), so the check above holds for them.
+            var named = false
+            for part in target.split(separator: "/") where part != "." {
+                if part == ".." && named { throw hostile("symlink to '\(target)': '..' after a name may climb out through another link") }
+                named = named || part != ".."
+            }
         }
         return relative
     }

@@ -305,7 +305,13 @@ struct Rm: AsyncParsableCommand {
                 // The supervisor lets go of the folder as it exits.
                 let deadline = ContinuousClock.now + .seconds(30)
                 while registry.isAlive(entry.path), ContinuousClock.now < deadline { usleep(20_000) }
-                entry = try registry.find(entry.record.id)
+                // A foreground run removes its own folder as it ends.
+                guard let ended = registry.entry(entry.path) else {
+                    registry.release(name: entry.record.name ?? "", id: entry.record.id)
+                    context.stdout.writeLine(reference)
+                    return
+                }
+                entry = ended
             }
             try registry.remove(entry)
             unlink(registry.folders.root + "/.\(entry.record.id).supervisor.log")
@@ -428,10 +434,10 @@ struct Cp: AsyncParsableCommand {
         exec.user = "0"
         exec.workdir = "/"
         exec.copyOut = guestPath
-        let said = TextOutput.memory()
+        let said = Self.messages()
         if destination == "-" {
-            let code = try RunClient.exec(entry, exec, stdout: context.stdout, stderr: said, signals: nil)
-            guard code == 0 else { throw Self.failed("out of", path, code, said.text) }
+            let code = try RunClient.exec(entry, exec, stdout: context.stdout, stderr: said.output, signals: nil)
+            guard code == 0 else { throw Self.failed("out of", path, code, said.text()) }
             return
         }
         let target = FileStore.absolute(destination, relativeTo: context.currentDirectory)
@@ -442,9 +448,9 @@ struct Cp: AsyncParsableCommand {
         let stream = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
         defer { unlink(stream) }
         let written = TextOutput.sink { data in data.withUnsafeBytes { try? FileStore.writeAll(fd, $0, path: stream) } }
-        let code = try RunClient.exec(entry, exec, stdout: written, stderr: said, signals: nil)
+        let code = try RunClient.exec(entry, exec, stdout: written, stderr: said.output, signals: nil)
         close(fd)
-        guard code == 0 else { throw Self.failed("out of", path, code, said.text) }
+        guard code == 0 else { throw Self.failed("out of", path, code, said.text()) }
         try Self.receive(stream, path: path, target: target, owners: geteuid() == 0)
     }
 
@@ -471,11 +477,13 @@ struct Cp: AsyncParsableCommand {
         defer { try? FileStore.removeTree(staging) }
         _ = try ArchiveExtractor.extract(archive: stream, into: staging, stripTopDirectory: false, owners: owners)
         let extracted = base == "." ? staging : staging + "/" + base
-        guard FileStore.exists(extracted) else {
+        var st = stat()
+        guard lstat(extracted, &st) == 0 else {
             throw VMFactoryError(.hostileArchive, "the run sent no \(base) for \(path)", hint: "the guest's init answered with something else; nothing was written")
         }
         if contentsOnly {
-            guard FileStore.isDirectory(extracted) else { throw VMFactoryError(.invalidArgument, "\(path) is not a folder in the run") }
+            // A real folder, never one a link leads to.
+            guard (st.st_mode & S_IFMT) == S_IFDIR else { throw VMFactoryError(.invalidArgument, "\(path) is not a folder in the run") }
             try FileStore.createDirectory(target)
             for name in try FileManager.default.contentsOfDirectory(atPath: extracted) {
                 try place(extracted + "/" + name, at: target + "/" + name)
@@ -486,12 +494,13 @@ struct Cp: AsyncParsableCommand {
     }
 
     /// Moves `from` to `to`, replacing a file or link there (not following it), never a folder.
+    /// A failed rename leaves both as they were.
     static func place(_ from: String, at to: String) throws {
         var st = stat()
         if lstat(to, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
             throw VMFactoryError(.invalidArgument, "\(to) already exists as a folder", hint: "remove it, or copy to another path")
         }
-        try FileStore.rename(from, to: to)
+        guard rename(from, to) == 0 else { throw VMFactoryError.io("cannot move the copy to", path: to) }
     }
 
     func copyIn(_ entry: RunRegistry.Entry, _ path: String, _ context: CommandContext) throws {
@@ -500,10 +509,10 @@ struct Cp: AsyncParsableCommand {
         exec.workdir = "/"
         exec.copyIn = Self.split(path).path
         exec.interactive = true
-        let said = TextOutput.memory()
+        let said = Self.messages()
         guard source != "-" else {
-            let code = try RunClient.exec(entry, exec, stdout: said, stderr: said, signals: nil)
-            guard code == 0 else { throw Self.failed("into", path, code, said.text) }
+            let code = try RunClient.exec(entry, exec, stdout: said.output, stderr: said.output, signals: nil)
+            guard code == 0 else { throw Self.failed("into", path, code, said.text()) }
             return
         }
         let (hostPath, contentsOnly, base) = Self.split(FileStore.absolute(source, relativeTo: context.currentDirectory))
@@ -525,9 +534,16 @@ struct Cp: AsyncParsableCommand {
             }
             close(writer)
         }
-        let code = try RunClient.exec(entry, exec, stdout: said, stderr: said, signals: nil)
+        let code = try RunClient.exec(entry, exec, stdout: said.output, stderr: said.output, signals: nil)
         if let error = failure.withLock({ $0 }) { throw error }
-        guard code == 0 else { throw Self.failed("into", path, code, said.text) }
+        guard code == 0 else { throw Self.failed("into", path, code, said.text()) }
+    }
+
+    /// What the guest says on the copy's stderr: its first 16 KiB, for the error message.
+    static func messages() -> (output: TextOutput, text: @Sendable () -> String) {
+        let kept = Mutex(Data())
+        let output = TextOutput.sink { data in kept.withLock { $0.append(data.prefix(max(0, 16384 - $0.count))) } }
+        return (output, { String(decoding: kept.withLock { $0 }, as: UTF8.self) })
     }
 
     static func failed(_ direction: String, _ path: String, _ code: Int32, _ said: String) -> VMFactoryError {

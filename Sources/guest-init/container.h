@@ -16,8 +16,18 @@
 /* Runs the container as PID 1 and ends the machine; never returns. */
 void vmf_run_container(void) __attribute__((noreturn));
 
+/* What went wrong in a step: the exit status vmfactory reports (125, 126, 127) and why. */
+struct vmf_error {
+	int code;
+	char message[900];
+};
+/* Fills e; returns -1, for `return vmf_fail(e, ...)`. */
+int vmf_fail(struct vmf_error *e, int code, const char *format, ...) __attribute__((format(printf, 3, 4)));
+
 /* What init.c shares with container mode. */
 #define VMF_TAG "vmfactory-init: "
+/* Writes everything it can; returns how much was written. */
+size_t vmf_write_all(int fd, const char *data, size_t length);
 void vmf_say(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *vmf_read_file(const char *path);
 /* Ends every process but PID 1 (SIGTERM, then SIGKILL); returns how many needed SIGKILL. */

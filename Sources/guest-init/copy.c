@@ -674,7 +674,8 @@ int vmf_copy_in(const char *path, const char *top, int fd)
 			break;
 		}
 		default:
-			/* Types tar readers skip (GNU sparse and the like): their data too. */
+			/* Types tar readers skip (GNU sparse and the like): their data too, below. */
+			data = 1;
 			break;
 		}
 		close(parent);

@@ -12,16 +12,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 /* The whole of a file under root, its links resolved inside root; NULL when it cannot be read. */
 static char *read_in_root(int root_fd, const char *path)
 {
-	struct open_how how = {.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+	/* Non-blocking, and a regular file only: the init reads this itself, and an image whose
+	   /etc/passwd is a fifo or a link to a terminal must not stop it. */
+	struct open_how how = {.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
 	int fd = (int)syscall(SYS_openat2, root_fd, path, &how, sizeof(how));
 	if (fd < 0)
 		return NULL;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return NULL;
+	}
 	size_t size = 0, capacity = 4096;
 	char *text = malloc(capacity);
 	while (text) {
@@ -36,10 +44,8 @@ static char *read_in_root(int root_fd, const char *path)
 			break;
 		if (size + 1 == capacity) {
 			char *grown = realloc(text, capacity *= 2);
-			if (!grown) {
+			if (!grown)
 				free(text);
-				text = NULL;
-			}
 			text = grown;
 		}
 	}

@@ -74,6 +74,30 @@ char *vmf_read_file(const char *path)
 	return text;
 }
 
+int vmf_fail(struct vmf_error *e, int code, const char *format, ...)
+{
+	va_list args;
+	va_start(args, format);
+	vsnprintf(e->message, sizeof(e->message), format, args);
+	va_end(args);
+	e->code = code;
+	return -1;
+}
+
+size_t vmf_write_all(int fd, const char *data, size_t length)
+{
+	size_t written = 0;
+	while (written < length) {
+		ssize_t n = write(fd, data + written, length - written);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		written += (size_t)n;
+	}
+	return written;
+}
+
 void vmf_say(const char *format, ...)
 {
 	char line[512];

@@ -32,15 +32,20 @@ struct LifecycleTests {
     @Test("names: docker's rule, one run each, released only by their run")
     func names() throws {
         let cache = try TestSupport.temporaryDirectory()
-        let registry = RunRegistry(folders: RunFolders(cacheDirectory: cache))
+        let folders = RunFolders(cacheDirectory: cache)
+        let registry = RunRegistry(folders: folders)
         for good in ["web", "a.b_c-1", "9lives"] { #expect(RunRegistry.isValidName(good), "\(good)") }
         for bad in ["", "-x", ".x", "a b", "a/b", "ä", String(repeating: "x", count: 129)] { #expect(!RunRegistry.isValidName(bad), "\(bad)") }
+        // Names of runs whose folders exist; a name whose run's folder is gone is free again.
+        for id in ["aaaaaaaaaaaa", "bbbbbbbbbbbb"] { try FileStore.createDirectory(folders.root + "/" + id) }
         try registry.reserve(name: "web", id: "aaaaaaaaaaaa")
         #expect(throws: VMFactoryError.self) { try registry.reserve(name: "web", id: "bbbbbbbbbbbb") }
         registry.release(name: "web", id: "bbbbbbbbbbbb")
         #expect(throws: VMFactoryError.self) { try registry.reserve(name: "web", id: "bbbbbbbbbbbb") }
         registry.release(name: "web", id: "aaaaaaaaaaaa")
         try registry.reserve(name: "web", id: "bbbbbbbbbbbb")
+        try FileManager.default.removeItem(atPath: folders.root + "/bbbbbbbbbbbb")
+        try registry.reserve(name: "web", id: "cccccccccccc")
     }
 
     static func record(_ id: String, name: String? = nil, status: RunRecord.Status = .running) -> RunRecord {
@@ -124,16 +129,25 @@ struct LifecycleTests {
             ("through a link", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/in", kind: .symlink(".")), .init(path: "report/in/../../escaped", kind: .file(Data("x".utf8)))]),
             ("device", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/null", kind: .characterDevice(major: 1, minor: 3))]),
             ("hard link out", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/passwd", kind: .hardlink("../../etc/passwd"))]),
+            // Each link stays inside by its text; together they climb out ("s1/.." from where s1 leads).
+            ("a chain of links", [.init(path: "report/", kind: .directory, mode: 0o755), .init(path: "report/s1", kind: .symlink(".")), .init(path: "report/up", kind: .symlink("s1/.."))]),
         ]
         for (name, entries) in cases {
             let folder = dir + "/" + name.replacingOccurrences(of: " ", with: "-")
             try FileStore.createDirectory(folder + "/target")
             try ArchiveWriter.write(entries, to: folder + "/stream.tar", format: .paxTar)
             #expect(throws: VMFactoryError.self, "\(name)") { try Cp.receive(folder + "/stream.tar", path: "/out/report", target: folder + "/target", owners: false) }
+            #expect(throws: VMFactoryError.self, "\(name), its contents") { try Cp.receive(folder + "/stream.tar", path: "/out/report/.", target: folder + "/target", owners: false) }
             #expect(try FileManager.default.contentsOfDirectory(atPath: folder).sorted() == ["stream.tar", "target"], "\(name): nothing beside the target")
             #expect(try FileManager.default.contentsOfDirectory(atPath: folder + "/target").isEmpty, "\(name): nothing in it either")
         }
         #expect(!FileStore.exists(dir + "/escaped") && !FileStore.exists("/tmp/escaped"))
+        // The top a link: its contents are not copied through it; copied itself, it is a link to its own folder.
+        let linked = dir + "/linked"
+        try FileStore.createDirectory(linked + "/target")
+        try ArchiveWriter.write([.init(path: "report", kind: .symlink("."))], to: linked + "/stream.tar", format: .paxTar)
+        #expect(throws: VMFactoryError.self) { try Cp.receive(linked + "/stream.tar", path: "/out/report/.", target: linked + "/target", owners: false) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: linked + "/target").isEmpty)
         // Another name than the one asked for: nothing placed.
         let other = dir + "/other"
         try FileStore.createDirectory(other + "/target")

@@ -6,8 +6,8 @@ import VMFactoryCore
 /// small static binary with that target's toolchain.
 public struct InitCompiler: Sendable {
     /// The C files, compiled in this order.
-    public static let sources = ["init.c", "launch.c", "protocol.c", "conf.c", "identity.c", "process.c", "supervise.c", "copy.c", "container.c", "selftest.c"]
-    public static let headers = ["launch.h", "protocol.h", "conf.h", "identity.h", "process.h", "supervise.h", "copy.h", "container.h", "selftest.h"]
+    public static let sources = ["init.c", "launch.c", "protocol.c", "conf.c", "identity.c", "process.c", "supervise.c", "copy.c", "rootfs.c", "network.c", "container.c", "selftest.c"]
+    public static let headers = ["launch.h", "protocol.h", "conf.h", "identity.h", "process.h", "supervise.h", "copy.h", "rootfs.h", "network.h", "container.h", "selftest.h"]
     /// Static, small, stripped; every warning is an error.
     public static let flags = ["-static", "-Os", "-s", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wformat=2", "-fno-asynchronous-unwind-tables"]
 

@@ -22,8 +22,12 @@ public enum RunClient {
         return VMFactoryError(.invalidArgument, "the run \(record.id) is not running: \(how)", hint: "`vmfactory ps -a` lists the runs; `vmfactory logs \(record.id)` shows its output")
     }
 
+    /// One frame whole: the stdin thread and the window-size handler never interleave theirs.
+    static let sending = Mutex(())
+
     static func send(_ fd: Int32, _ frame: RunProtocol.Frame) -> Bool {
-        frame.encoded.withUnsafeBytes { SocketIO.writeAll(fd, $0) }
+        let bytes = frame.encoded
+        return sending.withLock { _ in bytes.withUnsafeBytes { SocketIO.writeAll(fd, $0) } }
     }
 
     /// Sends `text` and waits for the reply: its status and message.

@@ -33,12 +33,18 @@ public struct RunRegistry: Sendable {
             throw VMFactoryError(.invalidArgument, "--name \(name) is not a valid name", hint: "use letters, digits, '_', '.' and '-', starting with a letter or digit")
         }
         try FileStore.createDirectory(namesFolder)
-        guard symlink(id, namesFolder + "/" + name) == 0 else {
-            let owner = (try? FileManager.default.destinationOfSymbolicLink(atPath: namesFolder + "/" + name)) ?? "another run"
-            if errno == EEXIST || owner != "another run" {
+        let link = namesFolder + "/" + name
+        for attempt in 0..<2 {
+            if symlink(id, link) == 0 { return }
+            let code = errno
+            guard code == EEXIST, let owner = try? FileManager.default.destinationOfSymbolicLink(atPath: link) else {
+                throw VMFactoryError.io("cannot take the name \(name) in", path: namesFolder, errno: code)
+            }
+            // A name whose run is gone (its folder removed, as a killed run's is) is free again.
+            guard attempt == 0, !FileStore.isDirectory(folders.root + "/" + owner) else {
                 throw VMFactoryError(.invalidArgument, "the name \(name) is already in use by the run \(owner)", hint: "remove that run (vmfactory rm \(name)) or choose another --name")
             }
-            throw VMFactoryError.io("cannot take the name \(name) in", path: namesFolder)
+            unlink(link)
         }
     }
 
@@ -110,8 +116,10 @@ public struct RunRegistry: Sendable {
             throw VMFactoryError(.invalidArgument, "the run \(entry.record.id) is still running", hint: "stop it first (vmfactory stop \(entry.record.id)), or remove it with rm -f")
         }
         if let name = entry.record.name { release(name: name, id: entry.record.id) }
+        // The sockets' folder under /tmp that a long cache path made (RunFolders.create), and
+        // nothing else the record might name.
         let sockets = URL(fileURLWithPath: entry.record.controlSocket).deletingLastPathComponent().path
-        if !sockets.hasPrefix(entry.path) { try? FileStore.removeTree(sockets) }
+        if sockets.hasPrefix("/tmp/vmfactory-run-"), !sockets.dropFirst("/tmp/".count).contains("/") { try? FileStore.removeTree(sockets) }
         try FileStore.removeTree(entry.path)
         lock.release()
     }

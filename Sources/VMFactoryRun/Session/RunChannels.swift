@@ -23,6 +23,10 @@ final class RunChannels: Sendable {
         case removed
     }
 
+    /// How long a guest that reported its command's exit has to end the machine before a
+    /// timeout or a stop ends it anyway.
+    static let drainAfterExit: Duration = .seconds(5)
+
     /// Takes an exec stream's frames from the guest; nil once the VM has ended. Never blocks:
     /// the channel's reader calls it.
     typealias StreamHandler = @Sendable (RunProtocol.Frame?) -> Void
@@ -36,6 +40,8 @@ final class RunChannels: Sendable {
         var stdinCredit: UInt32 = RunProtocol.window
         var stops = 0
         var readerDone = false
+        /// The command's output received and not yet written (at most a window).
+        var outstanding = 0
     }
 
     let plan: RunPlan
@@ -113,7 +119,7 @@ final class RunChannels: Sendable {
     }
 
     /// Ends the run for something the guest did: its message wins over how QEMU ended.
-    private func fail(_ message: String) {
+    func fail(_ message: String) {
         state.withLock { state in
             if state.failure == nil { state.failure = (125, message) }
         }
@@ -155,15 +161,31 @@ final class RunChannels: Sendable {
             let settings = plan.settingsFrame
             answers.async { [self] in send(settings) }
         case .started where frame.stream == RunProtocol.commandStream:
-            state.withLock { $0.started = .now }
+            // Once: a guest that says it again changes nothing.
+            let first = state.withLock { state -> Bool in
+                defer { if state.started == nil { state.started = .now } }
+                return state.started == nil
+            }
+            guard first else { return true }
             commandStarted.signal()
             onStarted?()
         case .stdout where frame.stream == RunProtocol.commandStream, .stderr where frame.stream == RunProtocol.commandStream:
             let (queue, output) = frame.type == .stdout ? (outputs.stdout, stdout) : (outputs.stderr, stderr)
             let count = frame.payload.count
+            // The guest may have at most a window of output in flight: beyond it, it is not
+            // following the protocol, and nothing of it is queued here.
+            let within = state.withLock { state -> Bool in
+                state.outstanding += count
+                return state.outstanding <= Int(RunProtocol.window)
+            }
+            guard within else {
+                fail("the guest broke the run protocol (output beyond the room it was given); the VM was ended")
+                return false
+            }
             let data = Data(frame.payload)
             queue.async { [self] in
                 output.write(data)
+                state.withLock { $0.outstanding -= count }
                 send(RunProtocol.Frame(.credit, stream: frame.stream, number: UInt32(count)))
             }
         case .credit where frame.stream == RunProtocol.commandStream:
@@ -227,14 +249,24 @@ final class RunChannels: Sendable {
     /// Ends the VM for `reason` (nil: QEMU failed to connect), unless something ended it first.
     func end(_ reason: Ending?, evenAfterExit: Bool = false) {
         if let reason {
-            let first = state.withLock { state -> Bool in
+            let decision = state.withLock { state -> (first: Bool, afterExit: Bool) in
+                guard state.ending == nil else { return (false, false) }
                 // Once the command has ended, the machine ends by itself as soon as its last
                 // output is here: a timeout or a grace period ending then would cut that off.
-                guard state.ending == nil, state.exit == nil || evenAfterExit else { return false }
+                // A guest that reported an exit and never ends is ended all the same, a little later.
+                if state.exit != nil && !evenAfterExit { return (true, true) }
                 state.ending = reason
-                return true
+                return (true, false)
             }
-            guard first else { return }
+            guard decision.first else { return }
+            if decision.afterExit {
+                DispatchQueue.global().asyncAfter(deadline: .now() + Self.drainAfterExit.timeInterval) { [self] in
+                    guard !qemu.hasExited else { return }
+                    state.withLock { if $0.ending == nil { $0.ending = reason } }
+                    qemu.terminate(grace: .milliseconds(500))
+                }
+                return
+            }
         }
         qemu.terminate(grace: .milliseconds(500))
     }
@@ -242,10 +274,12 @@ final class RunChannels: Sendable {
     /// The command's stop signal (the init turns SIGTERM into the image's StopSignal), and the
     /// end of the VM after `grace` unless it ended first.
     func stop(grace: Duration) {
-        send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(SIGTERM)))
+        // The timer first, and the frame from another queue: a guest that stopped reading
+        // blocks the write, never the end of the VM nor the next Ctrl-C.
         DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) { [self] in
             if !qemu.hasExited { end(.stopKilled) }
         }
+        answers.async { [self] in send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(SIGTERM))) }
     }
 
     /// SIGINT or SIGTERM: the stop signal to the command, and the end of the VM after the grace
@@ -268,10 +302,11 @@ final class RunChannels: Sendable {
             case SIGWINCH:
                 if plan.tty, let size = RawTerminal.size(of: STDIN_FILENO) {
                     let rows = UInt16(clamping: size.rows), cols = UInt16(clamping: size.cols)
-                    send(RunProtocol.Frame(.windowSize, stream: RunProtocol.commandStream, payload: [UInt8(rows >> 8), UInt8(rows & 0xff), UInt8(cols >> 8), UInt8(cols & 0xff)]))
+                    let frame = RunProtocol.Frame(.windowSize, stream: RunProtocol.commandStream, payload: [UInt8(rows >> 8), UInt8(rows & 0xff), UInt8(cols >> 8), UInt8(cols & 0xff)])
+                    answers.async { [self] in send(frame) }
                 }
             default:
-                send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(number)))
+                answers.async { [self] in send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(number))) }
             }
         }
     }

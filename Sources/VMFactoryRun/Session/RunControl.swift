@@ -138,6 +138,8 @@ final class RunControl: Sendable {
         }
         let channels = channels
         let streamHolder = Mutex<UInt32>(0)
+        // The exec's output received and not yet written to its client: at most a window.
+        let outstanding = Atomic<Int>(0)
         let opened = channels.openStream { frame in
             let stream = streamHolder.withLock { $0 }
             guard let frame else {
@@ -149,11 +151,17 @@ final class RunControl: Sendable {
                 }
                 return
             }
+            if frame.type == .stdout || frame.type == .stderr,
+               outstanding.add(frame.payload.count, ordering: .acquiringAndReleasing).newValue > Int(RunProtocol.window) {
+                channels.fail("the guest broke the run protocol (an exec's output beyond the room it was given); the VM was ended")
+                return
+            }
             queue.async {
                 let bytes = frame.encoded
                 _ = bytes.withUnsafeBytes { SocketIO.writeAll(fd, $0) }
                 switch frame.type {
                 case .stdout, .stderr:
+                    outstanding.subtract(frame.payload.count, ordering: .acquiringAndReleasing)
                     channels.send(RunProtocol.Frame(.credit, stream: stream, number: UInt32(frame.payload.count)))
                 case .exit, .error:
                     shutdown(fd, Int32(SHUT_WR))
