@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import VMFactoryRun
 @testable import VMFactoryCore
 @testable import VMFactoryKernel
 
@@ -66,7 +67,11 @@ struct BuildIntegrationTests {
             // The init and the initrd, from this checkout's C sources.
             let initrd = try #require(manifest.initrd)
             #expect(initrd.compression == .none)
-            #expect(initrd.initSources.map(\.path) == ["init.c", "launch.c", "container.c", "launch.h", "container.h"].map { "Sources/guest-init/" + $0 })
+            #expect(initrd.initSources.map(\.path) == (InitCompiler.sources + InitCompiler.headers).map { "Sources/guest-init/" + $0 })
+            // Every C file of the folder is one of them: none is left out of the key.
+            let onDisk = try FileManager.default.contentsOfDirectory(atPath: TestSupport.repositoryRoot + "/Sources/guest-init").filter { $0.hasSuffix(".c") || $0.hasSuffix(".h") }
+            #expect(Set(onDisk) == Set(InitCompiler.sources + InitCompiler.headers))
+            #expect(initrd.runProtocol == Int(RunProtocol.version))
             #expect(initrd.compiler.contains("gcc"))
             #expect(initrd.flags.contains("-static"))
             #expect(manifest.artifacts(of: .initrd).map(\.name) == ["init", "initrd.cpio"])
