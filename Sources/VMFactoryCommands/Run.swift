@@ -171,12 +171,8 @@ struct Run: AsyncParsableCommand {
         if detach, supervisorReport == nil {
             do {
                 return try await startDetached(context)
-            } catch let exit as ExitCode {
-                throw exit
             } catch {
-                let failure = VMFactoryError(error)
-                context.stderr.writeLine("vmfactory: error: " + failure.description)
-                throw ExitCode(failure.code == .interrupted ? 130 : 125)
+                throw Self.exitCode(for: error, context)
             }
         }
         if detach { return try await superviseDetached(context) }
@@ -204,13 +200,18 @@ struct Run: AsyncParsableCommand {
             if let message = outcome.message { context.stderr.writeLine("vmfactory: " + message) }
             if let kept = outcome.keptFolder { context.stderr.writeLine("vmfactory: kept the run's folder: \(kept)") }
             if outcome.exitCode != 0 { throw ExitCode(outcome.exitCode) }
-        } catch let exit as ExitCode {
-            throw exit
         } catch {
-            let failure = VMFactoryError(error)
-            context.stderr.writeLine("vmfactory: error: " + failure.description)
-            throw ExitCode(failure.code == .interrupted ? 130 : 125)
+            throw Self.exitCode(for: error, context)
         }
+    }
+
+    /// A run's failure as its exit status: the command's own status as it is; vmfactory's
+    /// failures said on stderr, 130 when interrupted, else 125.
+    static func exitCode(for error: any Error, _ context: CommandContext) -> ExitCode {
+        if let exit = error as? ExitCode { return exit }
+        let failure = VMFactoryError(error)
+        context.stderr.writeLine("vmfactory: error: " + failure.description)
+        return ExitCode(failure.code == .interrupted ? 130 : 125)
     }
 
     /// How skopeo reaches a registry, for the image and for --kernel-image.

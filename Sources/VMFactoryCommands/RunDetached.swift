@@ -89,13 +89,9 @@ extension Run {
             if let message = outcome.message { log.append(.stderr, Data(("vmfactory: " + message + "\n").utf8)) }
             if remove, let name { session.registry.release(name: name, id: session.id) }
             throw ExitCode(outcome.exitCode)
-        } catch let exit as ExitCode {
-            throw exit
         } catch {
-            if !reported { close(report) }
-            let failure = VMFactoryError(error)
-            context.stderr.writeLine("vmfactory: error: " + failure.description)
-            throw ExitCode(failure.code == .interrupted ? 130 : 125)
+            if !reported, !(error is ExitCode) { close(report) }
+            throw Self.exitCode(for: error, context)
         }
     }
 

@@ -30,6 +30,8 @@ int vmf_fail(struct vmf_error *e, int code, const char *format, ...) __attribute
 size_t vmf_write_all(int fd, const char *data, size_t length);
 void vmf_say(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *vmf_read_file(const char *path);
+/* What fd holds, up to about limit bytes, NUL-terminated; closes fd. NULL without memory. */
+char *vmf_read_fd(int fd, size_t limit);
 /* Ends every process but PID 1 (SIGTERM, then SIGKILL); returns how many needed SIGKILL. */
 int vmf_end_the_rest(int *orphans);
 /* A wait status as a shell's $? says it: the exit status, or 128 + the signal. */

@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include "identity.h"
 
+#include "container.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -30,29 +32,8 @@ static char *read_in_root(int root_fd, const char *path)
 		close(fd);
 		return NULL;
 	}
-	size_t size = 0, capacity = 4096;
-	char *text = malloc(capacity);
-	while (text) {
-		ssize_t n = read(fd, text + size, capacity - size - 1);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		size += (size_t)n;
-		/* An account database larger than this is not one. */
-		if (size > (16u << 20))
-			break;
-		if (size + 1 == capacity) {
-			char *grown = realloc(text, capacity *= 2);
-			if (!grown)
-				free(text);
-			text = grown;
-		}
-	}
-	close(fd);
-	if (text)
-		text[size] = '\0';
-	return text;
+	/* An account database larger than this is not one. */
+	return vmf_read_fd(fd, 16u << 20);
 }
 
 static int all_digits(const char *text)

@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,30 +49,34 @@
 /* QEMU's isa-debug-exit device, as vmfactory boot adds it: iobase=0xf4,iosize=4. */
 #define DEBUG_EXIT_PORT 0xf4
 
-char *vmf_read_file(const char *path)
+char *vmf_read_fd(int fd, size_t limit)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return NULL;
 	size_t size = 0, capacity = 4096;
 	char *text = malloc(capacity);
-	for (;;) {
-		if (!text) {
-			close(fd);
-			return NULL;
-		}
+	while (text && size < limit) {
 		ssize_t n = read(fd, text + size, capacity - size - 1);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
 		size += (size_t)n;
-		if (size + 1 == capacity)
-			text = realloc(text, capacity *= 2);
+		if (size + 1 == capacity) {
+			char *grown = realloc(text, capacity *= 2);
+			if (!grown)
+				free(text);
+			text = grown;
+		}
 	}
 	close(fd);
-	text[size] = '\0';
+	if (text)
+		text[size] = '\0';
 	return text;
+}
+
+char *vmf_read_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	return fd < 0 ? NULL : vmf_read_fd(fd, SIZE_MAX);
 }
 
 int vmf_fail(struct vmf_error *e, int code, const char *format, ...)
