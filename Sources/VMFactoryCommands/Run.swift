@@ -18,7 +18,7 @@ struct Run: AsyncParsableCommand {
             own (the cached disk is never written), and runs the image's Entrypoint and Cmd, or COMMAND, as the \
             image's user in its working directory with its environment, as docker does.
 
-            The command's stdout and stderr arrive here byte for byte on channels of their own; the kernel \
+            The command's stdout and stderr arrive here byte for byte, each on its own stream of the run's channel; the kernel \
             console goes to the run's log (--console shows it). The exit status is the command's (0-255, 128+N \
             for a signal), 124 after --timeout, 125 when vmfactory or the guest failed before the command ran, \
             126 when the command cannot be invoked and 127 when it is not found.
@@ -26,6 +26,9 @@ struct Run: AsyncParsableCommand {
             Ports published with -p listen on the loopback (127.0.0.1 and [::1]) unless an address is given: the \
             guest may run untrusted code. Ctrl-C or SIGTERM sends the command its stop signal (the image's StopSignal, else SIGTERM), \
             then ends the VM after --stop-timeout; a second one ends it at once.
+
+            With -d the run goes on in the background and its id is printed once the command has started: \
+            `vmfactory exec`, `cp`, `logs`, `stop`, `kill`, `wait`, `inspect` and `rm` take it (or its --name) from there.
             """
     )
 
