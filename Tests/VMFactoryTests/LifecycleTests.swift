@@ -3,6 +3,7 @@ import Testing
 @testable import VMFactoryArchive
 @testable import VMFactoryCommands
 @testable import VMFactoryCore
+@testable import VMFactoryBoot
 @testable import VMFactoryKernel
 @testable import VMFactoryRun
 
@@ -159,5 +160,35 @@ struct LifecycleTests {
         try Cp.receive(other + "/good.tar", path: "/out/report", target: other + "/target", owners: false)
         try Cp.receive(other + "/good.tar", path: "/out/report", target: other + "/renamed", owners: false)
         #expect(try FileStore.readText(other + "/target/report") == "ok" && FileStore.readText(other + "/renamed") == "ok")
+    }
+
+    @Test("how a run ends is one pure decision: the guest's failure, then the exit report (with the OOM message), then isa-debug-exit, then vmfactory's own ending, then QEMU's")
+    func verdicts() throws {
+        let plan = try RunTests.plan(.x86_64)
+        func decide(_ events: RunVerdict.Events, said: String = "", console: [String] = []) -> (Int32, String?) {
+            let verdict = RunVerdict.decide(events, plan: plan, stopGrace: .seconds(10), qemuSaid: said, consoleTail: console, consoleLog: "/run/console.log", keep: false)
+            return (verdict.exitCode, verdict.message)
+        }
+        let exited = RunProtocol.ExitReport(Array("code=3 signal=0 out=0 err=0 oom=0".utf8))
+        let oom = RunProtocol.ExitReport(Array("code=137 signal=9 out=0 err=0 oom=1".utf8))
+        var events = RunVerdict.Events(ending: nil, exit: exited, failure: nil, started: true, connected: true, termination: .exited(7))
+        #expect(decide(events) == (3, nil), "the command's own status, whatever QEMU's")
+        events.ending = .timedOut
+        #expect(decide(events) == (3, nil), "an exit already reported wins over a timeout that came later")
+        events.failure = RunVerdict.Failure(code: 125, message: "the guest broke the run protocol")
+        #expect(decide(events) == (125, "the guest broke the run protocol"), "the guest's failure first")
+        events = RunVerdict.Events(ending: nil, exit: oom, failure: nil, started: true, connected: true, termination: .exited(0))
+        #expect(decide(events).0 == 137 && decide(events).1?.contains("OOM killer ended the command (--memory 512m)") == true)
+        // No exit report: the init's code through isa-debug-exit (x86_64).
+        events = RunVerdict.Events(ending: nil, exit: nil, failure: nil, started: false, connected: true, termination: .exited(QEMUMachine.debugExitStatus(forCode: 125)))
+        #expect(decide(events).0 == 125 && decide(events).1?.contains("before the command started") == true)
+        for (ending, code) in [(RunChannels.Ending.timedOut, Int32(124)), (.stopKilled, 137), (.interrupted, 130), (.removed, 137)] {
+            events = RunVerdict.Events(ending: ending, exit: nil, failure: nil, started: true, connected: true, termination: .signaled(9))
+            #expect(decide(events).0 == code, "\(ending)")
+        }
+        events = RunVerdict.Events(ending: nil, exit: nil, failure: nil, started: true, connected: true, termination: .signaled(9))
+        let died = decide(events, said: "qemu: something\n", console: ["last line"])
+        #expect(died.0 == 125)
+        #expect(died.1 == "the VM ended (QEMU signal 9) before the command finished\nQEMU said:\n  | qemu: something\nlast console lines:\n  | last line\nrun again with --console to see the guest's console, or --keep to keep its log")
     }
 }

@@ -332,42 +332,12 @@ final class RunChannels: Sendable {
     /// The exit status, and what to say when it is vmfactory's, not the command's.
     func outcome(connected: Bool, termination: CommandResult.Termination, qemuSaid: String, consoleLog: String, keep: Bool) -> (exitCode: Int32, message: String?) {
         let state = state.withLock { $0 }
-        if let failure = state.failure { return (failure.code, failure.message) }
-        if let exit = state.exit {
-            guard exit.oomKills > 0 else { return (exit.code, nil) }
-            let who = exit.code == 137 ? "the command" : "\(exit.oomKills) process(es) of the command's"
-            return (exit.code, "the guest ran out of memory and its kernel's OOM killer ended \(who) (--memory \(plan.memoryMiB)m); give the run more with --memory")
-        }
-        if state.ending == nil, plan.target == .x86_64, case .exited(let status) = termination, status > 1,
-           let code = QEMUMachine.code(fromDebugExitStatus: status) {
-            // No line from the init, but its exit code through isa-debug-exit.
-            return (code, state.started == nil ? "the guest ended with status \(code) before the command started; run again with --console to see why" : nil)
-        }
-        switch state.ending {
-        case .timedOut?:
-            return (124, "the command did not finish within the --timeout; the VM was ended")
-        case .stopKilled?:
-            return (137, "the command did not stop within \(Elapsed.format(stopGrace)) of its stop signal; the VM was ended")
-        case .interrupted?:
-            return (130, "interrupted; the VM was ended")
-        case .removed?:
-            return (137, "removed (rm -f); the VM was ended")
-        case .acceleratorFailed(let said)?:
-            return (125, QEMUMessages.acceleratorError(said, stderr: qemuSaid).description)
-        case nil:
-            break
-        }
-        let status: String = switch termination {
-        case .exited(let code): "status \(code)"
-        case .signaled(let signal): "signal \(signal)"
-        }
-        let said = qemuSaid.split(separator: "\n").suffix(8).map { "  | " + $0 }
-        let console = ((try? FileStore.readText(consoleLog)) ?? "").split(separator: "\n").suffix(12).map { "  | " + $0 }
-        var lines = [connected ? "the VM ended (QEMU \(status)) before the command finished" : "QEMU ended (\(status)) before the run's channels were connected"]
-        if !said.isEmpty { lines += ["QEMU said:"] + said }
-        if !console.isEmpty { lines += ["last console lines:"] + console }
-        lines.append(keep ? "the console log is \(consoleLog)" : "run again with --console to see the guest's console, or --keep to keep its log")
-        return (125, lines.joined(separator: "\n"))
+        let events = RunVerdict.Events(
+            ending: state.ending, exit: state.exit, failure: state.failure.map { RunVerdict.Failure(code: $0.code, message: $0.message) },
+            started: state.started != nil, connected: connected, termination: termination
+        )
+        let console = ((try? FileStore.readText(consoleLog)) ?? "").split(separator: "\n").suffix(12).map(String.init)
+        return RunVerdict.decide(events, plan: plan, stopGrace: stopGrace, qemuSaid: qemuSaid, consoleTail: console, consoleLog: consoleLog, keep: keep)
     }
 }
 
