@@ -7,15 +7,19 @@ import PackageDescription
 //   VMFactoryKernel    recipes, pinned sources, source trees, configs, kernel builds, initrds
 //   VMFactoryBoot      QEMU machines, boots and boot benchmarks
 //   VMFactoryImage     container images: the content store, OCI and Docker forms, root disks
-//   VMFactoryRun       an image run like a container in a microVM: the plan, the channels, the session
+//   VMFactoryLifecycle the run protocol's frames, runs' records, names and logs, the exec client
+//   VMFactoryRun       an image run like a container in a microVM: the plan, the channel, the session
 //   VMFactoryPublish   builds as multi-arch OCI images (layouts, archives, registries, folders) and back, verified
+//   VMFactoryExec      `vmfactory exec` and the context a command runs in
 //   VMFactoryCommands  the command line, tested in-process
-//   vmfactory          the executable: a stub that runs VMFactoryCommands
+//   vmfactory          the executable: `exec` itself (small, quick to start), else vmfactory-cli
+//   vmfactory-cli      the full command line: a stub that runs VMFactoryCommands
 let package = Package(
     name: "vmfactory",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vmfactory", targets: ["vmfactory"]),
+        .executable(name: "vmfactory-cli", targets: ["vmfactory-cli"]),
         .library(name: "VMFactoryKernel", targets: ["VMFactoryKernel"]),
         .library(name: "VMFactoryBoot", targets: ["VMFactoryBoot"]),
         .library(name: "VMFactoryImage", targets: ["VMFactoryImage"]),
@@ -78,8 +82,20 @@ let package = Package(
             dependencies: ["VMFactoryCore", "VMFactoryArchive", "CArchive", "CExt4"]
         ),
         .target(
+            name: "VMFactoryLifecycle",
+            dependencies: ["CLinux", "VMFactoryCore"]
+        ),
+        .target(
             name: "VMFactoryRun",
-            dependencies: ["CLinux", "VMFactoryCore", "VMFactoryArchive", "VMFactoryBoot", "VMFactoryImage"]
+            dependencies: ["CLinux", "VMFactoryCore", "VMFactoryArchive", "VMFactoryBoot", "VMFactoryImage", "VMFactoryLifecycle"]
+        ),
+        .target(
+            name: "VMFactoryExec",
+            dependencies: [
+                "VMFactoryCore",
+                "VMFactoryLifecycle",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .target(
             name: "VMFactoryPublish",
@@ -94,11 +110,17 @@ let package = Package(
                 "VMFactoryImage",
                 "VMFactoryRun",
                 "VMFactoryPublish",
+                "VMFactoryLifecycle",
+                "VMFactoryExec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "vmfactory",
+            dependencies: ["VMFactoryExec"]
+        ),
+        .executableTarget(
+            name: "vmfactory-cli",
             dependencies: ["VMFactoryCommands"]
         ),
         .testTarget(
@@ -113,8 +135,11 @@ let package = Package(
                 "VMFactoryRun",
                 "VMFactoryPublish",
                 "VMFactoryCommands",
+                "VMFactoryLifecycle",
+                "VMFactoryExec",
                 // Built so that tests can run the real command line.
                 "vmfactory",
+                "vmfactory-cli",
                 .product(name: "Yams", package: "Yams"),
             ]
         ),

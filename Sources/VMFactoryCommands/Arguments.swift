@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryExec
 import VMFactoryKernel
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {

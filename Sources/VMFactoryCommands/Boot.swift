@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryExec
 import VMFactoryImage
 import VMFactoryKernel
 import VMFactoryPublish

@@ -1,6 +1,7 @@
 import ArgumentParser
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryExec
 import VMFactoryKernel
 
 struct Config: AsyncParsableCommand {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryExec
 import VMFactoryKernel
 
 /// The folders, sources and verbosity every command works with; `run` spells them without

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VMFactoryCore
+import VMFactoryExec
 import VMFactoryImage
 
 struct Rootfs: AsyncParsableCommand {

@@ -2,9 +2,11 @@ import ArgumentParser
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryExec
 import VMFactoryImage
 import VMFactoryKernel
 import VMFactoryPublish
+import VMFactoryLifecycle
 import VMFactoryRun
 
 struct Run: AsyncParsableCommand {

@@ -2,6 +2,8 @@ import ArgumentParser
 import CLinux
 import Foundation
 import VMFactoryCore
+import VMFactoryExec
+import VMFactoryLifecycle
 import VMFactoryRun
 
 /// `run -d`: the run's supervisor is vmfactory started again with the same command line, in a

@@ -1,4 +1,5 @@
 import ArgumentParser
+import VMFactoryExec
 
 /// The root command. The executable only calls `main()`; tests parse and run it in-process.
 public struct VMFactoryCommand: AsyncParsableCommand {

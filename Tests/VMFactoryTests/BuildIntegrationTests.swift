@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import VMFactoryRun
 @testable import VMFactoryCore
+@testable import VMFactoryLifecycle
 @testable import VMFactoryKernel
 
 @Suite("Building the pinned kernel", .tags(.integration), .scoped, .needsPinnedKernel, .needsTool("make"), .needsTool("s390x-linux-gnu-gcc"), .needsTool("readelf"), .serialized)

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 @testable import VMFactoryCommands
 @testable import VMFactoryCore
+@testable import VMFactoryExec
 @testable import VMFactoryKernel
 
 /// The commands parsed and run in this process, with their output captured and a context

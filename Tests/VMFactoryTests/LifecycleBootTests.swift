@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 @testable import VMFactoryArchive
 @testable import VMFactoryCore
+@testable import VMFactoryLifecycle
 @testable import VMFactoryKernel
 @testable import VMFactoryRun
 

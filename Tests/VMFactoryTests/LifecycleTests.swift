@@ -3,6 +3,7 @@ import Testing
 @testable import VMFactoryArchive
 @testable import VMFactoryCommands
 @testable import VMFactoryCore
+@testable import VMFactoryLifecycle
 @testable import VMFactoryBoot
 @testable import VMFactoryKernel
 @testable import VMFactoryRun

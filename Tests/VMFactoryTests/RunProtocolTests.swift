@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import VMFactoryCore
+@testable import VMFactoryLifecycle
 @testable import VMFactoryRun
 
 /// The run protocol (docs/run-protocol.md) on both sides: the host's frames read by the init's

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import VMFactoryBoot
 @testable import VMFactoryCore
+@testable import VMFactoryLifecycle
 @testable import VMFactoryImage
 @testable import VMFactoryRun
 

@@ -33,10 +33,7 @@ public struct Workspace: Sendable {
 
     /// `--cache-dir`, else `$XDG_CACHE_HOME/vmfactory`, else `~/.cache/vmfactory`.
     public static func cacheDirectory(given: String?, environment: [String: String], currentDirectory: String) -> String {
-        if let given { return FileStore.absolute(given, relativeTo: currentDirectory) }
-        if let xdg = environment["XDG_CACHE_HOME"], xdg.hasPrefix("/") { return xdg + "/vmfactory" }
-        let home = environment["HOME"] ?? NSHomeDirectory()
-        return home + "/.cache/vmfactory"
+        CacheFolder.path(given: given, environment: environment, currentDirectory: currentDirectory)
     }
 
     public func buildDirectory(recipe: String, target: Target) -> String {

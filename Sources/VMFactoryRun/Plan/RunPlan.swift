@@ -1,6 +1,7 @@
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryLifecycle
 
 /// Everything one `vmfactory run` boots, decided before anything starts: the kernel and
 /// initrd of the container recipe, the image's cached disk, the process, the devices.

@@ -1,5 +1,6 @@
 import Foundation
 import VMFactoryCore
+import VMFactoryLifecycle
 
 /// A host folder shared into the guest.
 public struct Volume: Sendable, Equatable, Codable {

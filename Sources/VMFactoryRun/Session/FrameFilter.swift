@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import VMFactoryCore
+import VMFactoryLifecycle
 
 /// Sits between QEMU's stream network device and passt and decides which of the guest's frames
 /// passt gets. passt maps the gateway address, 10.0.2.2, to the host's loopback: that is how

@@ -1,6 +1,7 @@
 import CLinux
 import Foundation
 import VMFactoryCore
+import VMFactoryLifecycle
 
 /// `-p` on the host's IPv6 loopback as well: QEMU 7.2's user network forwards host ports on
 /// IPv4 addresses only, and on hosts where `localhost` is `::1` first, clients try `[::1]:PORT`

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import VMFactoryCore
+import VMFactoryLifecycle
 
 /// A run's control socket (`<sockets>/control.sock`, 0600 in a 0700 folder): where `exec`,
 /// `stop`, `kill`, `wait` and `rm -f` reach the run's supervisor. Each connection starts with
@@ -56,24 +57,9 @@ final class RunControl: Sendable {
         if let outcome { answer(fd, outcome.code, outcome.message ?? "") }
     }
 
-    /// Reads the next frame from a client; nil at its end or when it sent something malformed.
-    static func next(_ fd: Int32, _ decoder: inout RunProtocol.Decoder) -> RunProtocol.Frame? {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 1)
-        defer { buffer.deallocate() }
-        while true {
-            let frame: RunProtocol.Frame?
-            do { frame = try decoder.next() } catch { return nil }
-            if let frame { return frame }
-            let count = read(fd, buffer.baseAddress, buffer.count)
-            if count < 0, errno == EINTR { continue }
-            if count <= 0 { return nil }
-            decoder.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-        }
-    }
-
     private func serve(_ fd: Int32) {
         var decoder = RunProtocol.Decoder(limit: RunProtocol.largestPayload, local: true)
-        guard let request = Self.next(fd, &decoder), request.type == .request else {
+        guard let request = RunProtocol.readFrame(fd, &decoder), request.type == .request else {
             close(fd)
             return
         }
@@ -180,7 +166,7 @@ final class RunControl: Sendable {
         // Set before the guest can answer: the exec frame goes out only now.
         streamHolder.withLock { $0 = stream }
         channels.send(RunProtocol.Frame(.exec, stream: stream, payload: Array(merged.utf8)))
-        while let frame = Self.next(fd, &decoder) {
+        while let frame = RunProtocol.readFrame(fd, &decoder) {
             switch frame.type {
             case .stdin, .signal, .windowSize:
                 channels.send(RunProtocol.Frame(frame.type, stream: stream, payload: frame.payload))

@@ -3,6 +3,7 @@ import Synchronization
 import VMFactoryArchive
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryLifecycle
 import VMFactoryImage
 
 /// How a run ended, as `vmfactory run`'s exit status says it.

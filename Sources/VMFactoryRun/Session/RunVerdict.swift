@@ -1,6 +1,7 @@
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryLifecycle
 
 /// How a run ended, as its exit status and vmfactory's message: a pure function of what
 /// happened (the events the channel and QEMU gave), so that every way a run can end is

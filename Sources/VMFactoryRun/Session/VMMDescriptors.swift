@@ -1,5 +1,6 @@
 import Foundation
 import VMFactoryCore
+import VMFactoryLifecycle
 
 /// What a run opens for QEMU before it starts: the kernel, the initrd, the overlay and its
 /// backing disk, the 9p folders, and one end of a socket pair for the run's channel and for passt. QEMU

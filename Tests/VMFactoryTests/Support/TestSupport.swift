@@ -4,6 +4,7 @@ import Testing
 @testable import VMFactoryBoot
 @testable import VMFactoryCommands
 @testable import VMFactoryCore
+@testable import VMFactoryExec
 @testable import VMFactoryKernel
 
 extension Tag {

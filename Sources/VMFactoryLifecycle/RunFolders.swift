@@ -30,7 +30,7 @@ public struct RunFolders: Sendable {
         }
 
         /// Removes the folder (the lock goes last).
-        func remove() {
+        public func remove() {
             if !sockets.hasPrefix(path) { try? FileStore.removeTree(sockets) }
             try? FileStore.removeTree(path)
             lock.release()

@@ -243,4 +243,19 @@ public enum RunProtocol {
         }
         return String(cleaned)
     }
+
+    /// Reads the next frame from a client; nil at its end or when it sent something malformed.
+    public static func readFrame(_ fd: Int32, _ decoder: inout Decoder) -> Frame? {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 1)
+        defer { buffer.deallocate() }
+        while true {
+            let frame: Frame?
+            do { frame = try decoder.next() } catch { return nil }
+            if let frame { return frame }
+            let count = read(fd, buffer.baseAddress, buffer.count)
+            if count < 0, errno == EINTR { continue }
+            if count <= 0 { return nil }
+            decoder.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+    }
 }

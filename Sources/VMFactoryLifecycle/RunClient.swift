@@ -36,7 +36,7 @@ public enum RunClient {
         defer { close(fd) }
         guard send(fd, RunProtocol.Frame(.request, payload: Array(text.utf8))) else { throw notRunning(entry) }
         var decoder = RunProtocol.Decoder(limit: RunProtocol.largestPayload, local: true)
-        guard let reply = RunControl.next(fd, &decoder), reply.type == .reply, let number = reply.number else {
+        guard let reply = RunProtocol.readFrame(fd, &decoder), reply.type == .reply, let number = reply.number else {
             throw VMFactoryError(.processFailed, "the run \(entry.record.id)'s supervisor ended without an answer", hint: "`vmfactory ps -a` says how the run ended")
         }
         return (Int32(bitPattern: number), reply.text)
@@ -129,7 +129,7 @@ public enum RunClient {
             started.signal()
         }
         var decoder = RunProtocol.Decoder(limit: RunProtocol.largestPayload, local: true)
-        while let frame = RunControl.next(fd, &decoder) {
+        while let frame = RunProtocol.readFrame(fd, &decoder) {
             switch frame.type {
             case .started:
                 if exec.detach { return 0 }

@@ -1,0 +1,3 @@
+import VMFactoryCommands
+
+await VMFactoryCommand.runProcess()
