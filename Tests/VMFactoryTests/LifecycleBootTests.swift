@@ -104,6 +104,8 @@ struct LifecycleBootTests {
         #expect(link(tree + "/big", tree + "/hard") == 0)
         #expect(symlink("../big", tree + "/sub/link") == 0)
         try TestSupport.write("small\n", to: tree + "/sub/small")
+        // Modes set here, whatever the umask the test runs under.
+        #expect(chmod(tree + "/big", 0o644) == 0 && chmod(tree + "/sub/small", 0o644) == 0)
         #expect(chown(tree + "/sub/small", 1234, 5678) == 0 && chmod(tree + "/sub", 0o751) == 0)
         var times = [timespec(tv_sec: 1_600_000_000, tv_nsec: 0), timespec(tv_sec: 1_600_000_000, tv_nsec: 0)]
         #expect(utimensat(AT_FDCWD, tree + "/big", &times, 0) == 0)
