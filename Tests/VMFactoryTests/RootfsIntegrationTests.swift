@@ -134,7 +134,9 @@ struct RootfsLayerIntegrationTests {
         // As nobody: a copy of the executable and the layout everybody can read, a cache of its own.
         try await ImageFixtures.shareWithEveryone(dir)
         let bin = try TestSupport.temporaryDirectory("bin")
+        // Both executables: vmfactory runs every command but exec through vmfactory-cli beside it.
         try await ImageFixtures.run("install", ["-m", "0755", TestSupport.executable, bin + "/vmfactory"])
+        try await ImageFixtures.run("install", ["-m", "0755", TestSupport.executable + "-cli", bin + "/vmfactory-cli"])
         let nobodyCache = try TestSupport.temporaryDirectory("nobody")
         try await ImageFixtures.run("chown", ["65534:65534", nobodyCache])
         for format in ["qcow2", "raw"] {
