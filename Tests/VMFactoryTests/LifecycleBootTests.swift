@@ -39,6 +39,18 @@ struct LifecycleBootTests {
         return false
     }
 
+    /// Ends every run's supervisor of `vm`'s cache (their QEMUs go with them): a test that fails
+    /// half-way leaves no VM running into the next suites.
+    static func endRuns(_ vm: RunVM) {
+        let ids = ((try? FileManager.default.contentsOfDirectory(atPath: vm.cache + "/runs")) ?? []).filter { !$0.hasPrefix(".") }
+        for id in ids {
+            guard let record = try? RunRecord.read(folder: vm.cache + "/runs/" + id), record.pid > 0,
+                  let line = FileManager.default.contents(atPath: "/proc/\(record.pid)/cmdline"),
+                  String(decoding: line, as: UTF8.self).contains(vm.cache) else { continue }
+            kill(record.pid, SIGKILL)
+        }
+    }
+
     /// The app image's StopSignal is SIGUSR1: its stop is trapped, and it exits 3.
     static let serving = "trap 'echo stopping; exit 3' USR1; echo ready; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2 & wait $!; done"
 
@@ -46,6 +58,7 @@ struct LifecycleBootTests {
     func lifecycle(_ target: Target) async throws {
         let images = try await RunImages.shared(for: target)
         let vm = try await RunVM.make()
+        defer { Self.endRuns(vm) }
         let name = "served-\(target)"
         let id = try await Self.detach(vm, ["--name", name, "-e", "FROM_RUN=r", "--entrypoint", "/bin/sh", images.app, "-c", Self.serving])
         let listed = try await Self.cli(vm, "ps", [])
@@ -167,6 +180,7 @@ struct LifecycleBootTests {
     func killAndForce(_ target: Target) async throws {
         let images = try await RunImages.shared(for: target)
         let vm = try await RunVM.make()
+        defer { Self.endRuns(vm) }
         let id = try await Self.detach(vm, [images.plain, "-c", "trap 'echo got-usr1' USR1; echo ready; while true; do sleep 0.2 & wait $!; done"])
         #expect(try await Self.logs(vm, id, contain: "ready"))
         let signalled = try await Self.cli(vm, "kill", ["-s", "USR1", id])
@@ -188,6 +202,7 @@ struct LifecycleBootTests {
     func supervisorEnds() async throws {
         let images = try await RunImages.shared(for: .x86_64)
         let vm = try await RunVM.make()
+        defer { Self.endRuns(vm) }
         // Started from a shell that leads a session of its own, which then hangs up on everyone in it.
         let launch = Command("setsid", ["-w", "sh", "-c", "\(TestSupport.executable) \(vm.prefix.joined(separator: " ")) -d \(images.plain) -c 'while true; do sleep 1; done' 2>/dev/null; kill -HUP 0"])
         let launched = try await TestSupport.runner.run(launch, output: .capture)
