@@ -48,10 +48,7 @@ struct Ps: AsyncParsableCommand {
                 var record: RunRecord
                 var statusText: String
             }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            encoder.dateEncodingStrategy = .iso8601
-            let data = try encoder.encode(entries.map { Row(record: $0.record, statusText: $0.record.statusText()) })
+            let data = try RunRecord.encoder.encode(entries.map { Row(record: $0.record, statusText: $0.record.statusText()) })
             context.stdout.writeLine(String(decoding: data, as: UTF8.self))
         case .table:
             var rows = [["RUN ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]]
@@ -262,10 +259,7 @@ struct Inspect: AsyncParsableCommand {
         let registry = location.registry(context)
         var records: [RunRecord] = []
         try eachRun(runs, context) { records.append(try registry.find($0).record) }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        encoder.dateEncodingStrategy = .iso8601
-        context.stdout.writeLine(String(decoding: try encoder.encode(records), as: UTF8.self))
+        context.stdout.writeLine(String(decoding: try RunRecord.encoder.encode(records), as: UTF8.self))
     }
 }
 

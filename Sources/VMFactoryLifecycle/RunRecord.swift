@@ -69,7 +69,8 @@ public struct RunRecord: Codable, Sendable, Equatable {
         try FileStore.writeAtomically(try Self.encoder.encode(self) + Data("\n".utf8), to: folder + "/" + Self.fileName, mode: 0o600)
     }
 
-    static let encoder: JSONEncoder = {
+    /// How records are written, and printed by `ps --format json` and `inspect`.
+    public static let encoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601

@@ -6,6 +6,8 @@
 #define _GNU_SOURCE
 #include "copy.h"
 
+#include "container.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,19 +40,10 @@ static int complain(const char *before, const char *name, int error, const char 
 	return 1;
 }
 
+/* The init's vmf_write_all, as 0 or -1. */
 static int write_all(int fd, const void *data, size_t length)
 {
-	const char *at = data;
-	while (length > 0) {
-		ssize_t n = write(fd, at, length);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		at += n;
-		length -= (size_t)n;
-	}
-	return 0;
+	return vmf_write_all(fd, data, length) == length ? 0 : -1;
 }
 
 static int read_all(int fd, void *data, size_t length)

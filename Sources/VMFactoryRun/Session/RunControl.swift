@@ -91,14 +91,13 @@ final class RunControl: Sendable {
     /// (docker exec's), the exec's `-e` over the run's.
     static func execSettings(_ text: String, process: ContainerProcess) -> String? {
         guard let pairs = RunProtocol.keyValuePairs(text), pairs.contains(where: { $0.0 == "arg" }) else { return nil }
-        var environment = process.environment
-        for (key, value) in pairs where key == "env" {
-            let name = value.prefix { $0 != "=" }
-            environment.removeAll { $0.prefix { $0 != "=" } == name }
-            environment.append(value)
+        var environment = EnvironmentList()
+        // Both lists were checked where they were made (the run's plan, the exec's client).
+        for entry in process.environment + pairs.filter({ $0.0 == "env" }).map(\.1) {
+            try? environment.set(entry, from: "exec", hostEnvironment: [:])
         }
         var merged = pairs.filter { $0.0 == "arg" }
-        merged += environment.map { ("env", $0) }
+        merged += environment.entries.map { ("env", $0) }
         merged.append(("user", pairs.last { $0.0 == "user" }?.1 ?? process.user))
         merged.append(("workdir", pairs.last { $0.0 == "workdir" }?.1 ?? process.workdir))
         merged += pairs.filter { ["stdin", "tty", "rows", "cols", "copyout", "copyin", "copytop"].contains($0.0) }
