@@ -183,7 +183,7 @@ struct LifecycleTests {
         // No exit report: the init's code through isa-debug-exit (x86_64).
         events = RunVerdict.Events(ending: nil, exit: nil, failure: nil, started: false, connected: true, termination: .exited(QEMUMachine.debugExitStatus(forCode: 125)))
         #expect(decide(events).0 == 125 && decide(events).1?.contains("before the command started") == true)
-        for (ending, code) in [(RunChannels.Ending.timedOut, Int32(124)), (.stopKilled, 137), (.interrupted, 130), (.removed, 137)] {
+        for (ending, code) in [(RunStateMachine.Ending.timedOut, Int32(124)), (.stopKilled, 137), (.interrupted, 130), (.removed, 137)] {
             events = RunVerdict.Events(ending: ending, exit: nil, failure: nil, started: true, connected: true, termination: .signaled(9))
             #expect(decide(events).0 == code, "\(ending)")
         }
@@ -191,5 +191,100 @@ struct LifecycleTests {
         let died = decide(events, said: "qemu: something\n", console: ["last line"])
         #expect(died.0 == 125)
         #expect(died.1 == "the VM ended (QEMU signal 9) before the command finished\nQEMU said:\n  | qemu: something\nlast console lines:\n  | last line\nrun again with --console to see the guest's console, or --keep to keep its log")
+    }
+
+    @Test("a run's state machine: hello, start and exit move it; stops, kills, timeouts and rm -f give the actions and the status they should, in any order")
+    func stateMachine() throws {
+        let plan = try RunTests.plan(.x86_64)
+        let exited = try #require(RunProtocol.ExitReport(Array("code=3 signal=0 out=0 err=0 oom=0".utf8)))
+        func status(_ machine: RunStateMachine) -> Int32 {
+            RunVerdict.decide(machine.events, plan: plan, stopGrace: .seconds(10), qemuSaid: "", consoleTail: [], consoleLog: "", keep: false).exitCode
+        }
+
+        // The plain life: settings at the hello, started once, the command's status.
+        var machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false)
+        #expect(machine.phase == .preparing)
+        #expect(machine.handle(.spawned).isEmpty && machine.phase == .booting)
+        #expect(machine.handle(.hello(1)) == [.sendSettings])
+        #expect(machine.handle(.hello(1)).isEmpty, "a second hello gets nothing")
+        #expect(machine.handle(.started) == [.reportStarted] && machine.phase == .running)
+        #expect(machine.handle(.started).isEmpty, "started is reported once")
+        #expect(machine.handle(.signal(SIGWINCH)).isEmpty, "no terminal, no window size")
+        #expect(machine.handle(.signal(SIGHUP)) == [.sendSignal(SIGHUP)])
+        #expect(machine.handle(.kill(SIGUSR1)) == [.sendSignal(SIGUSR1)])
+        #expect(machine.handle(.exited(exited)).isEmpty && machine.phase == .stopping)
+        // A timeout after the exit report waits for the guest's last output, then ends it.
+        #expect(machine.handle(.timedOut) == [.startDrainTimer(.timedOut, RunStateMachine.drainAfterExit)])
+        #expect(machine.handle(.timedOut).isEmpty, "one drain timer")
+        #expect(machine.handle(.drainOver(.timedOut)) == [.endVM])
+        #expect(machine.handle(.vmExited(.signaled(SIGTERM))).isEmpty && machine.phase == .exited)
+        #expect(machine.handle(.signal(SIGTERM)).isEmpty && machine.handle(.remove).isEmpty, "nothing after the end")
+        #expect(status(machine) == 3, "the exit report wins over the timeout that came after it")
+
+        // Another version at the hello: refused, named, the VM ended.
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: true)
+        _ = machine.handle(.spawned)
+        #expect(machine.handle(.hello(2)) == [.endVM])
+        #expect(machine.failure?.message.contains("version 2, and this vmfactory speaks version 1") == true)
+        _ = machine.handle(.vmExited(.signaled(SIGTERM)))
+        #expect(status(machine) == 125)
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: true)
+        #expect(machine.handle(.hello(nil)) == [.endVM], "a hello without a version")
+
+        // Ctrl-C: the stop signal and its timer; a second one ends the VM at once.
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(7), tty: true)
+        _ = machine.handle(.spawned)
+        _ = machine.handle(.started)
+        #expect(machine.handle(.signal(SIGWINCH)) == [.sendWindowSize])
+        let first = machine.handle(.signal(SIGINT))
+        #expect(first.dropFirst() == [.startStopTimer(.seconds(7)), .sendSignal(SIGTERM)] && machine.phase == .stopping)
+        guard case .say(let said) = first.first else { Issue.record("no word to the user: \(first)"); return }
+        #expect(said.contains("ends in \(Elapsed.format(.seconds(7)))"), "\(said)")
+        #expect(machine.handle(.signal(SIGTERM)) == [.endVM])
+        #expect(machine.handle(.stopGraceOver).isEmpty, "already ending")
+        _ = machine.handle(.vmExited(.signaled(SIGTERM)))
+        #expect(status(machine) == 137)
+
+        // stop -t: the grace runs out.
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false)
+        _ = machine.handle(.spawned)
+        _ = machine.handle(.started)
+        #expect(machine.handle(.stop(grace: .seconds(2))) == [.startStopTimer(.seconds(2)), .sendSignal(SIGTERM)])
+        #expect(machine.handle(.stopGraceOver) == [.endVM])
+        _ = machine.handle(.vmExited(.signaled(SIGTERM)))
+        #expect(status(machine) == 137)
+
+        // rm -f ends the VM even after the exit report; the report still decides.
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false)
+        _ = machine.handle(.spawned)
+        _ = machine.handle(.started)
+        _ = machine.handle(.exited(exited))
+        #expect(machine.handle(.remove) == [.endVM])
+        _ = machine.handle(.vmExited(.signaled(SIGTERM)))
+        #expect(status(machine) == 3)
+
+        // The guest breaks the protocol while running; its failure wins over QEMU's end.
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false)
+        _ = machine.handle(.spawned)
+        _ = machine.handle(.started)
+        #expect(machine.handle(.protocolBroken("the guest broke the run protocol (x)")) == [.endVM])
+        #expect(machine.handle(.guestFailed(code: 126, message: "later")).isEmpty)
+        _ = machine.handle(.vmExited(.exited(0)))
+        #expect(status(machine) == 125 && machine.failure?.message == "the guest broke the run protocol (x)")
+
+        // Before the start: the guest's own failure (126, cannot invoke), an accelerator's,
+        // a cancellation.
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false)
+        _ = machine.handle(.spawned)
+        #expect(machine.handle(.guestFailed(code: 126, message: "cannot run /x")).isEmpty)
+        _ = machine.handle(.vmExited(.exited(0)))
+        #expect(status(machine) == 126)
+        for (event, code) in [(RunStateMachine.Event.cancelled, Int32(130)), (.timedOut, 124), (.acceleratorFailed("KVM internal error. Suberror: 1"), 125)] {
+            machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false)
+            _ = machine.handle(.spawned)
+            #expect(machine.handle(event) == [.endVM] && machine.phase == .stopping)
+            _ = machine.handle(.vmExited(.signaled(SIGTERM)))
+            #expect(status(machine) == code, "\(event)")
+        }
     }
 }

@@ -5,41 +5,25 @@ import VMFactoryBoot
 import VMFactoryCore
 import VMFactoryLifecycle
 
-/// The host's side of the run's channel (docs/run-protocol.md): it answers the init's hello
-/// with the run's settings, relays the command's stdout and stderr to ours and our stdin to it,
-/// forwards signals and window sizes, and learns how the command ended. One thread reads the
+/// The host's side of the run's channel (docs/run-protocol.md): it relays the command's stdout
+/// and stderr to ours and our stdin to it, and turns what the init says (hello, started, exit,
+/// error) and what happens on the host (signals, stops, timers, QEMU's exit) into events of the
+/// run's state machine, whose actions (settings, signals, the end of the VM) it carries out.
+/// One thread reads the
 /// channel; the outputs are written by queues of their own, and the init gets room for more
 /// output only once a write is done, so a slow stdout holds back the guest and never grows a
 /// buffer here.
 final class RunChannels: Sendable {
-    enum Ending: Sendable {
-        case timedOut
-        /// vmfactory's own task was cancelled (in-process callers).
-        case interrupted
-        /// The command did not stop within the grace period after a stop.
-        case stopKilled
-        /// QEMU said that its accelerator stopped the guest for good (QEMU's line).
-        case acceleratorFailed(String)
-        /// `vmfactory rm -f`: the VM was ended on request.
-        case removed
-    }
-
-    /// How long a guest that reported its command's exit has to end the machine before a
-    /// timeout or a stop ends it anyway.
-    static let drainAfterExit: Duration = .seconds(5)
-
     /// Takes an exec stream's frames from the guest; nil once the VM has ended. Never blocks:
     /// the channel's reader calls it.
     typealias StreamHandler = @Sendable (RunProtocol.Frame?) -> Void
 
     private struct State {
-        var ending: Ending?
-        var exit: RunProtocol.ExitReport?
-        var failure: (code: Int32, message: String)?
+        /// The run's life: every event goes through it (`post`).
+        var machine: RunStateMachine
         var started: ContinuousClock.Instant?
         /// Bytes of stdin the init still takes before it grants more.
         var stdinCredit: UInt32 = RunProtocol.window
-        var stops = 0
         var readerDone = false
         /// The command's output received and not yet written (at most a window).
         var outstanding = 0
@@ -52,7 +36,7 @@ final class RunChannels: Sendable {
     let stopGrace: Duration
     /// Our end of the channel's socket pair (QEMU has the other).
     let channel: Int32
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     /// Frames go out whole: one writer at a time.
     private let sending = Mutex(())
     private let stdinRoom = DispatchSemaphore(value: 0)
@@ -76,6 +60,47 @@ final class RunChannels: Sendable {
         self.stdout = stdout
         self.stderr = stderr
         self.stopGrace = stopGrace
+        state = Mutex(State(machine: RunStateMachine(stopGrace: stopGrace, tty: plan.tty)))
+    }
+
+    /// Moves the run's state machine and carries out what it says; returns that.
+    @discardableResult
+    func post(_ event: RunStateMachine.Event) -> [RunStateMachine.Action] {
+        let actions = state.withLock { state in
+            let actions = state.machine.handle(event)
+            if actions.contains(.reportStarted) { state.started = .now }
+            return actions
+        }
+        for action in actions { perform(action) }
+        return actions
+    }
+
+    private func perform(_ action: RunStateMachine.Action) {
+        switch action {
+        case .sendSettings:
+            let settings = plan.settingsFrame
+            answers.async { [self] in send(settings) }
+        case .reportStarted:
+            commandStarted.signal()
+            onStarted?()
+        case .sendSignal(let number):
+            // From another queue: a guest that stopped reading blocks the write, never the
+            // caller (the channel's reader, a signal handler, the end of the VM).
+            answers.async { [self] in send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(number))) }
+        case .sendWindowSize:
+            guard let size = RawTerminal.size(of: STDIN_FILENO) else { return }
+            let rows = UInt16(clamping: size.rows), cols = UInt16(clamping: size.cols)
+            let frame = RunProtocol.Frame(.windowSize, stream: RunProtocol.commandStream, payload: [UInt8(rows >> 8), UInt8(rows & 0xff), UInt8(cols >> 8), UInt8(cols & 0xff)])
+            answers.async { [self] in send(frame) }
+        case .startStopTimer(let grace):
+            DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) { [self] in post(.stopGraceOver) }
+        case .startDrainTimer(let reason, let drain):
+            DispatchQueue.global().asyncAfter(deadline: .now() + drain.timeInterval) { [self] in post(.drainOver(reason)) }
+        case .endVM:
+            qemu.terminate(grace: .milliseconds(500))
+        case .say(let text):
+            stderr.writeLine("vmfactory: " + text)
+        }
     }
 
     /// Starts reading the channel (and feeding it our stdin with -i).
@@ -113,18 +138,10 @@ final class RunChannels: Sendable {
                 }
                 return true
             } catch {
-                fail("the guest broke the run protocol (\(error)); the VM was ended")
+                post(.protocolBroken("the guest broke the run protocol (\(error)); the VM was ended"))
                 return false
             }
         }
-    }
-
-    /// Ends the run for something the guest did: its message wins over how QEMU ended.
-    func fail(_ message: String) {
-        state.withLock { state in
-            if state.failure == nil { state.failure = (125, message) }
-        }
-        end(nil)
     }
 
     /// A new exec stream whose frames go to `handler`; nil when the VM has ended.
@@ -151,25 +168,9 @@ final class RunChannels: Sendable {
         }
         switch frame.type {
         case .hello:
-            guard let version = frame.number else {
-                fail("the guest's hello says no version; the VM was ended")
-                return false
-            }
-            guard version == RunProtocol.version else {
-                fail("the initrd speaks run protocol version \(version), and this vmfactory speaks version \(RunProtocol.version); build the kernel and initrd with this vmfactory (vmfactory build --recipe container), or use the vmfactory that made them")
-                return false
-            }
-            let settings = plan.settingsFrame
-            answers.async { [self] in send(settings) }
+            return !post(.hello(frame.number)).contains(.endVM)
         case .started where frame.stream == RunProtocol.commandStream:
-            // Once: a guest that says it again changes nothing.
-            let first = state.withLock { state -> Bool in
-                defer { if state.started == nil { state.started = .now } }
-                return state.started == nil
-            }
-            guard first else { return true }
-            commandStarted.signal()
-            onStarted?()
+            post(.started)
         case .stdout where frame.stream == RunProtocol.commandStream, .stderr where frame.stream == RunProtocol.commandStream:
             let (queue, output) = frame.type == .stdout ? (outputs.stdout, stdout) : (outputs.stderr, stderr)
             let count = frame.payload.count
@@ -180,7 +181,7 @@ final class RunChannels: Sendable {
                 return state.outstanding <= Int(RunProtocol.window)
             }
             guard within else {
-                fail("the guest broke the run protocol (output beyond the room it was given); the VM was ended")
+                post(.protocolBroken("the guest broke the run protocol (output beyond the room it was given); the VM was ended"))
                 return false
             }
             let data = Data(frame.payload)
@@ -195,18 +196,16 @@ final class RunChannels: Sendable {
             stdinRoom.signal()
         case .exit where frame.stream == RunProtocol.commandStream:
             guard let report = RunProtocol.ExitReport(frame.payload) else {
-                fail("the guest's exit report is malformed; the VM was ended")
+                post(.protocolBroken("the guest's exit report is malformed; the VM was ended"))
                 return false
             }
-            state.withLock { $0.exit = report }
+            post(.exited(report))
         case .error:
             guard let failure = RunProtocol.StartFailure(frame) else {
-                fail("the guest's error report is malformed; the VM was ended")
+                post(.protocolBroken("the guest's error report is malformed; the VM was ended"))
                 return false
             }
-            state.withLock { state in
-                if state.failure == nil { state.failure = (failure.code, failure.message) }
-            }
+            post(.guestFailed(code: failure.code, message: failure.message))
         case .end:
             // Every frame the init sent is here (the channel keeps their order): it may end the
             // machine.
@@ -247,69 +246,11 @@ final class RunChannels: Sendable {
     /// When the init said the command started.
     var startedAfter: ContinuousClock.Instant? { state.withLock { $0.started } }
 
-    /// Ends the VM for `reason` (nil: QEMU failed to connect), unless something ended it first.
-    func end(_ reason: Ending?, evenAfterExit: Bool = false) {
-        if let reason {
-            let decision = state.withLock { state -> (first: Bool, afterExit: Bool) in
-                guard state.ending == nil else { return (false, false) }
-                // Once the command has ended, the machine ends by itself as soon as its last
-                // output is here: a timeout or a grace period ending then would cut that off.
-                // A guest that reported an exit and never ends is ended all the same, a little later.
-                if state.exit != nil && !evenAfterExit { return (true, true) }
-                state.ending = reason
-                return (true, false)
-            }
-            guard decision.first else { return }
-            if decision.afterExit {
-                DispatchQueue.global().asyncAfter(deadline: .now() + Self.drainAfterExit.timeInterval) { [self] in
-                    guard !qemu.hasExited else { return }
-                    state.withLock { if $0.ending == nil { $0.ending = reason } }
-                    qemu.terminate(grace: .milliseconds(500))
-                }
-                return
-            }
-        }
-        qemu.terminate(grace: .milliseconds(500))
-    }
-
-    /// The command's stop signal (the init turns SIGTERM into the image's StopSignal), and the
-    /// end of the VM after `grace` unless it ended first.
-    func stop(grace: Duration) {
-        // The timer first, and the frame from another queue: a guest that stopped reading
-        // blocks the write, never the end of the VM nor the next Ctrl-C.
-        DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) { [self] in
-            if !qemu.hasExited { end(.stopKilled) }
-        }
-        answers.async { [self] in send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(SIGTERM))) }
-    }
-
-    /// SIGINT or SIGTERM: the stop signal to the command, and the end of the VM after the grace
-    /// period (or at a second one). SIGHUP goes to the command; SIGWINCH becomes the
-    /// terminal's new size.
+    /// Signals to vmfactory go to the state machine: SIGINT or SIGTERM stops the command (a
+    /// second one ends the VM), SIGWINCH becomes the terminal's new size, others go to the
+    /// command.
     func forwardSignals(_ forwarding: SignalForwarding) {
-        forwarding.handle { [self] number in
-            switch number {
-            case SIGINT, SIGTERM:
-                let stops = state.withLock { state -> Int in
-                    state.stops += 1
-                    return state.stops
-                }
-                guard stops == 1 else {
-                    end(.stopKilled, evenAfterExit: true)
-                    return
-                }
-                stderr.writeLine("vmfactory: stopping: the command got its stop signal; the VM ends in \(Elapsed.format(stopGrace)) unless it exits first (again to end it now)")
-                stop(grace: stopGrace)
-            case SIGWINCH:
-                if plan.tty, let size = RawTerminal.size(of: STDIN_FILENO) {
-                    let rows = UInt16(clamping: size.rows), cols = UInt16(clamping: size.cols)
-                    let frame = RunProtocol.Frame(.windowSize, stream: RunProtocol.commandStream, payload: [UInt8(rows >> 8), UInt8(rows & 0xff), UInt8(cols >> 8), UInt8(cols & 0xff)])
-                    answers.async { [self] in send(frame) }
-                }
-            default:
-                answers.async { [self] in send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: UInt32(number))) }
-            }
-        }
+        forwarding.handle { [self] number in post(.signal(number)) }
     }
 
     /// Waits until the channel's reader has reached the end of what QEMU sent (QEMU has
@@ -331,12 +272,8 @@ final class RunChannels: Sendable {
     }
 
     /// The exit status, and what to say when it is vmfactory's, not the command's.
-    func outcome(connected: Bool, termination: CommandResult.Termination, qemuSaid: String, consoleLog: String, keep: Bool) -> (exitCode: Int32, message: String?) {
-        let state = state.withLock { $0 }
-        let events = RunVerdict.Events(
-            ending: state.ending, exit: state.exit, failure: state.failure.map { RunVerdict.Failure(code: $0.code, message: $0.message) },
-            started: state.started != nil, connected: connected, termination: termination
-        )
+    func outcome(qemuSaid: String, consoleLog: String, keep: Bool) -> (exitCode: Int32, message: String?) {
+        let events = state.withLock { $0.machine.events }
         let console = ((try? FileStore.readText(consoleLog)) ?? "").split(separator: "\n").suffix(12).map(String.init)
         return RunVerdict.decide(events, plan: plan, stopGrace: stopGrace, qemuSaid: qemuSaid, consoleTail: console, consoleLog: consoleLog, keep: keep)
     }

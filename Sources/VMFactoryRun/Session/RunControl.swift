@@ -71,14 +71,14 @@ final class RunControl: Sendable {
             relayExec(fd, settings: String(argument), decoder: &decoder)
         case "kill":
             guard let number = UInt32(argument), number > 0, number < 65 else { return answer(fd, 2, "kill: \(argument) is not a signal number") }
-            channels.send(RunProtocol.Frame(.signal, stream: RunProtocol.commandStream, number: number))
+            channels.post(.kill(Int32(number)))
             answer(fd, 0, "")
         case "stop":
             guard let seconds = Int(argument), seconds >= 0 else { return answer(fd, 2, "stop: \(argument) is not a number of seconds") }
-            channels.stop(grace: .seconds(seconds))
+            channels.post(.stop(grace: .seconds(seconds)))
             answerAtEnd(fd)
         case "end":
-            channels.end(.removed, evenAfterExit: true)
+            channels.post(.remove)
             answerAtEnd(fd)
         case "wait":
             answerAtEnd(fd)
@@ -138,7 +138,7 @@ final class RunControl: Sendable {
             }
             if frame.type == .stdout || frame.type == .stderr,
                outstanding.add(frame.payload.count, ordering: .acquiringAndReleasing).newValue > Int(RunProtocol.window) {
-                channels.fail("the guest broke the run protocol (an exec's output beyond the room it was given); the VM was ended")
+                channels.post(.protocolBroken("the guest broke the run protocol (an exec's output beyond the room it was given); the VM was ended"))
                 return
             }
             queue.async {

@@ -239,15 +239,15 @@ public struct RunSession: Sendable {
             return true
         }
         async let qemuSaid = PipeReader.readAll(qemu.stderr!, limit: 1 << 20) { line in
-            if let said = QEMUMessages.acceleratorFailure(in: line) { channels.end(.acceleratorFailed(said)) }
+            if let said = QEMUMessages.acceleratorFailure(in: line) { channels.post(.acceleratorFailed(said)) }
         }
 
         // -it: keys go to the guest's terminal as they are typed, Ctrl-C included.
         let raw = plan.tty && plan.interactive ? RawTerminal(fd: STDIN_FILENO) : nil
         defer { raw?.restore() }
+        channels.post(.spawned)
         channels.connect()
         channelsOwnChannel = true
-        let connected = true
         if let signals {
             channels.forwardSignals(signals)
         }
@@ -261,20 +261,21 @@ public struct RunSession: Sendable {
         let timer = timeout.map { limit in
             Task.detached {
                 try await Task.sleep(for: limit)
-                channels.end(.timedOut)
+                channels.post(.timedOut)
             }
         }
         let termination = await withTaskCancellationHandler {
             await qemu.wait()
         } onCancel: {
-            channels.end(.interrupted)
+            channels.post(.cancelled)
         }
         timer?.cancel()
+        channels.post(.vmExited(termination))
         console.debug(String(format: "run: QEMU ran for %.3f s", (ContinuousClock.now - spawned).seconds) + (channels.startedAfter.map { String(format: "; the command started %.3f s after the spawn", ($0 - spawned).seconds) } ?? ""))
         await channels.finish()
         _ = await consoleDone
         let messages = String(decoding: await qemuSaid, as: UTF8.self)
-        let outcome = channels.outcome(connected: connected, termination: termination, qemuSaid: messages, consoleLog: folder.path + "/console.log", keep: keep)
+        let outcome = channels.outcome(qemuSaid: messages, consoleLog: folder.path + "/console.log", keep: keep)
         try? records?.ended(code: outcome.exitCode, message: outcome.message)
         control.finish(code: outcome.exitCode, message: outcome.message)
         return outcome

@@ -16,7 +16,7 @@ enum RunVerdict {
     /// start (or its breaking the protocol), the command's exit report, the init's exit code
     /// through isa-debug-exit, vmfactory's own ending of the VM, and last how QEMU ended.
     struct Events: Sendable {
-        var ending: RunChannels.Ending?
+        var ending: RunStateMachine.Ending?
         var exit: RunProtocol.ExitReport?
         var failure: Failure?
         var started: Bool
