@@ -182,22 +182,13 @@ struct Run: AsyncParsableCommand {
         }
         if detach { return try await superviseDetached(context) }
         let console = settings.console(context)
-        // One set of handlers from the start: a signal while the image is converted or the
-        // kernel built cancels that work (exit 130); one while the VM starts waits for the
-        // init and stops the command.
+        // One set of handlers from the start, VMFactoryRun's: a signal while the image is
+        // converted or the kernel built cancels that work (exit 130); one while the VM runs is
+        // an event of the session's state machine.
         let signals = context.handlesSignals ? SignalForwarding() : nil
         defer { signals?.cancel() }
         do {
-            let work = Task { try await prepare(context, console) }
-            signals?.handle { number in
-                guard number != SIGWINCH else { return }
-                context.stderr.writeLine("vmfactory: stopping (signal \(number))…")
-                work.cancel()
-            }
-            let prepared = try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
-            guard var session = prepared else { return }
-            signals?.handle(nil)
-            session.signals = signals
+            guard var session = try await RunSession.prepare(signals: signals, stderr: context.stderr, { try await prepare(context, console) }) else { return }
             if let name { try session.registry.reserve(name: name, id: session.id) }
             defer { if let name { session.registry.release(name: name, id: session.id) } }
             if context.handlesSignals { signal(SIGPIPE, SIG_IGN) }
@@ -227,99 +218,31 @@ struct Run: AsyncParsableCommand {
         return registry
     }
 
-    /// Everything before the boot: options checked, the image converted, the kernel found
-    /// (or built), the plan made. nil when --print-qemu printed it.
+    /// Everything before the boot: the request from the options, the plan from VMFactoryRun's
+    /// preparer with this command's providers (the image converted, the kernel found, built or
+    /// pulled, the accelerator probed), the session. nil when --print-qemu printed the plan.
     func prepare(_ context: CommandContext, _ console: Console) async throws -> RunSession? {
         let begun = ContinuousClock.now
         defer { console.debug(String(format: "run: the image, the kernel and the plan took %.3f s", (ContinuousClock.now - begun).seconds)) }
-        let cwd = context.currentDirectory
-        let volumes = try self.volumes.map { try Volume.parse(volume: $0, currentDirectory: cwd) } + mounts.map { try Volume.parse(mount: $0, currentDirectory: cwd) }
-        if volumes.contains(where: { $0.kind == .virtiofs }), geteuid() != 0, !printQemu {
-            throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
-        }
-        for volume in volumes where volume.kind == .virtiofs && !volume.readOnly && !printQemu {
-            console.warning(
-                "the virtio-fs volume \(volume.host) is writable by the guest as root: QEMU 7.2's virtiofsd keeps the owners and a chmod's setuid bits the guest sets; share it over 9p (-v \(volume.host):\(volume.guest)) for a guest you do not trust"
-            )
-        }
-        let tmpfsMounts = try tmpfs.map { try TmpfsMount.parse($0) }
-        var mountPoints = Set<String>()
-        for point in volumes.map(\.guest) + tmpfsMounts.map(\.guest) where !mountPoints.insert(point).inserted {
-            throw VMFactoryError(.invalidArgument, "\(point) is given more than one volume or tmpfs", hint: "mount one thing at each path")
-        }
-        let relay = LoopbackRelay()
-        let ports = try publish.map { try PortForward.parse($0) }.map { printQemu ? $0 : try $0.reserved(relay: relay) }
         let factory = try settings.makeFactory(context, console: console)
         let cache = factory.workspace.cacheDirectory
-        let image = try await convert(context, console: console, cache: cache)
-        guard let target = Target.allCases.first(where: { Platform.of($0).matches(Platform(parsing: image.record.platform) ?? .host) }) else {
-            throw VMFactoryError(.invalidArgument, "the image is for \(image.record.platform), a platform vmfactory has no kernel for", hint: "run an image for linux/amd64 or linux/s390x")
-        }
-        let recipe = try factory.recipes.load(self.recipe)
-        var pulled: String?
-        if let kernelImage {
-            pulled = try await PulledKernels.directory(kernelImage, target: target, factory: factory, skopeo: Skopeo(registry: registryOptions, environment: context.environment, runner: context.runner))
-        }
-        let (kernel, initrd, cmdline) = try await kernelImages(factory, recipe: recipe, target: target, pulled: pulled)
-
-        var request = ProcessRequest()
-        request.command = command
-        request.entrypoint = entrypoint
-        request.environment = env
-        request.environmentFiles = try envFile.map { name in
-            let path = FileStore.absolute(name, relativeTo: cwd)
-            guard let text = try? FileStore.readText(path) else {
-                throw VMFactoryError(.notFound, "--env-file \(name): cannot read \(path)", hint: "check the path")
-            }
-            return (name, text)
-        }
-        request.user = user
-        request.workdir = workdir
-        let process = try ContainerProcess.combine(image: image.record.config, request: request, hostEnvironment: context.environment)
-
+        let request = try self.request(context)
+        let relay = LoopbackRelay()
+        let preparer = RunPreparer(
+            images: ConvertedImages(context: context, console: console, cacheDirectory: cache, registry: registryOptions),
+            kernels: RecipeKernels(factory: factory, recipe: try factory.recipes.load(recipe), kernelImage: kernelImage, skopeo: Skopeo(registry: registryOptions, environment: context.environment, runner: context.runner)),
+            accelerators: ProbedAccelerators(probe: Booter(factory).acceleratorProbe),
+            console: console
+        )
         let folders = RunFolders(cacheDirectory: cache)
         let id = runID ?? RunFolders.newID()
-        var plan = RunPlan(target: target, kernel: kernel, initrd: initrd, cmdline: cmdline, disk: image.disk, process: process, hostname: hostname ?? id)
-        plan.volumes = volumes
-        plan.tmpfs = tmpfsMounts
-        plan.ports = ports
-        plan.network = network
-        plan.vmmIdentity = try Self.vmmIdentity(asked: vmmUser)
-        plan.memoryMiB = try MemorySize.mebibytes(memory)
-        plan.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
-        if let pidsLimit, pidsLimit > Self.largestPidsLimit {
-            throw ValidationError("--pids-limit \(pidsLimit) is more than Linux allows (\(Self.largestPidsLimit)); give a smaller number, or 0 for no limit")
-        }
-        plan.pidsLimit = pidsLimit.flatMap { $0 > 0 ? $0 : nil }
-        plan.cpus = Int(cpus.rounded(.up))
-        plan.interactive = interactive
-        plan.tty = tty
-        plan.readOnly = readOnly
-        plan.verbose = settings.verbose
-        plan.keep = keep
-        plan.icount = icount
-        if tty { plan.windowSize = RawTerminal.size(of: STDIN_FILENO) ?? (24, 80) }
-        if icount {
-            plan.accelerator = .tcg
-        } else {
-            let probe = Booter(factory).acceleratorProbe
-            let choice = printQemu && accel == .auto ? (probe.remembered(for: target) == true ? AcceleratorProbe.Choice.kvm : .tcg) : accel
-            let machine = QEMUMachine(target: target, kernel: kernel, initrd: initrd, cmdline: cmdline)
-            let (accelerator, note) = try await probe.resolve(choice, machine: machine, marker: ConsoleMarkers.ready)
-            plan.accelerator = accelerator
-            // KVM is /dev/kvm's group's: QEMU's user joins it for that alone.
-            var kvm = stat()
-            if accelerator == .kvm, plan.vmmIdentity != nil, stat("/dev/kvm", &kvm) == 0, kvm.st_gid != 0, kvm.st_mode & 0o006 != 0o006 {
-                plan.vmmIdentity?.groups = [kvm.st_gid]
-            }
-            if let note { console.debug(note) }
-        }
+        let plan = try await preparer.plan(request, id: id, relay: relay, hostEnvironment: context.environment)
         if printQemu {
             let files = RunPlan.Files(overlay: folders.root + "/\(id)/disk.qcow2", sockets: folders.root + "/\(id)/sockets")
             context.stdout.writeLine(plan.qemu(files).description)
             return nil
         }
-        for port in ports { console.info("run: port \(port.description)") }
+        for port in plan.ports { console.info("run: port \(port.description)") }
         var session = RunSession(
             id: id, plan: plan, folders: folders, console: console,
             baseEnvironment: Command.baseEnvironment(from: context.environment), stdout: context.stdout, stderr: context.stderr
@@ -330,10 +253,53 @@ struct Run: AsyncParsableCommand {
         session.keep = keep
         session.relay = relay.isEmpty ? nil : relay
         session.record = RunRecord(
-            id: id, name: name, image: self.image, command: process.argv, target: target.rawValue, created: Date(), status: .created,
-            ports: ports.map(\.description), pid: 0, controlSocket: "", detached: detach, user: process.user, workdir: process.workdir, environment: []
+            id: id, name: name, image: image, command: plan.process.argv, target: plan.target.rawValue, created: Date(), status: .created,
+            ports: plan.ports.map(\.description), pid: 0, controlSocket: "", detached: detach, user: plan.process.user, workdir: plan.process.workdir,
+            environment: []
         )
         return session
+    }
+
+    /// The run's request, from the options.
+    func request(_ context: CommandContext) throws -> RunRequest {
+        let cwd = context.currentDirectory
+        var request = RunRequest(image: image)
+        request.platform = platform.flatMap(Platform.init(parsing:)) ?? target.map { Platform.of($0.target) }
+        request.process.command = command
+        request.process.entrypoint = entrypoint
+        request.process.environment = env
+        request.process.environmentFiles = try envFile.map { name in
+            let path = FileStore.absolute(name, relativeTo: cwd)
+            guard let text = try? FileStore.readText(path) else {
+                throw VMFactoryError(.notFound, "--env-file \(name): cannot read \(path)", hint: "check the path")
+            }
+            return (name, text)
+        }
+        request.process.user = user
+        request.process.workdir = workdir
+        request.volumes = try volumes.map { try Volume.parse(volume: $0, currentDirectory: cwd) } + mounts.map { try Volume.parse(mount: $0, currentDirectory: cwd) }
+        request.tmpfs = try tmpfs.map { try TmpfsMount.parse($0) }
+        request.ports = try publish.map { try PortForward.parse($0) }
+        request.network = network
+        request.vmmIdentity = try Self.vmmIdentity(asked: vmmUser)
+        request.memoryMiB = try MemorySize.mebibytes(memory)
+        request.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
+        if let pidsLimit, pidsLimit > Self.largestPidsLimit {
+            throw ValidationError("--pids-limit \(pidsLimit) is more than Linux allows (\(Self.largestPidsLimit)); give a smaller number, or 0 for no limit")
+        }
+        request.pidsLimit = pidsLimit.flatMap { $0 > 0 ? $0 : nil }
+        request.cpus = Int(cpus.rounded(.up))
+        request.interactive = interactive
+        request.tty = tty
+        request.readOnly = readOnly
+        request.verbose = settings.verbose
+        request.keep = keep
+        request.icount = icount
+        request.accelerator = accel
+        request.hostname = hostname
+        if tty { request.windowSize = RawTerminal.size(of: STDIN_FILENO) }
+        request.printOnly = printQemu
+        return request
     }
 
     /// PID_MAX_LIMIT on 64-bit Linux: the most pids.max takes.
@@ -349,59 +315,6 @@ struct Run: AsyncParsableCommand {
         if let asked { return try ProcessIdentity.parse(asked) }
         // Not sudo's user: a QEMU the guest took over would hold that user's files.
         return .nobody
-    }
-
-    /// The image's cached disk, converted on first use. Without --target or --platform the
-    /// host's platform is asked for, and an image made for one other platform is taken as it is.
-    func convert(_ context: CommandContext, console: Console, cache: String) async throws -> RootfsConverter.Result {
-        let reference = try ImageReference(parsing: image, currentDirectory: context.currentDirectory)
-        var source = ImageSource(
-            store: ContentStore(cacheDirectory: cache), runner: context.runner, console: console,
-            environment: context.environment, temporaryDirectory: cache + "/tmp"
-        )
-        source.registry = registryOptions
-        let converter = RootfsConverter(source: source, cache: RootfsCache(cacheDirectory: cache), runner: context.runner, console: console)
-        let options = DiskOptions(size: try DiskOptions.parseSize("+256M"), format: .qcow2, compression: .zstd)
-        let asked = platform.flatMap(Platform.init(parsing:)) ?? target.map { Platform.of($0.target) }
-        do {
-            return try await converter.convert(reference, platform: asked ?? .host, options: options, output: nil)
-        } catch let error as VMFactoryError {
-            guard asked == nil, let offered = ResolvedImage.offeredPlatform(in: error) else { throw error }
-            return try await converter.convert(reference, platform: offered, options: options, output: nil)
-        }
-    }
-
-    /// The recipe's kernel, initrd and command line for `target`, built first when missing;
-    /// with `pulled`, those of a pulled kernel image.
-    func kernelImages(_ factory: Factory, recipe: Recipe, target: Target, pulled: String? = nil) async throws -> (String, String, String) {
-        let booter = Booter(factory)
-        let found: (kernel: String, initrd: String?, manifest: BuildManifest?)
-        if let pulled {
-            var options = BootOptions()
-            options.imagesDirectory = pulled
-            found = try booter.images(recipe, target: target, options: options)
-        } else if let built = try? booter.images(recipe, target: target, options: BootOptions()) {
-            found = built
-        } else {
-            factory.console.info("run: no \(recipe.name) kernel for \(target) in \(FileStore.displayPath(factory.workspace.outputDirectory(recipe: recipe.name, target: target))) yet; building it (once)")
-            _ = try await factory.build(recipe, targets: [target], options: BuildOptions())
-            found = try booter.images(recipe, target: target, options: BootOptions())
-        }
-        let (kernel, initrd, manifest) = found
-        let cmdline = try manifest?.kernel?.cmdline ?? recipe.requireTarget(target).cmdline
-        guard let initrd else { throw VMFactoryError(.notFound, "no initrd for \(recipe.name)/\(target)", hint: "run `vmfactory build --recipe \(recipe.name) --target \(target)`") }
-        if let part = manifest?.initrd, part.runProtocol != Int(RunProtocol.version) {
-            let shown = FileStore.displayPath(initrd)
-            throw VMFactoryError(
-                .invalidArgument,
-                part.runProtocol.map { "the initrd \(shown) speaks run protocol version \($0), and this vmfactory speaks version \(RunProtocol.version)" }
-                    ?? "the initrd \(shown) was made before the run protocol (version 0), and this vmfactory speaks version \(RunProtocol.version)",
-                hint: pulled == nil
-                    ? "rebuild it with this vmfactory: vmfactory build --recipe \(recipe.name) --target \(target)"
-                    : "publish the kernel again with this vmfactory, or run it with the vmfactory that published it"
-            )
-        }
-        return (kernel, initrd, cmdline)
     }
 }
 

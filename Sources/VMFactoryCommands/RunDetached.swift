@@ -76,11 +76,10 @@ extension Run {
         defer { signals?.cancel() }
         var reported = false
         do {
-            guard var session = try await prepare(context, console) else { return }
+            guard var session = try await RunSession.prepare(signals: signals, stderr: context.stderr, { try await prepare(context, console) }) else { return }
             let log = RunLog(folder: session.folders.root + "/" + session.id)
             session.stdout = .sink { log.append(.stdout, $0) }
             session.stderr = .sink { log.append(.stderr, $0) }
-            session.signals = signals
             session.detached = !remove
             session.onStarted = {
                 _ = Array("started\n".utf8).withUnsafeBytes { try? FileStore.writeAll(report, $0, path: "the starting command's pipe") }

@@ -282,6 +282,26 @@ public struct RunSession: Sendable {
     }
 }
 
+extension RunSession {
+    /// Makes a session with `prepare` (the image, the kernel, the plan), taking `signals` over
+    /// for good: while it prepares, SIGINT or SIGTERM cancels the work (exit 130); the session
+    /// it makes hands them to its state machine.
+    public static func prepare(
+        signals: SignalForwarding?, stderr: TextOutput, _ prepare: @escaping @Sendable () async throws -> RunSession?
+    ) async throws -> RunSession? {
+        let work = Task { try await prepare() }
+        signals?.handle { number in
+            guard number != SIGWINCH else { return }
+            stderr.writeLine("vmfactory: stopping (signal \(number))…")
+            work.cancel()
+        }
+        defer { signals?.handle(nil) }
+        var session = try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
+        session?.signals = signals
+        return session
+    }
+}
+
 /// Keeps a run's record current: created, running, exited.
 final class RecordKeeper: Sendable {
     private let state: Mutex<RunRecord>

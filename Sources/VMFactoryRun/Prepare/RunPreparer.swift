@@ -1,0 +1,200 @@
+import Foundation
+import VMFactoryBoot
+import VMFactoryCore
+import VMFactoryImage
+import VMFactoryLifecycle
+
+/// The image a run boots: its converted disk, its config and its platform.
+public struct RunImage: Sendable {
+    public var disk: String
+    public var config: ImageConfig.Execution
+    /// OS/ARCH[/VARIANT], as the image says.
+    public var platform: String
+
+    public init(disk: String, config: ImageConfig.Execution, platform: String) {
+        self.disk = disk
+        self.config = config
+        self.platform = platform
+    }
+}
+
+/// Finds (or converts) an image's disk. The command line supplies it, with its registry
+/// options and cache.
+public protocol RunImageProvider: Sendable {
+    /// The image's disk for `platform`; for nil, the host's platform, or the one platform an
+    /// image made for another has.
+    func image(_ reference: String, platform: Platform?) async throws -> RunImage
+}
+
+/// The kernel and initrd a run boots, and the run protocol the initrd's init speaks.
+public struct RunKernel: Sendable {
+    public var kernel: String
+    public var initrd: String
+    public var cmdline: String
+    /// From the build's manifest; nil for an initrd made before the run protocol.
+    public var runProtocol: Int?
+    /// What to do when the versions differ: rebuild, or publish again.
+    public var rebuildHint: String
+
+    public init(kernel: String, initrd: String, cmdline: String, runProtocol: Int?, rebuildHint: String) {
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.runProtocol = runProtocol
+        self.rebuildHint = rebuildHint
+    }
+}
+
+/// Finds (or builds, or pulls) the kernel and initrd for a target. The command line supplies
+/// it: a recipe's build, or a published kernel image.
+public protocol RunKernelProvider: Sendable {
+    func kernel(for target: Target) async throws -> RunKernel
+}
+
+/// Decides the accelerator a machine runs with.
+public protocol RunAcceleratorProvider: Sendable {
+    /// The accelerator for `choice`, and a note for the debug log. With `probe` false (the
+    /// QEMU command is only printed), `auto` takes what an earlier probe found, never
+    /// starting QEMU.
+    func accelerator(_ choice: AcceleratorProbe.Choice, machine: QEMUMachine, probe: Bool) async throws -> (QEMUMachine.Accelerator, String?)
+}
+
+/// What a run asks for: the image, the process, the devices, the machine; as the command line
+/// gave them, parsed.
+public struct RunRequest: Sendable {
+    public var image: String
+    /// `--platform`, or the platform of `--target`.
+    public var platform: Platform?
+    public var process = ProcessRequest()
+    public var volumes: [Volume] = []
+    public var tmpfs: [TmpfsMount] = []
+    /// `-p`, not yet listening.
+    public var ports: [PortForward] = []
+    public var network: RunPlan.Network = .user
+    public var vmmIdentity: ProcessIdentity?
+    public var memoryMiB = 512
+    public var shmBytes = 64 << 20
+    public var pidsLimit: Int?
+    public var cpus = 1
+    public var interactive = false
+    public var tty = false
+    public var readOnly = false
+    public var verbose = false
+    public var keep = false
+    public var icount = false
+    public var accelerator: AcceleratorProbe.Choice = .auto
+    /// The guest's host name (nil: the run's id).
+    public var hostname: String?
+    /// The host terminal's size, for -t.
+    public var windowSize: (rows: Int, cols: Int)?
+    /// `--print-qemu`: the plan is printed, not run (no ports are taken, no probe runs).
+    public var printOnly = false
+    /// Whether vmfactory runs as root (virtio-fs needs it).
+    public var root = geteuid() == 0
+
+    public init(image: String) {
+        self.image = image
+    }
+}
+
+/// Everything before the boot, in VMFactoryRun: the request checked, the image and the kernel
+/// from their providers, the protocol's versions compared, the process combined, the
+/// accelerator decided, the plan made. What is slow (a conversion, a build, a pull) is the
+/// providers'.
+public struct RunPreparer: Sendable {
+    public var images: any RunImageProvider
+    public var kernels: any RunKernelProvider
+    public var accelerators: any RunAcceleratorProvider
+    public var console: Console
+
+    public init(images: any RunImageProvider, kernels: any RunKernelProvider, accelerators: any RunAcceleratorProvider, console: Console) {
+        self.images = images
+        self.kernels = kernels
+        self.accelerators = accelerators
+        self.console = console
+    }
+
+    /// The plan for `request`, to run as `id`; the `-p` ports take their host ports on `relay`
+    /// (unless only printed).
+    public func plan(_ request: RunRequest, id: String, relay: LoopbackRelay, hostEnvironment: [String: String]) async throws -> RunPlan {
+        try check(request)
+        let ports = try request.ports.map { request.printOnly ? $0 : try $0.reserved(relay: relay) }
+        let image = try await images.image(request.image, platform: request.platform)
+        let target = try Self.target(for: image.platform)
+        let kernel = try await kernels.kernel(for: target)
+        try Self.checkProtocol(kernel)
+        let process = try ContainerProcess.combine(image: image.config, request: request.process, hostEnvironment: hostEnvironment)
+
+        var plan = RunPlan(
+            target: target, kernel: kernel.kernel, initrd: kernel.initrd, cmdline: kernel.cmdline, disk: image.disk, process: process,
+            hostname: request.hostname ?? id
+        )
+        plan.volumes = request.volumes
+        plan.tmpfs = request.tmpfs
+        plan.ports = ports
+        plan.network = request.network
+        plan.vmmIdentity = request.vmmIdentity
+        plan.memoryMiB = request.memoryMiB
+        plan.shmBytes = request.shmBytes
+        plan.pidsLimit = request.pidsLimit
+        plan.cpus = request.cpus
+        plan.interactive = request.interactive
+        plan.tty = request.tty
+        plan.readOnly = request.readOnly
+        plan.verbose = request.verbose
+        plan.keep = request.keep
+        plan.icount = request.icount
+        if request.tty { plan.windowSize = request.windowSize ?? (24, 80) }
+        if request.icount {
+            plan.accelerator = .tcg
+        } else {
+            let machine = QEMUMachine(target: target, kernel: kernel.kernel, initrd: kernel.initrd, cmdline: kernel.cmdline)
+            let (accelerator, note) = try await accelerators.accelerator(request.accelerator, machine: machine, probe: !request.printOnly)
+            plan.accelerator = accelerator
+            if let note { console.debug(note) }
+        }
+        // KVM is /dev/kvm's group's: QEMU's user joins it for that alone.
+        var kvm = stat()
+        if plan.accelerator == .kvm, plan.vmmIdentity != nil, stat("/dev/kvm", &kvm) == 0, kvm.st_gid != 0, kvm.st_mode & 0o006 != 0o006 {
+            plan.vmmIdentity?.groups = [kvm.st_gid]
+        }
+        return plan
+    }
+
+    /// What can be said of the request before anything is converted, built or started.
+    func check(_ request: RunRequest) throws {
+        if request.volumes.contains(where: { $0.kind == .virtiofs }), !request.root, !request.printOnly {
+            throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
+        }
+        for volume in request.volumes where volume.kind == .virtiofs && !volume.readOnly && !request.printOnly {
+            console.warning(
+                "the virtio-fs volume \(volume.host) is writable by the guest as root: QEMU 7.2's virtiofsd keeps the owners and a chmod's setuid bits the guest sets; share it over 9p (-v \(volume.host):\(volume.guest)) for a guest you do not trust"
+            )
+        }
+        var mountPoints = Set<String>()
+        for point in request.volumes.map(\.guest) + request.tmpfs.map(\.guest) where !mountPoints.insert(point).inserted {
+            throw VMFactoryError(.invalidArgument, "\(point) is given more than one volume or tmpfs", hint: "mount one thing at each path")
+        }
+    }
+
+    /// The target whose kernel runs an image of `platform`.
+    static func target(for platform: String) throws -> Target {
+        guard let target = Target.allCases.first(where: { Platform.of($0).matches(Platform(parsing: platform) ?? .host) }) else {
+            throw VMFactoryError(.invalidArgument, "the image is for \(platform), a platform vmfactory has no kernel for", hint: "run an image for linux/amd64 or linux/s390x")
+        }
+        return target
+    }
+
+    /// The initrd's init must speak this vmfactory's run protocol: checked before the boot,
+    /// from the build's manifest (the init checks it again at its hello).
+    static func checkProtocol(_ kernel: RunKernel) throws {
+        guard kernel.runProtocol != Int(RunProtocol.version) else { return }
+        let shown = FileStore.displayPath(kernel.initrd)
+        throw VMFactoryError(
+            .invalidArgument,
+            kernel.runProtocol.map { "the initrd \(shown) speaks run protocol version \($0), and this vmfactory speaks version \(RunProtocol.version)" }
+                ?? "the initrd \(shown) was made before the run protocol (version 0), and this vmfactory speaks version \(RunProtocol.version)",
+            hint: kernel.rebuildHint
+        )
+    }
+}
