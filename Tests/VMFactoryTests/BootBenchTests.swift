@@ -220,7 +220,7 @@ struct BenchBootTests {
     @Test("vmfactory boot streams the console and exits with the guest's exit code; --print-qemu prints the command", arguments: Target.allCases)
     func boot(_ target: Target) async throws {
         let built = try await SharedBuild.shared.get()
-        let run = try await TestSupport.runCLI(Self.arguments("boot", output: built.output, ["--target", target.rawValue, "--accel", "auto", "--", "/init", "--explain"]))
+        let run = try await TestSupport.runCLI(Self.arguments("boot", output: built.output, ["--target", target.rawValue, "--accel", "auto", "--timeout", TestSupport.bootTimeout, "--", "/init", "--explain"]))
         #expect(run.status == 0, "\(run.stderr)")
         let lines = run.stdout.split(separator: "\n").map(String.init)
         #expect(lines.first?.hasPrefix("vmfactory-init: ready ") == true, "\(run.stdout)")
@@ -246,7 +246,7 @@ struct BenchBootTests {
     func exitCodes() async throws {
         let built = try await SharedBuild.shared.get()
         for target in Target.allCases {
-            let run = try await TestSupport.runCLI(Self.arguments("boot", output: built.output, ["--target", target.rawValue, "--accel", "tcg", "--", "/bin/nope"]))
+            let run = try await TestSupport.runCLI(Self.arguments("boot", output: built.output, ["--target", target.rawValue, "--accel", "tcg", "--timeout", TestSupport.bootTimeout, "--", "/bin/nope"]))
             #expect(run.status == 127, "\(target): \(run.stderr)")
             #expect(run.stdout.contains("vmfactory-init: cannot run /bin/nope: No such file or directory"))
         }

@@ -27,7 +27,7 @@ struct InitBootTests {
         let (_, manifest) = try await output(target)
         let line = (cmdline ?? manifest.kernel?.cmdline ?? "") + (extra.isEmpty ? "" : " " + extra)
         let machine = QEMUMachine(target: target, kernel: try await kernel(target), initrd: initrd, cmdline: line, accelerator: .tcg)
-        let run = try await TestSupport.bootRunner.run(machine.command, timeout: .seconds(90))
+        let run = try await TestSupport.bootRunner.run(machine.command, timeout: .seconds(300))
         #expect(run.ending == .exited, "QEMU did not exit by itself; console:\n\(run.console)\nstderr: \(run.stderr)")
         return run
     }
@@ -128,7 +128,7 @@ struct InitBootTests {
             """, in: dir)
         let built = try await SharedBuild.shared.get()
         return Command(TestSupport.executable, [
-            "boot", "--recipe", "container", "--target", "x86_64", "--accel", "tcg", "--timeout", "120s",
+            "boot", "--recipe", "container", "--target", "x86_64", "--accel", "tcg", "--timeout", TestSupport.bootTimeout,
             "--cache-dir", TestSupport.sharedCache, "--output-dir", built.output, "--initrd", initrd,
         ])
     }

@@ -332,7 +332,7 @@ struct PublishIntegrationTests {
         _ = try await Self.publish(built, ["--to", reference] + extra)
         let empty = dir + "/no-outputs"
         try FileStore.createDirectory(empty)
-        let arguments = ["boot", "--recipe", "container", "--target", target.rawValue, "--kernel-image", reference, "--accel", "tcg", "--cache-dir", built.cache, "--output-dir", empty] + extra
+        let arguments = ["boot", "--recipe", "container", "--target", target.rawValue, "--kernel-image", reference, "--accel", "tcg", "--timeout", TestSupport.bootTimeout, "--cache-dir", built.cache, "--output-dir", empty] + extra
         let boot = try await TestSupport.runCLI(arguments)
         #expect(boot.status == 0, "\(boot.stderr)")
         #expect(boot.stdout.contains("vmfactory-init: ready"), "\(boot.stdout)\n\(boot.stderr)")

@@ -52,6 +52,12 @@ extension TestSupport {
     /// clone starts it empty). Tests read it; none writes into it but the shared build.
     static let sharedCache: String = repositoryRoot + "/.build/test-cache"
 
+    /// `--timeout` for a test's `vmfactory boot` that checks what a boot does, not how fast:
+    /// when the shared kernel is ready, every suite waiting for it boots at once (thirty or
+    /// more QEMUs under TCG on two cores in the CI), and a boot that takes a second alone then
+    /// takes a minute or more.
+    static let bootTimeout = "300s"
+
     /// A cache of the test's own that shares the shared cache's verified sources and source
     /// trees (read-only, content-addressed) and its ccache folder (a hit is the object a
     /// compile makes: a test's build of the shared build's objects costs little), and holds
