@@ -32,6 +32,27 @@ struct vmf_tmpfs {
 	const char *path;
 };
 
+/*
+ * key=value lines as the host writes them, read one pair at a time. Empty lines
+ * and lines starting with '#' are skipped; a line splits at its first '='; the
+ * value is unescaped in place (`\n` a line break, `\\` a backslash, any other
+ * backslash refused). `name` says whose lines they are in messages
+ * ("settings:3: ...").
+ */
+struct vmf_conf_lines {
+	/* The text still to read; NULL once it is all read. */
+	char *rest;
+	const char *name;
+	/* The number of the line read last, for the caller's own messages. */
+	int line;
+};
+
+/*
+ * The next pair, pointing into the text (which it changes): 1 for a pair, 0 at
+ * the end, -1 with a message in err naming the line.
+ */
+int vmf_conf_next(struct vmf_conf_lines *lines, char **key, char **value, char *err, size_t errlen);
+
 /* A growing, NULL-terminated list of strings. */
 struct vmf_words {
 	int count;

@@ -157,7 +157,9 @@ struct RunProtocolTests {
             ("settings too short", RunProtocol.Frame(.settings, payload: [0, 0]).encoded, "refused: too short"),
             ("exec with a bad key", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\nkey\n".utf8)).encoded, "refused: exec:2: expected key=value"),
             ("exec with a huge window", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\nrows=99999\n".utf8)).encoded, "refused: exec:2: bad value for rows"),
-            ("exec with a dangling escape", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\\".utf8)).encoded, "refused: exec:1: expected key=value"),
+            ("exec with a dangling escape", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\\".utf8)).encoded, "refused: exec:1: bad escape in the value of arg"),
+            ("exec with an unknown escape", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\narg=a\\tb\n".utf8)).encoded, "refused: exec:2: bad escape in the value of arg"),
+            ("exec with comments and empty lines", RunProtocol.Frame(.exec, stream: 2, payload: Array("# made by hand\n\narg=x\n\n#arg=y\n".utf8)).encoded, "argv: x\nuser: "),
             ("credit of 2 bytes", RunProtocol.Frame(.credit, stream: 1, payload: [0, 1]).encoded, "refused: a credit of 2 bytes"),
             ("a whole megabyte of settings", RunProtocol.Frame(.settings, number: 1, text: String(repeating: "env=A=\(String(repeating: "x", count: 1000))\n", count: 1040)).encoded, "refused: settings: no command"),
         ]
