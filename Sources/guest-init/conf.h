@@ -3,6 +3,9 @@
  * (VMF_EXEC), both as key=value lines; in values, `\n` stands for a line break
  * and `\\` for a backslash (docs/run-protocol.md lists the keys). Parsed here,
  * apart from anything that acts on them, so that the host's tests run it.
+ *
+ * The boot mode's init.conf (launch.h) is the same format, read with the same
+ * vmf_conf_next; only the keys differ.
  */
 #ifndef VMFACTORY_CONF_H
 #define VMFACTORY_CONF_H
@@ -59,6 +62,9 @@ struct vmf_words {
 	int capacity;
 	char **items;
 };
+
+/* The PATH a process gets when nothing else sets one, as docker's. */
+#define VMF_DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 int vmf_words_add(struct vmf_words *words, char *word);
 void vmf_words_free(struct vmf_words *words);
