@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import VMFactoryCore
+@testable import VMFactoryKernel
 @testable import VMFactoryLifecycle
 @testable import VMFactoryRun
 
@@ -68,6 +69,14 @@ struct RunProtocolTests {
         let failure = RunProtocol.StartFailure(RunProtocol.Frame(.error, stream: 2, number: 127, text: "no\u{1b}[2J such\nthing"))
         #expect(failure?.code == 127 && failure?.message == "no [2J such thing")
         #expect(RunProtocol.StartFailure(RunProtocol.Frame(.error, number: 300)) == nil)
+    }
+
+    @Test("init.conf's values are escaped as the run's settings are: the init reads both with one reader")
+    func initConfEscaping() {
+        for value in ["plain", #"C:\dir\"#, "two\nlines", "cr\r\nlf", #"\n is not a break"#, "", "\\\n\\"] {
+            #expect(RunProtocol.keyValueText([("arg", value)]) == "arg=\(InitrdLayout.escaped(value))\n", "\(value.debugDescription)")
+            #expect(RunProtocol.keyValuePairs("arg=\(InitrdLayout.escaped(value))\n")?.first?.1 == value, "\(value.debugDescription)")
+        }
     }
 
     @Test("the host's frames as the init's own decoder reads them: settings, an exec, stdin, signals, credit, window size, bye", .tags(.integration), .needsTool("gcc"))
