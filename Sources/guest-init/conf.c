@@ -74,6 +74,37 @@ static int unescape(char *value)
 	return 0;
 }
 
+int vmf_conf_next(struct vmf_conf_lines *lines, char **key, char **value, char *err, size_t errlen)
+{
+	while (lines->rest) {
+		char *line = lines->rest;
+		char *end = strchr(line, '\n');
+		if (end)
+			*end++ = '\0';
+		lines->rest = end;
+		lines->line++;
+		if (*line == '\0' || *line == '#')
+			continue;
+		char *equals = strchr(line, '=');
+		if (!equals) {
+			snprintf(err, errlen, "%s:%d: expected key=value", lines->name, lines->line);
+			lines->rest = NULL;
+			return -1;
+		}
+		*equals = '\0';
+		if (unescape(equals + 1) != 0) {
+			snprintf(err, errlen, "%s:%d: bad escape in the value of %.64s (only \\n and \\\\ are known)",
+				 lines->name, lines->line, line);
+			lines->rest = NULL;
+			return -1;
+		}
+		*key = line;
+		*value = equals + 1;
+		return 1;
+	}
+	return 0;
+}
+
 static int parse_volume(struct vmf_run *run, char *value)
 {
 	if (run->volume_count >= VMF_MAX_VOLUMES)
@@ -254,41 +285,27 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 }
 
 /*
- * Reads key=value lines, handing each to `setting` (0 taken, -1 a bad value, -2 an
- * unknown key). Returns 0, or -1 with a message in err.
+ * Hands each key=value line to `setting` (0 taken, -1 a bad value, -2 an unknown
+ * key). Returns 0, or -1 with a message in err.
  */
 static int parse_lines(char *text, const char *what, int (*setting)(void *, const char *, char *), void *into,
 		       char *err, size_t errlen)
 {
-	int line_number = 0;
-	char *line = text;
-	while (line) {
-		char *next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		line_number++;
-		if (*line == '\0' || *line == '#') {
-			line = next;
-			continue;
-		}
-		char *value = strchr(line, '=');
-		if (!value || unescape(value + 1) != 0) {
-			snprintf(err, errlen, "%s:%d: expected key=value", what, line_number);
-			return -1;
-		}
-		*value++ = '\0';
-		int result = setting(into, line, value);
+	struct vmf_conf_lines lines = {.rest = text, .name = what};
+	char *key, *value;
+	int got;
+	while ((got = vmf_conf_next(&lines, &key, &value, err, errlen)) > 0) {
+		int result = setting(into, key, value);
 		if (result == -2) {
-			snprintf(err, errlen, "%s:%d: unknown key '%.64s'", what, line_number, line);
+			snprintf(err, errlen, "%s:%d: unknown key '%.64s'", what, lines.line, key);
 			return -1;
 		}
 		if (result != 0) {
-			snprintf(err, errlen, "%s:%d: bad value for %.64s", what, line_number, line);
+			snprintf(err, errlen, "%s:%d: bad value for %.64s", what, lines.line, key);
 			return -1;
 		}
-		line = next;
 	}
-	return 0;
+	return got;
 }
 
 static int run_setting(void *into, const char *key, char *value)

@@ -3,6 +3,9 @@
  * (VMF_EXEC), both as key=value lines; in values, `\n` stands for a line break
  * and `\\` for a backslash (docs/run-protocol.md lists the keys). Parsed here,
  * apart from anything that acts on them, so that the host's tests run it.
+ *
+ * The boot mode's init.conf (launch.h) is the same format, read with the same
+ * vmf_conf_next; only the keys differ.
  */
 #ifndef VMFACTORY_CONF_H
 #define VMFACTORY_CONF_H
@@ -32,12 +35,36 @@ struct vmf_tmpfs {
 	const char *path;
 };
 
+/*
+ * key=value lines as the host writes them, read one pair at a time. Empty lines
+ * and lines starting with '#' are skipped; a line splits at its first '='; the
+ * value is unescaped in place (`\n` a line break, `\\` a backslash, any other
+ * backslash refused). `name` says whose lines they are in messages
+ * ("settings:3: ...").
+ */
+struct vmf_conf_lines {
+	/* The text still to read; NULL once it is all read. */
+	char *rest;
+	const char *name;
+	/* The number of the line read last, for the caller's own messages. */
+	int line;
+};
+
+/*
+ * The next pair, pointing into the text (which it changes): 1 for a pair, 0 at
+ * the end, -1 with a message in err naming the line.
+ */
+int vmf_conf_next(struct vmf_conf_lines *lines, char **key, char **value, char *err, size_t errlen);
+
 /* A growing, NULL-terminated list of strings. */
 struct vmf_words {
 	int count;
 	int capacity;
 	char **items;
 };
+
+/* The PATH a process gets when nothing else sets one, as docker's. */
+#define VMF_DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 int vmf_words_add(struct vmf_words *words, char *word);
 void vmf_words_free(struct vmf_words *words);

@@ -161,9 +161,9 @@ static pid_t start(struct vmf_launch *launch, const sigset_t *original)
 		return child;
 	sigprocmask(SIG_SETMASK, original, NULL);
 	setsid();
-	execvpe(launch->argv[0], launch->argv, launch->envp);
+	execvpe(launch->argv.items[0], launch->argv.items, launch->envp.items);
 	int error = errno;
-	vmf_say(TAG "cannot run %s: %s\n", launch->argv[0], strerror(error));
+	vmf_say(TAG "cannot run %s: %s\n", launch->argv.items[0], strerror(error));
 	_exit(error == ENOENT ? 127 : 126);
 }
 
@@ -250,34 +250,44 @@ static int explain(int argc, char **argv, char **envp)
 	int i = 2;
 	for (; i < argc; i++) {
 		if (strcmp(argv[i], "--conf") == 0 && i + 1 < argc) {
+			free(conf);
 			conf = vmf_read_file(argv[++i]);
 			if (!conf) {
 				fprintf(stderr, "cannot read %s: %s\n", argv[i], strerror(errno));
+				free(cmdline);
 				return 2;
 			}
 		} else if (strcmp(argv[i], "--cmdline") == 0 && i + 1 < argc) {
+			free(cmdline);
 			cmdline = strdup(argv[++i]);
 		} else if (strcmp(argv[i], "--") == 0) {
 			i++;
 			break;
 		} else {
 			fprintf(stderr, "usage: init --explain [--conf FILE] [--cmdline TEXT] [-- ARGS...]\n");
+			free(conf);
+			free(cmdline);
 			return 2;
 		}
 	}
 	struct vmf_launch launch;
 	char err[256];
+	int status = 0;
 	if (vmf_launch_parse(&launch, conf, cmdline, argc - i, argv + i, envp, err, sizeof(err)) != 0) {
 		printf("error: %s\n", err);
-		return 1;
+		status = 1;
+	} else {
+		printf("hostname: %s\n", launch.hostname);
+		printf("verbose: %d\n", launch.verbose);
+		for (int a = 0; a < launch.argv.count; a++)
+			printf("argv: %s\n", launch.argv.items[a]);
+		for (int e = 0; e < launch.envp.count; e++)
+			printf("env: %s\n", launch.envp.items[e]);
+		vmf_launch_free(&launch);
 	}
-	printf("hostname: %s\n", launch.hostname);
-	printf("verbose: %d\n", launch.verbose);
-	for (int a = 0; a < launch.argc; a++)
-		printf("argv: %s\n", launch.argv[a]);
-	for (int e = 0; e < launch.envc; e++)
-		printf("env: %s\n", launch.envp[e]);
-	return 0;
+	free(conf);
+	free(cmdline);
+	return status;
 }
 
 /* `init --explain-run FILE`: what a run's settings ask for. */
@@ -304,14 +314,16 @@ static int asked_for_run(void)
 	char *cmdline = vmf_read_file("/proc/cmdline");
 	if (!cmdline)
 		return 0;
-	char *words[VMF_MAX_WORDS];
-	int count = vmf_split_cmdline(cmdline, words, VMF_MAX_WORDS);
+	struct vmf_words words = {0};
 	int found = 0;
-	for (int i = 0; i < count && !found; i++) {
-		if (strcmp(words[i], "--") == 0)
-			break;
-		found = strcmp(words[i], VMF_RUN_WORD) == 0;
+	if (vmf_split_cmdline(cmdline, &words) == 0) {
+		for (int i = 0; i < words.count && !found; i++) {
+			if (strcmp(words.items[i], "--") == 0)
+				break;
+			found = strcmp(words.items[i], VMF_RUN_WORD) == 0;
+		}
 	}
+	vmf_words_free(&words);
 	free(cmdline);
 	return found;
 }
@@ -391,10 +403,10 @@ int main(int argc, char **argv, char **envp)
 
 	int status = 0, done = 1, orphans = 0;
 	pid_t entrypoint = -1;
-	if (launch.argc > 0) {
+	if (launch.argv.count > 0) {
 		entrypoint = start(&launch, &original);
 		if (entrypoint < 0) {
-			vmf_say(TAG "cannot start %s: %s\n", launch.argv[0], strerror(errno));
+			vmf_say(TAG "cannot start %s: %s\n", launch.argv.items[0], strerror(errno));
 			status = 127 << 8;
 		} else {
 			done = 0;

@@ -21,8 +21,6 @@
 #include <termios.h>
 #include <unistd.h>
 
-#define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 extern char **environ;
 
 /* What the child reports through its close-on-exec pipe when it cannot start. */
@@ -117,7 +115,7 @@ static void add_env(struct vmf_process *process, struct vmf_process_spec *spec, 
 static void complete_environment(struct vmf_process *process, struct vmf_process_spec *spec,
 				 const struct vmf_identity *who, const char *hostname)
 {
-	add_env(process, spec, "PATH", DEFAULT_PATH + strlen("PATH="));
+	add_env(process, spec, "PATH", VMF_DEFAULT_PATH + strlen("PATH="));
 	add_env(process, spec, "HOSTNAME", hostname);
 	add_env(process, spec, "HOME", who->home[0] ? who->home : "/");
 	if (spec->tty)

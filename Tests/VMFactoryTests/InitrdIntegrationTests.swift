@@ -124,19 +124,33 @@ struct InitrdIntegrationTests {
         let dir = try TestSupport.temporaryDirectory("explain")
         let initPath = dir + "/init"
         try await InitCompiler(library: TestSupport.library, runner: TestSupport.runner).compile(target: Target(rawValue: Target.hostMachine) ?? .x86_64, output: initPath)
+        let result = try await explain(initPath, conf: conf, cmdline: cmdline, arguments: arguments, environment: environment)
+        return result.output.split(separator: "\n").map(String.init)
+    }
+
+    /// `init --explain` of an init already built (`program`), run with exactly `environment`;
+    /// how it ended and its whole output (a sanitizer's report included).
+    static func explain(_ program: String, conf: String? = nil, cmdline: String? = nil, arguments: [String] = [], environment: [String: String] = ["HOME": "/", "TERM": "linux"]) async throws -> CommandResult {
         var words = ["--explain"]
         if let conf {
-            try TestSupport.write(conf, to: dir + "/init.conf")
-            words += ["--conf", dir + "/init.conf"]
+            let path = try TestSupport.temporaryDirectory("conf") + "/init.conf"
+            try TestSupport.write(conf, to: path)
+            words += ["--conf", path]
         }
         if let cmdline { words += ["--cmdline", cmdline] }
         words += ["--"] + arguments
         // Exactly `environment`: not the runner's base variables.
-        let child = try await ChildProcess.spawn(Command(initPath, words), environment: environment, stdout: .pipe, stderr: .sameAsStdout)
+        let child = try await ChildProcess.spawn(Command(program, words), environment: environment, stdout: .pipe, stderr: .sameAsStdout)
         async let output = PipeReader.readAll(child.stdout!)
-        _ = await child.wait()
-        let result = CommandResult(termination: .exited(0), output: String(decoding: await output, as: UTF8.self))
-        return result.output.split(separator: "\n").map(String.init)
+        let termination = await child.wait()
+        return CommandResult(termination: termination, output: String(decoding: await output, as: UTF8.self))
+    }
+
+    /// The init with AddressSanitizer and UBSan, for the tests that run it many times.
+    static func sanitizedInit() async throws -> String {
+        let path = try TestSupport.temporaryDirectory("init") + "/init"
+        try await HostInit.compile(to: path, sanitized: true)
+        return path
     }
 
     @Test("init takes its entrypoint, hostname and environment from init.conf, the kernel command line and the kernel's argv and envp")
@@ -183,6 +197,165 @@ struct InitrdIntegrationTests {
         #expect(try await Self.explain(cmdline: "vmf.env=NOVALUE") == ["error: kernel command line: vmf.env=NOVALUE: expected vmf.env=NAME=VALUE"])
         #expect(try await Self.explain(conf: "hostname=x\nbogus\n") == ["error: init.conf:2: expected key=value"])
         #expect(try await Self.explain(conf: "arg=--early\n") == ["error: init.conf:1: arg before entrypoint"])
+    }
+
+    @Test("init.conf is read as the run's settings are: escapes undone, a bad escape refused with its line, empty lines and comments skipped")
+    func initConfEscapes() async throws {
+        let program = try await Self.sanitizedInit()
+        // Raw strings: `\\` and `\n` below are the two characters each the file holds.
+        let conf = #"""
+            # from the recipe
+
+            entrypoint=/bin/sh
+            arg=-c
+            arg=C:\\temp and\nbreak
+            env=MULTI=one\ntwo
+
+            env=BACK=\\n
+            """#
+        let result = try await Self.explain(program, conf: conf, environment: ["HOME": "/"])
+        #expect(result.termination == .exited(0), "\(result.output)")
+        #expect(result.output == """
+            hostname: vmfactory
+            verbose: 0
+            argv: /bin/sh
+            argv: -c
+            argv: C:\\temp and
+            break
+            env: HOME=/
+            env: MULTI=one
+            two
+            env: BACK=\\n
+            env: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+            """)
+
+        // Anything else after a backslash, or a backslash that ends the value: refused, with its line.
+        for (text, message) in [
+            ("entrypoint=/bin/app\narg=ok\narg=a\\xb\n", "error: init.conf:3: bad escape in the value of arg (only \\n and \\\\ are known)"),
+            ("hostname=box\n\n# note\nenv=TAB=a\\tb\n", "error: init.conf:4: bad escape in the value of env (only \\n and \\\\ are known)"),
+            ("entrypoint=/bin/app\\", "error: init.conf:1: bad escape in the value of entrypoint (only \\n and \\\\ are known)"),
+            ("hostname=box\nnot a pair\n", "error: init.conf:2: expected key=value"),
+            ("hostname=box\nport=80\n", "error: init.conf:2: unknown key 'port'"),
+            ("env=NOVALUE\n", "error: init.conf:1: expected env=NAME=VALUE"),
+            ("\n\narg=--early\n", "error: init.conf:3: arg before entrypoint"),
+        ] {
+            let refused = try await Self.explain(program, conf: text)
+            #expect(refused.termination == .exited(1), "\(text): \(refused.output)")
+            #expect(refused.output == message + "\n", "\(text)")
+        }
+    }
+
+    @Test("boot mode's environment: a later entry replaces an earlier one of its name, from any source; PATH only as a default")
+    func bootEnvironment() async throws {
+        let program = try await Self.sanitizedInit()
+        let conf = "entrypoint=/bin/app\nenv=A=conf\nenv=C=first\nenv=C=second\nenv=PATH=/conf/bin\n"
+        let result = try await Self.explain(
+            program, conf: conf, cmdline: "quiet vmf.env=B=cmdline vmf.env=C=cmdline -- vmf.env=C=never",
+            environment: ["HOME": "/", "A": "kernel", "B": "kernel"]
+        )
+        #expect(result.termination == .exited(0), "\(result.output)")
+        let env = result.output.split(separator: "\n").filter { $0.hasPrefix("env: ") }.map { String($0.dropFirst(5)) }
+        #expect(env.sorted() == ["A=conf", "B=cmdline", "C=cmdline", "HOME=/", "PATH=/conf/bin"])
+
+        // PATH from the kernel stays; without one anywhere, the default, once.
+        let kernelPath = try await Self.explain(program, conf: "entrypoint=/bin/app\n", environment: ["PATH": "/kernel/bin"])
+        #expect(kernelPath.output.split(separator: "\n").filter { $0.hasPrefix("env: PATH=") } == ["env: PATH=/kernel/bin"])
+        let none = try await Self.explain(program, conf: "entrypoint=/bin/app\n", environment: [:])
+        #expect(none.output.split(separator: "\n").filter { $0.hasPrefix("env: ") } == ["env: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    }
+
+    @Test("no fixed limit on arguments or variables: 1,000 of each from init.conf, the kernel command line and the kernel's argv")
+    func manyWords() async throws {
+        let program = try await Self.sanitizedInit()
+        let count = 1000
+        let conf = "entrypoint=/bin/app\n" + (1...count).map { "arg=a\($0)\nenv=CONF\($0)=\($0)\n" }.joined()
+        let cmdline = (1...count).map { "vmf.env=LINE\($0)=\($0)" }.joined(separator: " ")
+        var result = try await Self.explain(program, conf: conf, cmdline: cmdline, environment: ["HOME": "/"])
+        #expect(result.termination == .exited(0), "\(result.output.prefix(500))")
+        var lines = result.output.split(separator: "\n").map(String.init)
+        #expect(lines.filter { $0.hasPrefix("argv: ") }.count == 1 + count)
+        #expect(lines.last { $0.hasPrefix("argv: ") } == "argv: a\(count)")
+        #expect(lines.filter { $0.hasPrefix("env: CONF") }.count == count)
+        #expect(lines.filter { $0.hasPrefix("env: LINE") }.count == count)
+        #expect(lines.contains("env: LINE\(count)=\(count)"))
+
+        // The kernel's own argv replaces init.conf's, however long.
+        result = try await Self.explain(program, conf: conf, arguments: (1...count).map { "k\($0)" }, environment: ["HOME": "/"])
+        lines = result.output.split(separator: "\n").map(String.init)
+        #expect(lines.filter { $0.hasPrefix("argv: ") } == (1...count).map { "argv: k\($0)" })
+    }
+
+    @Test("init.conf as the initrd builder writes it: backslashes and line breaks in every value reach the init unchanged")
+    func initConfigRoundTrip() async throws {
+        var spec = InitrdSpec()
+        spec.hostname = "box"
+        spec.entrypoint = ["/bin/sh", "-c", #"printf '%s\n' "$GREETING" > C:\out"#, "two\nlines", "cr\r\nlf", "\\", ""]
+        spec.environment = [("GREETING", #"a\nb\\"#), ("BREAK", "line\nbreak")]
+        let text = InitrdLayout.initConfig(spec)
+        #expect(text == #"""
+            # Written by vmfactory from the recipe's initrd section.
+            hostname=box
+            entrypoint=/bin/sh
+            arg=-c
+            arg=printf '%s\\n' "$GREETING" > C:\\out
+            arg=two\nlines
+            arg=cr\#r\nlf
+            arg=\\
+            arg=
+            env=GREETING=a\\nb\\\\
+            env=BREAK=line\nbreak
+
+            """#)
+
+        let program = try await Self.sanitizedInit()
+        let result = try await Self.explain(program, conf: text, environment: ["HOME": "/"])
+        #expect(result.termination == .exited(0), "\(result.output)")
+        let expected = ["hostname: box", "verbose: 0"] + spec.entrypoint.map { "argv: " + $0 }
+            + ["env: HOME=/"] + spec.environment.map { "env: \($0.0)=\($0.1)" }
+            + ["env: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        #expect(Array(result.output.utf8) == Array((expected.joined(separator: "\n") + "\n").utf8), "\(result.output)")
+    }
+
+    @Test("init.conf and the kernel command line (PID 1's parsers) mutated at random: an error or a result, never a crash (under ASan and UBSan)")
+    func launchFuzz() async throws {
+        let program = try await Self.sanitizedInit()
+        let valid = Array(#"""
+            # from the recipe
+            hostname=box
+
+            entrypoint=/bin/sh
+            arg=-c
+            arg=echo a\\b\nnext
+            env=A=1
+            env=A=2
+            verbose=1
+
+            """#.utf8)
+        let alphabet = Array("\\=#\"n x\n".utf8) + [0, 0xff]
+        let cmdlineAlphabet = Array(" \"\\=vmf.env=A-b".utf8)
+        var generator = SeededGenerator(seed: 31)
+        for round in 0..<150 {
+            var bytes = valid
+            for _ in 0..<Int.random(in: 1...8, using: &generator) {
+                let at = Int.random(in: 0...bytes.count, using: &generator)
+                let byte = alphabet[Int.random(in: 0..<alphabet.count, using: &generator)]
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0 where at < bytes.count: bytes[at] = byte
+                case 1: bytes.insert(byte, at: at)
+                default: bytes = Array(bytes.prefix(at))
+                }
+            }
+            let cmdline = String(decoding: (0..<Int.random(in: 0..<80, using: &generator)).map { _ in
+                cmdlineAlphabet[Int.random(in: 0..<cmdlineAlphabet.count, using: &generator)]
+            }, as: UTF8.self)
+            let result = try await Self.explain(
+                program, conf: String(decoding: bytes, as: UTF8.self), cmdline: cmdline, arguments: round % 2 == 0 ? [] : ["/bin/x"],
+                environment: HostInit.sanitizerEnvironment.merging(["HOME": "/"]) { $1 }
+            )
+            #expect(result.termination == .exited(0) || result.termination == .exited(1), "round \(round): \(result.termination)\n\(result.output)")
+            if result.termination == .exited(1) { #expect(result.output.hasPrefix("error: "), "round \(round): \(result.output)") }
+        }
     }
 
     @Test("the init refuses to run as an ordinary process, and says how to inspect it")

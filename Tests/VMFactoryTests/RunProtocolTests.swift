@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import VMFactoryCore
+@testable import VMFactoryKernel
 @testable import VMFactoryLifecycle
 @testable import VMFactoryRun
 
@@ -68,6 +69,14 @@ struct RunProtocolTests {
         let failure = RunProtocol.StartFailure(RunProtocol.Frame(.error, stream: 2, number: 127, text: "no\u{1b}[2J such\nthing"))
         #expect(failure?.code == 127 && failure?.message == "no [2J such thing")
         #expect(RunProtocol.StartFailure(RunProtocol.Frame(.error, number: 300)) == nil)
+    }
+
+    @Test("init.conf's values are escaped as the run's settings are: the init reads both with one reader")
+    func initConfEscaping() {
+        for value in ["plain", #"C:\dir\"#, "two\nlines", "cr\r\nlf", #"\n is not a break"#, "", "\\\n\\"] {
+            #expect(RunProtocol.keyValueText([("arg", value)]) == "arg=\(InitrdLayout.escaped(value))\n", "\(value.debugDescription)")
+            #expect(RunProtocol.keyValuePairs("arg=\(InitrdLayout.escaped(value))\n")?.first?.1 == value, "\(value.debugDescription)")
+        }
     }
 
     @Test("the host's frames as the init's own decoder reads them: settings, an exec, stdin, signals, credit, window size, bye", .tags(.integration), .needsTool("gcc"))
@@ -157,7 +166,9 @@ struct RunProtocolTests {
             ("settings too short", RunProtocol.Frame(.settings, payload: [0, 0]).encoded, "refused: too short"),
             ("exec with a bad key", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\nkey\n".utf8)).encoded, "refused: exec:2: expected key=value"),
             ("exec with a huge window", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\nrows=99999\n".utf8)).encoded, "refused: exec:2: bad value for rows"),
-            ("exec with a dangling escape", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\\".utf8)).encoded, "refused: exec:1: expected key=value"),
+            ("exec with a dangling escape", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\\".utf8)).encoded, "refused: exec:1: bad escape in the value of arg"),
+            ("exec with an unknown escape", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\narg=a\\tb\n".utf8)).encoded, "refused: exec:2: bad escape in the value of arg"),
+            ("exec with comments and empty lines", RunProtocol.Frame(.exec, stream: 2, payload: Array("# made by hand\n\narg=x\n\n#arg=y\n".utf8)).encoded, "argv: x\nuser: "),
             ("credit of 2 bytes", RunProtocol.Frame(.credit, stream: 1, payload: [0, 1]).encoded, "refused: a credit of 2 bytes"),
             ("a whole megabyte of settings", RunProtocol.Frame(.settings, number: 1, text: String(repeating: "env=A=\(String(repeating: "x", count: 1000))\n", count: 1040)).encoded, "refused: settings: no command"),
         ]
