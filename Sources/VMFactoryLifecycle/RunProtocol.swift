@@ -1,4 +1,5 @@
 import Foundation
+import VMFactoryCore
 
 /// The run protocol between vmfactory and the guest's init (docs/run-protocol.md; the
 /// init's side is Sources/guest-init/protocol.h): frames on one virtio-serial port, each a
@@ -83,19 +84,7 @@ public enum RunProtocol {
     /// Settings as the init reads them: `key=value` lines, with line breaks and backslashes in
     /// values escaped.
     public static func keyValueText(_ pairs: [(String, String)]) -> String {
-        // By Unicode scalar: "\r\n" is one Character, and its "\n" must be escaped too.
-        func escaped(_ value: String) -> String {
-            var text = ""
-            for scalar in value.unicodeScalars {
-                switch scalar {
-                case "\\": text += "\\\\"
-                case "\n": text += "\\n"
-                default: text.unicodeScalars.append(scalar)
-                }
-            }
-            return text
-        }
-        return pairs.map { "\($0.0)=\(escaped($0.1))" }.joined(separator: "\n") + "\n"
+        SettingsText.lines(pairs)
     }
 
     /// `key=value` lines back into pairs (the inverse of `keyValueText`); nil when a line is not

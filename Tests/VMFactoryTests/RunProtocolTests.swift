@@ -73,9 +73,11 @@ struct RunProtocolTests {
 
     @Test("init.conf's values are escaped as the run's settings are: the init reads both with one reader")
     func initConfEscaping() {
-        for value in ["plain", #"C:\dir\"#, "two\nlines", "cr\r\nlf", #"\n is not a break"#, "", "\\\n\\"] {
-            #expect(RunProtocol.keyValueText([("arg", value)]) == "arg=\(InitrdLayout.escaped(value))\n", "\(value.debugDescription)")
-            #expect(RunProtocol.keyValuePairs("arg=\(InitrdLayout.escaped(value))\n")?.first?.1 == value, "\(value.debugDescription)")
+        let escaped = ["plain": "plain", #"C:\dir\"#: #"C:\\dir\\"#, "two\nlines": #"two\nlines"#, "cr\r\nlf": "cr\r\\nlf", #"\n is not a break"#: #"\\n is not a break"#, "": ""]
+        for (value, text) in escaped {
+            #expect(SettingsText.escaped(value) == text, "\(value.debugDescription)")
+            #expect(RunProtocol.keyValueText([("arg", value)]) == "arg=\(text)\n", "\(value.debugDescription)")
+            #expect(RunProtocol.keyValuePairs("arg=\(SettingsText.escaped(value))\n")?.first?.1 == value, "\(value.debugDescription)")
         }
     }
 

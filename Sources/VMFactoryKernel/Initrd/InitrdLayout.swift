@@ -18,29 +18,13 @@ public enum InitrdLayout {
     /// `init.conf`: the recipe's settings for init, one `key=value` a line, every value escaped
     /// as in the run's settings: the init reads both with one reader (`vmf_conf_next` in conf.c).
     public static func initConfig(_ spec: InitrdSpec) -> String {
-        var lines = ["# Written by vmfactory from the recipe's initrd section.", "hostname=\(escaped(spec.hostname))"]
+        var lines = ["# Written by vmfactory from the recipe's initrd section.", "hostname=\(SettingsText.escaped(spec.hostname))"]
         if let program = spec.entrypoint.first {
-            lines.append("entrypoint=\(escaped(program))")
-            lines += spec.entrypoint.dropFirst().map { "arg=\(escaped($0))" }
+            lines.append("entrypoint=\(SettingsText.escaped(program))")
+            lines += spec.entrypoint.dropFirst().map { "arg=\(SettingsText.escaped($0))" }
         }
-        lines += spec.environment.map { "env=\(escaped("\($0.0)=\($0.1)"))" }
+        lines += spec.environment.map { "env=\(SettingsText.escaped("\($0.0)=\($0.1)"))" }
         return lines.joined(separator: "\n") + "\n"
-    }
-
-    /// A value as the init's reader takes it back: `\\` for a backslash, `\n` for a line break.
-    /// The same escaping as `RunProtocol.keyValueText` (VMFactoryLifecycle), repeated here because
-    /// VMFactoryKernel does not depend on that module; the tests hold both against the init.
-    static func escaped(_ value: String) -> String {
-        // By Unicode scalar: "\r\n" is one Character, and its "\n" must be escaped too.
-        var text = ""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\\": text += "\\\\"
-            case "\n": text += "\\n"
-            default: text.unicodeScalars.append(scalar)
-            }
-        }
-        return text
     }
 
     /// Every entry of the initrd, sorted, with `init` as `/init`.
