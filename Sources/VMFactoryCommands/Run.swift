@@ -277,24 +277,24 @@ struct Run: AsyncParsableCommand {
         }
         request.process.user = user
         request.process.workdir = workdir
-        request.volumes = try volumes.map { try Volume.parse(volume: $0, currentDirectory: cwd) } + mounts.map { try Volume.parse(mount: $0, currentDirectory: cwd) }
-        request.tmpfs = try tmpfs.map { try TmpfsMount.parse($0) }
+        request.options.volumes = try volumes.map { try Volume.parse(volume: $0, currentDirectory: cwd) } + mounts.map { try Volume.parse(mount: $0, currentDirectory: cwd) }
+        request.options.tmpfs = try tmpfs.map { try TmpfsMount.parse($0) }
         request.ports = try publish.map { try PortForward.parse($0) }
-        request.network = network
-        request.vmmIdentity = try Self.vmmIdentity(asked: vmmUser)
-        request.memoryMiB = try MemorySize.mebibytes(memory)
-        request.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
+        request.options.network = network
+        request.options.vmmIdentity = try Self.vmmIdentity(asked: vmmUser)
+        request.options.memoryMiB = try MemorySize.mebibytes(memory)
+        request.options.shmBytes = try MemorySize.bytes(shmSize, flag: "--shm-size")
         if let pidsLimit, pidsLimit > Self.largestPidsLimit {
             throw ValidationError("--pids-limit \(pidsLimit) is more than Linux allows (\(Self.largestPidsLimit)); give a smaller number, or 0 for no limit")
         }
-        request.pidsLimit = pidsLimit.flatMap { $0 > 0 ? $0 : nil }
-        request.cpus = Int(cpus.rounded(.up))
-        request.interactive = interactive
-        request.tty = tty
-        request.readOnly = readOnly
-        request.verbose = settings.verbose
-        request.keep = keep
-        request.icount = icount
+        request.options.pidsLimit = pidsLimit.flatMap { $0 > 0 ? $0 : nil }
+        request.options.cpus = Int(cpus.rounded(.up))
+        request.options.interactive = interactive
+        request.options.tty = tty
+        request.options.readOnly = readOnly
+        request.options.verbose = settings.verbose
+        request.options.keep = keep
+        request.options.icount = icount
         request.accelerator = accel
         request.hostname = hostname
         if tty { request.windowSize = RawTerminal.size(of: STDIN_FILENO) }

@@ -58,7 +58,7 @@ struct RunPreparerTests {
         var request = RunRequest(image: "oci:/images/box")
         request.process.command = ["id", "-u"]
         request.process.environment = ["EXTRA=1"]
-        request.memoryMiB = 1024
+        request.options.memoryMiB = 1024
         request.accelerator = .auto
         let plan = try await preparer(calls).plan(request, id: "abc123", relay: LoopbackRelay(), hostEnvironment: [:])
         #expect(calls.all == ["image oci:/images/box -", "kernel s390x", "accelerator auto s390x probe=true"])
@@ -69,13 +69,13 @@ struct RunPreparerTests {
 
         // --icount: TCG, without asking; --print-qemu: no probe.
         let quiet = Calls()
-        request.icount = true
+        request.options.icount = true
         request.hostname = "named"
         let counted = try await preparer(quiet, platform: "linux/amd64").plan(request, id: "x", relay: LoopbackRelay(), hostEnvironment: [:])
         #expect(counted.target == .x86_64 && counted.accelerator == .tcg && counted.hostname == "named")
         #expect(quiet.all == ["image oci:/images/box -", "kernel x86_64"])
         let printed = Calls()
-        request.icount = false
+        request.options.icount = false
         request.printOnly = true
         request.ports = [try PortForward.parse("8080:80")]
         let shown = try await preparer(printed, platform: "linux/amd64").plan(request, id: "x", relay: LoopbackRelay(), hostEnvironment: [:])
@@ -99,13 +99,13 @@ struct RunPreparerTests {
     @Test("refused before the image is converted: two mounts at one path, virtio-fs without root; an image of a platform with no kernel, before any kernel is built")
     func refusals() async throws {
         var request = RunRequest(image: "oci:/i")
-        request.volumes = [Volume(host: "/a", guest: "/data", readOnly: true, kind: .ninep)]
-        request.tmpfs = [try TmpfsMount.parse("/data")]
+        request.options.volumes = [Volume(host: "/a", guest: "/data", readOnly: true, kind: .ninep)]
+        request.options.tmpfs = [try TmpfsMount.parse("/data")]
         let calls = Calls()
         let twice = await #expect(throws: VMFactoryError.self) { try await preparer(calls).plan(request, id: "x", relay: LoopbackRelay(), hostEnvironment: [:]) }
         #expect(twice?.message == "/data is given more than one volume or tmpfs")
-        request.tmpfs = []
-        request.volumes = [Volume(host: "/a", guest: "/data", readOnly: true, kind: .virtiofs)]
+        request.options.tmpfs = []
+        request.options.volumes = [Volume(host: "/a", guest: "/data", readOnly: true, kind: .virtiofs)]
         request.root = false
         let virtiofs = await #expect(throws: VMFactoryError.self) { try await preparer(calls).plan(request, id: "x", relay: LoopbackRelay(), hostEnvironment: [:]) }
         #expect(virtiofs?.message.contains("virtio-fs volumes need root") == true)

@@ -4,7 +4,9 @@ import VMFactoryCore
 import VMFactoryLifecycle
 
 /// Everything one `vmfactory run` boots, decided before anything starts: the kernel and
-/// initrd of the container recipe, the image's cached disk, the process, the devices.
+/// initrd of the container recipe, the image's cached disk, the process, the devices. What the
+/// run asked for as it is (`RunOptions`) reads as the plan's own: `plan.memoryMiB`.
+@dynamicMemberLookup
 public struct RunPlan: Sendable {
     public var target: Target
     public var kernel: String
@@ -16,28 +18,17 @@ public struct RunPlan: Sendable {
     public var disk: String
     public var process: ContainerProcess
     public var hostname: String
-    public var volumes: [Volume] = []
-    public var tmpfs: [TmpfsMount] = []
-    /// The size of /dev/shm (`--shm-size`), 64 MiB as docker's.
-    public var shmBytes = 64 << 20
+    public var options: RunOptions
+    /// `-p`, each with its host port taken.
     public var ports: [PortForward] = []
-    public var network: Network = .user
-    /// Who QEMU runs as when vmfactory is root (nil: as vmfactory's own user).
-    public var vmmIdentity: ProcessIdentity?
-    public var memoryMiB = 512
-    /// `--pids-limit`: the most tasks the command may have in the guest (nil: no limit).
-    public var pidsLimit: Int?
-    public var cpus = 1
     public var accelerator: QEMUMachine.Accelerator = .tcg
-    public var icount = false
-    public var interactive = false
-    public var tty = false
-    public var readOnly = false
-    public var verbose = false
-    /// --keep: the overlay outlives the run.
-    public var keep = false
     /// The host terminal's size, for -t.
     public var windowSize: (rows: Int, cols: Int)?
+
+    public subscript<Value>(dynamicMember path: WritableKeyPath<RunOptions, Value>) -> Value {
+        get { options[keyPath: path] }
+        set { options[keyPath: path] = newValue }
+    }
 
     public enum Network: String, Sendable, Codable, CaseIterable {
         /// passt: the outside world as a container reaches it, and nothing that listens only
@@ -70,7 +61,11 @@ public struct RunPlan: Sendable {
     public static let gateway = "10.0.2.2"
     public static let dns = "10.0.2.3"
 
-    public init(target: Target, kernel: String, initrd: String, cmdline: String, disk: String, process: ContainerProcess, hostname: String) {
+    public init(
+        target: Target, kernel: String, initrd: String, cmdline: String, disk: String, process: ContainerProcess, hostname: String,
+        options: RunOptions = RunOptions()
+    ) {
+        self.options = options
         self.target = target
         self.kernel = kernel
         self.initrd = initrd
@@ -88,20 +83,20 @@ public struct RunPlan: Sendable {
         var lines: [(String, String)] = process.argv.map { ("arg", $0) } + process.environment.map { ("env", $0) }
         lines += [
             ("user", process.user), ("workdir", process.workdir), ("hostname", hostname),
-            ("stopsignal", String(process.stopSignal)), ("readonly", readOnly ? "1" : "0"),
-            ("stdin", interactive ? "1" : "0"), ("tty", tty ? "1" : "0"), ("verbose", verbose ? "1" : "0"), ("keep", keep ? "1" : "0"),
+            ("stopsignal", String(process.stopSignal)), ("readonly", options.readOnly ? "1" : "0"),
+            ("stdin", options.interactive ? "1" : "0"), ("tty", options.tty ? "1" : "0"), ("verbose", options.verbose ? "1" : "0"), ("keep", options.keep ? "1" : "0"),
             // The init only needs to know whether there is a device to configure.
-            ("network", network.hasDevice ? "user" : "none"), ("shmsize", String(shmBytes)),
+            ("network", options.network.hasDevice ? "user" : "none"), ("shmsize", String(options.shmBytes)),
         ]
-        if let pidsLimit { lines.append(("pidslimit", String(pidsLimit))) }
-        if let windowSize, tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
-        if network.hasDevice {
+        if let pidsLimit = options.pidsLimit { lines.append(("pidslimit", String(pidsLimit))) }
+        if let windowSize, options.tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
+        if options.network.hasDevice {
             lines += [("address", Self.guestAddress), ("netmask", Self.netmask), ("gateway", Self.gateway), ("dns", Self.dns)]
         }
-        for (index, volume) in volumes.enumerated() {
+        for (index, volume) in options.volumes.enumerated() {
             lines.append(("volume", "\(volume.kind.rawValue) \(volumeTag(index)) \(volume.readOnly ? "ro" : "rw") \(volume.guest)"))
         }
-        lines += tmpfs.map { ("tmpfs", $0.settingsValue) }
+        lines += options.tmpfs.map { ("tmpfs", $0.settingsValue) }
         return RunProtocol.keyValueText(lines)
     }
 
@@ -172,14 +167,14 @@ public struct RunPlan: Sendable {
     public func qemu(_ files: Files) -> Command {
         let s390 = target == .s390x
         func device(_ name: String) -> String { name + (s390 ? "-ccw" : "-device") }
-        let sharedMemory = volumes.contains { $0.kind == .virtiofs }
+        let sharedMemory = options.volumes.contains { $0.kind == .virtiofs }
         let inherited = files.inherited
         func path(_ fd: Int32?, _ fallback: String) -> String { fd.map(Inherited.path) ?? fallback }
         // The machine as boot and bench start it (console, kernel, isa-debug-exit), and what a
         // run adds to it.
         var machine = QEMUMachine(
             target: target, kernel: path(inherited?.kernel, kernel), initrd: path(inherited?.initrd, initrd), cmdline: runCmdline,
-            memory: "\(memoryMiB)M", cpus: cpus, accelerator: accelerator, icount: icount, debugExit: true
+            memory: "\(options.memoryMiB)M", cpus: options.cpus, accelerator: accelerator, icount: options.icount, debugExit: true
         )
         // The name says whose QEMU this is (ps, /proc): it opens nothing by path otherwise.
         machine.name = "vmfactory-run:" + (files.overlay as NSString).deletingLastPathComponent
@@ -191,10 +186,10 @@ public struct RunPlan: Sendable {
         // Modern virtio-mmio (version 2): virtio-fs refuses legacy devices, and the rest work either way.
         if !s390 { machine.extra += ["-global", "virtio-mmio.force-legacy=false"] }
         // vhost-user needs guest memory that virtiofsd can map.
-        if sharedMemory { machine.extra += ["-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on"] }
+        if sharedMemory { machine.extra += ["-object", "memory-backend-memfd,id=mem,size=\(options.memoryMiB)M,share=on"] }
         var arguments = machine.arguments
         arguments += [
-            "-drive", "file=\(path(inherited?.overlay, files.overlay)),if=none,id=root,format=qcow2,discard=unmap\(readOnly ? ",readonly=on" : "")"
+            "-drive", "file=\(path(inherited?.overlay, files.overlay)),if=none,id=root,format=qcow2,discard=unmap\(options.readOnly ? ",readonly=on" : "")"
                 + (inherited.map { ",backing.file.filename=\(Inherited.path($0.backing))" } ?? ""),
             "-device", device("virtio-blk") + ",drive=root",
         ]
@@ -206,13 +201,13 @@ public struct RunPlan: Sendable {
             "-chardev", "socket,id=channel,\(channel)", "-device", "virtserialport,bus=ports.0,chardev=channel,name=\(RunProtocol.port)",
         ]
         arguments += ["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", device("virtio-rng") + ",rng=rng"]
-        if network.hasDevice {
+        if options.network.hasDevice {
             // passt, behind vmfactory's frame filter, on a stream of frames: never QEMU's own
             // user network, which gives the guest the host's loopback.
             let endpoint = inherited?.network.map { "addr.type=fd,addr.str=\($0)" } ?? "addr.type=unix,addr.path=\(files.networkSocket)"
             arguments += ["-netdev", "stream,id=net,server=off,\(endpoint)", "-device", device("virtio-net") + ",netdev=net"]
         }
-        for (index, volume) in volumes.enumerated() {
+        for (index, volume) in options.volumes.enumerated() {
             switch volume.kind {
             case .ninep:
                 arguments += [
@@ -237,11 +232,11 @@ public struct RunPlan: Sendable {
     /// connections and datagrams go there; vmfactory's frame filter lets only those replies
     /// through unless the network is `host-loopback`.
     public func passt(_ files: Files, fd: Int32?, log: String, executable: String = "passt") -> Command? {
-        guard network.usesPasst else { return nil }
+        guard options.network.usesPasst else { return nil }
         var arguments = ["--foreground", "--one-off", "--quiet", "--log-file", log]
         arguments += fd.map { ["--fd", String($0)] } ?? ["--socket", files.networkSocket]
         arguments += ["--address", Self.guestAddress, "--netmask", "24", "--gateway", Self.gateway, "--dns-forward", Self.dns, "--no-dhcp-search"]
-        if let vmmIdentity { arguments += ["--runas", "\(vmmIdentity.uid):\(vmmIdentity.gid)"] }
+        if let vmmIdentity = options.vmmIdentity { arguments += ["--runas", "\(vmmIdentity.uid):\(vmmIdentity.gid)"] }
         for port in ports {
             arguments += [port.proto == .tcp ? "--tcp-ports" : "--udp-ports", "\(port.hostAddress)/\(port.hostPort):\(port.guestPort)"]
         }
@@ -251,11 +246,37 @@ public struct RunPlan: Sendable {
     /// virtiofsd for the virtio-fs volume at `index`: it serves the host folder on a socket
     /// QEMU connects to, and ends when QEMU does.
     public func virtiofsd(_ index: Int, files: Files, executable: String = "/usr/lib/qemu/virtiofsd") -> Command {
-        let volume = volumes[index]
+        let volume = options.volumes[index]
         // QEMU 7.2's virtiofsd has no read-only mode: a read-only volume is mounted so in the guest.
         // Without CAP_MKNOD it cannot make device nodes for the guest; killpriv_v2 clears
         // setuid and setgid bits on writes, chown and truncation (not on a chmod).
         let options = "source=\(volume.host),cache=auto,killpriv_v2,modcaps=-mknod"
         return Command(executable, ["--socket-path=\(files.virtiofsSocket(index))", "-o", options])
     }
+}
+
+/// What a run asks for that its plan takes as it is: the devices, the machine's size, the
+/// terminal, the confinement.
+public struct RunOptions: Sendable {
+    public var volumes: [Volume] = []
+    public var tmpfs: [TmpfsMount] = []
+    /// The size of /dev/shm (`--shm-size`), 64 MiB as docker's.
+    public var shmBytes = 64 << 20
+    public var network: RunPlan.Network = .user
+    /// Who QEMU runs as when vmfactory is root (nil: as vmfactory's own user).
+    public var vmmIdentity: ProcessIdentity?
+    public var memoryMiB = 512
+    /// `--pids-limit`: the most tasks the command may have in the guest (nil: no limit).
+    public var pidsLimit: Int?
+    public var cpus = 1
+    /// TCG with -icount (deterministic guest time).
+    public var icount = false
+    public var interactive = false
+    public var tty = false
+    public var readOnly = false
+    public var verbose = false
+    /// --keep: the overlay outlives the run.
+    public var keep = false
+
+    public init() {}
 }

@@ -66,22 +66,10 @@ public struct RunRequest: Sendable {
     /// `--platform`, or the platform of `--target`.
     public var platform: Platform?
     public var process = ProcessRequest()
-    public var volumes: [Volume] = []
-    public var tmpfs: [TmpfsMount] = []
+    /// What the plan takes as it is.
+    public var options = RunOptions()
     /// `-p`, not yet listening.
     public var ports: [PortForward] = []
-    public var network: RunPlan.Network = .user
-    public var vmmIdentity: ProcessIdentity?
-    public var memoryMiB = 512
-    public var shmBytes = 64 << 20
-    public var pidsLimit: Int?
-    public var cpus = 1
-    public var interactive = false
-    public var tty = false
-    public var readOnly = false
-    public var verbose = false
-    public var keep = false
-    public var icount = false
     public var accelerator: AcceleratorProbe.Choice = .auto
     /// The guest's host name (nil: the run's id).
     public var hostname: String?
@@ -129,23 +117,10 @@ public struct RunPreparer: Sendable {
             target: target, kernel: kernel.kernel, initrd: kernel.initrd, cmdline: kernel.cmdline, disk: image.disk, process: process,
             hostname: request.hostname ?? id
         )
-        plan.volumes = request.volumes
-        plan.tmpfs = request.tmpfs
+        plan.options = request.options
         plan.ports = ports
-        plan.network = request.network
-        plan.vmmIdentity = request.vmmIdentity
-        plan.memoryMiB = request.memoryMiB
-        plan.shmBytes = request.shmBytes
-        plan.pidsLimit = request.pidsLimit
-        plan.cpus = request.cpus
-        plan.interactive = request.interactive
-        plan.tty = request.tty
-        plan.readOnly = request.readOnly
-        plan.verbose = request.verbose
-        plan.keep = request.keep
-        plan.icount = request.icount
-        if request.tty { plan.windowSize = request.windowSize ?? (24, 80) }
-        if request.icount {
+        if request.options.tty { plan.windowSize = request.windowSize ?? (24, 80) }
+        if request.options.icount {
             plan.accelerator = .tcg
         } else {
             let machine = QEMUMachine(target: target, kernel: kernel.kernel, initrd: kernel.initrd, cmdline: kernel.cmdline)
@@ -163,16 +138,16 @@ public struct RunPreparer: Sendable {
 
     /// What can be said of the request before anything is converted, built or started.
     func check(_ request: RunRequest) throws {
-        if request.volumes.contains(where: { $0.kind == .virtiofs }), !request.root, !request.printOnly {
+        if request.options.volumes.contains(where: { $0.kind == .virtiofs }), !request.root, !request.printOnly {
             throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
         }
-        for volume in request.volumes where volume.kind == .virtiofs && !volume.readOnly && !request.printOnly {
+        for volume in request.options.volumes where volume.kind == .virtiofs && !volume.readOnly && !request.printOnly {
             console.warning(
                 "the virtio-fs volume \(volume.host) is writable by the guest as root: QEMU 7.2's virtiofsd keeps the owners and a chmod's setuid bits the guest sets; share it over 9p (-v \(volume.host):\(volume.guest)) for a guest you do not trust"
             )
         }
         var mountPoints = Set<String>()
-        for point in request.volumes.map(\.guest) + request.tmpfs.map(\.guest) where !mountPoints.insert(point).inserted {
+        for point in request.options.volumes.map(\.guest) + request.options.tmpfs.map(\.guest) where !mountPoints.insert(point).inserted {
             throw VMFactoryError(.invalidArgument, "\(point) is given more than one volume or tmpfs", hint: "mount one thing at each path")
         }
     }
