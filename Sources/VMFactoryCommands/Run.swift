@@ -110,6 +110,9 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Keep the run's folder (its writable layer, console log and QEMU command) and print its path.")
     var keep = false
 
+    @Flag(help: "IMAGE is a folder that holds the container's root, as podman's --rootfs: shared with the guest over virtio-fs (root only) and written in place; COMMAND is needed.")
+    var rootfs = false
+
     @Flag(help: "Mount the image's root read-only, as docker does: only volumes, --tmpfs mounts and /dev/shm stay writable.")
     var readOnly = false
 
@@ -264,6 +267,7 @@ struct Run: AsyncParsableCommand {
     func request(_ context: CommandContext) throws -> RunRequest {
         let cwd = context.currentDirectory
         var request = RunRequest(image: image)
+        if rootfs { request.rootFolder = FileStore.absolute(image, relativeTo: cwd) }
         request.platform = platform.flatMap(Platform.init(parsing:)) ?? target.map { Platform.of($0.target) }
         request.process.command = command
         request.process.entrypoint = entrypoint

@@ -251,7 +251,17 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		return process;
 	if (strcmp(key, "hostname") == 0)
 		run->hostname = value;
-	else if (strcmp(key, "address") == 0)
+	else if (strcmp(key, "root") == 0) {
+		/* "virtiofs TAG" or "9p TAG": a folder root. */
+		char *tag = strchr(value, ' ');
+		if (!tag || tag[1] == '\0' || strchr(tag + 1, ' '))
+			return -1;
+		*tag++ = '\0';
+		if (strcmp(value, "virtiofs") != 0 && strcmp(value, "9p") != 0)
+			return -1;
+		run->root_type = value;
+		run->root_tag = tag;
+	} else if (strcmp(key, "address") == 0)
 		run->address = value;
 	else if (strcmp(key, "netmask") == 0)
 		run->netmask = value;
@@ -419,6 +429,10 @@ void vmf_run_explain(const struct vmf_run *run)
 {
 	explain_process(&run->command);
 	printf("hostname: %s\n", run->hostname);
+	if (run->root_tag)
+		printf("root: %s %s\n", run->root_type, run->root_tag);
+	else
+		printf("root: /dev/vda\n");
 	printf("readonly: %d\nstop-signal: %d\nshm-size: %llu\npids-limit: %llu\n", run->readonly, run->stop_signal, run->shm_bytes, run->pids_limit);
 	printf("network: %s\n", run->network ? "user" : "none");
 	for (int i = 0; i < run->volume_count; i++)

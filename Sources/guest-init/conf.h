@@ -96,6 +96,9 @@ struct vmf_process_spec {
 struct vmf_run {
 	struct vmf_process_spec command;
 	const char *hostname;
+	/* A folder root (run --rootfs, an OCI bundle's) over "virtiofs" or "9p" with this tag; NULL: the image's disk, /dev/vda. */
+	const char *root_type;
+	const char *root_tag;
 	int readonly;
 	/* What SIGTERM to PID 1 and a stop from the host become (the image's StopSignal). */
 	int stop_signal;

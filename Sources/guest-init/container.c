@@ -234,9 +234,9 @@ void vmf_run_container(void)
 	step(run, "command ended");
 	if (run->verbose)
 		vmf_say(VMF_TAG "reaped %d orphaned processes\n", context.session.orphans);
-	/* What volumes were written reaches the host; a kept run's overlay holds a clean file
-	   system. A removed run's overlay needs neither. */
-	if (run->keep || run->volume_count > 0)
+	/* What volumes and a folder root were written reaches the host; a kept run's overlay
+	   holds a clean file system. A removed run's overlay needs neither. */
+	if (run->keep || run->volume_count > 0 || run->root_tag)
 		sync();
 	else
 		vmf_sync_at_end = 0;

@@ -139,12 +139,32 @@ void vmf_free_initramfs(int initramfs)
 		close(initramfs);
 }
 
+/*
+ * A host folder over virtio-fs or 9p, written in place; its device may still be
+ * starting. 9p's mmap cache keeps shared writable mappings working (databases).
+ */
+static int mount_folder_root(const struct vmf_run *run, struct vmf_error *e)
+{
+	int ninep = strcmp(run->root_type, "9p") == 0;
+	const char *options = ninep ? "trans=virtio,version=9p2000.L,msize=262144,cache=mmap" : NULL;
+	struct timespec start;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	while (mount(run->root_tag, NEWROOT, ninep ? "9p" : "virtiofs", run->readonly ? MS_RDONLY : 0, options) != 0) {
+		if ((errno != ENOENT && errno != ENODEV) || vmf_elapsed_ms(&start) > VMF_DEVICE_WAIT_MS)
+			return vmf_fail(e, 125, "cannot mount the root folder (%s %s): %s", run->root_type, run->root_tag, strerror(errno));
+		vmf_pause_ms(1);
+	}
+	return 0;
+}
+
 int vmf_mount_root(const struct vmf_run *run, struct vmf_error *e)
 {
-	if (vmf_wait_for("/dev/vda", e) != 0)
-		return -1;
 	if (mkdir(NEWROOT, 0755) != 0 && errno != EEXIST)
 		return vmf_fail(e, 125, "cannot create " NEWROOT ": %s", strerror(errno));
+	if (run->root_tag)
+		return mount_folder_root(run, e);
+	if (vmf_wait_for("/dev/vda", e) != 0)
+		return -1;
 	unsigned long flags = run->readonly ? MS_RDONLY : 0;
 	/* A removed run's overlay is thrown away: its writes need no journal. */
 	const char *options = run->keep ? NULL : "noload";
@@ -190,14 +210,21 @@ int vmf_mount_container_filesystems(const struct vmf_run *run, struct vmf_error 
  */
 #define STAGING "/dev/.vmfactory-staging"
 
+/* Whether the host files are bind-mounted rather than written: a read-only root, or a folder root (the host's own files). */
+static int stages_host_files(const struct vmf_run *run)
+{
+	return run->readonly || run->root_tag;
+}
+
 /*
- * Puts `text` at `path` in the image: written in place on a writable root (the
- * writes land in the run's overlay), bind-mounted over an existing file on a
- * read-only one, as container engines do.
+ * Puts `text` at `path` in the image: written in place on a writable disk root
+ * (the writes land in the run's overlay), bind-mounted over the file otherwise,
+ * as container engines do: read-only on a read-only root; on a folder root (the
+ * host's folder) over an empty file made for it when the image has none.
  */
 static void place_file(const struct vmf_run *run, const char *path, const char *text)
 {
-	if (!run->readonly) {
+	if (!stages_host_files(run)) {
 		vmf_make_path("/etc", 0755);
 		unlink(path);
 		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -217,8 +244,14 @@ static void place_file(const struct vmf_run *run, const char *path, const char *
 	vmf_write_all(fd, text, strlen(text));
 	close(fd);
 	struct stat st;
+	if (!run->readonly && lstat(path, &st) != 0 && errno == ENOENT && vmf_make_path("/etc", 0755) == 0) {
+		int point = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (point >= 0)
+			close(point);
+	}
 	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && mount(staged, path, NULL, MS_BIND, NULL) == 0) {
-		mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
+		if (run->readonly)
+			mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
 		return;
 	}
 	if (run->verbose)
@@ -241,9 +274,9 @@ static void format_hosts(const struct vmf_run *run, char *text, size_t size)
 
 void vmf_write_host_files(const struct vmf_run *run)
 {
-	int staging = run->readonly && vmf_make_path(STAGING, 0700) == 0
+	int staging = stages_host_files(run) && vmf_make_path(STAGING, 0700) == 0
 		&& mount("tmpfs", STAGING, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0700") == 0;
-	if (run->readonly && !staging)
+	if (stages_host_files(run) && !staging)
 		vmf_say(VMF_TAG "cannot stage the host files: %s\n", strerror(errno));
 	char text[1024];
 	snprintf(text, sizeof(text), "%s\n", run->hostname);
@@ -256,7 +289,7 @@ void vmf_write_host_files(const struct vmf_run *run)
 	}
 	if (staging)
 		umount2(STAGING, MNT_DETACH);
-	if (run->readonly)
+	if (stages_host_files(run))
 		rmdir(STAGING);
 }
 

@@ -235,26 +235,27 @@ struct LifecycleBootTests {
         let vm = try await RunVM.make()
         let dir = try TestSupport.temporaryDirectory()
         let source = built.output + "/container/x86_64"
-        // The manifest says version 2.
+        // The manifest says the next version.
+        let ours = RunProtocol.version, next = RunProtocol.version + 1
         let declared = dir + "/declared/container/x86_64"
         try FileStore.createDirectory(declared)
         for name in try FileManager.default.contentsOfDirectory(atPath: source) { try FileManager.default.copyItem(atPath: source + "/" + name, toPath: declared + "/" + name) }
-        let manifest = try FileStore.readText(declared + "/manifest.json").replacingOccurrences(of: "\"runProtocol\" : 1", with: "\"runProtocol\" : 2")
-        #expect(manifest.contains("\"runProtocol\" : 2"))
+        let manifest = try FileStore.readText(declared + "/manifest.json").replacingOccurrences(of: "\"runProtocol\" : \(ours)", with: "\"runProtocol\" : \(next)")
+        #expect(manifest.contains("\"runProtocol\" : \(next)"))
         try TestSupport.write(manifest, to: declared + "/manifest.json")
         var other = vm
         other.output = dir + "/declared"
         let refused = try await other.run([images.plain, "-c", "true"])
-        #expect(refused.status == 125 && refused.stderr.contains("speaks run protocol version 2, and this vmfactory speaks version 1"), "\(refused.stderr)")
+        #expect(refused.status == 125 && refused.stderr.contains("speaks run protocol version \(next), and this vmfactory speaks version \(ours)"), "\(refused.stderr)")
 
-        // The manifest says 1, but the init in the initrd speaks 2: its hello is refused.
+        // The manifest says ours, but the init in the initrd speaks the next: its hello is refused.
         let spoken = dir + "/spoken/container/x86_64"
         try FileStore.createDirectory(spoken)
         for name in try FileManager.default.contentsOfDirectory(atPath: source) { try FileManager.default.copyItem(atPath: source + "/" + name, toPath: spoken + "/" + name) }
         let init2 = dir + "/init"
         try await TestSupport.runner.runChecked(
-            Command("gcc", InitCompiler.flags + ["-DVMF_PROTOCOL_VERSION=2", "-o", init2] + InitCompiler.sources, workingDirectory: TestSupport.repositoryRoot + "/Sources/guest-init"),
-            what: "compiling an init of protocol version 2"
+            Command("gcc", InitCompiler.flags + ["-DVMF_PROTOCOL_VERSION=\(next)", "-o", init2] + InitCompiler.sources, workingDirectory: TestSupport.repositoryRoot + "/Sources/guest-init"),
+            what: "compiling an init of protocol version \(next)"
         )
         // A second archive after the first replaces /init (the kernel unpacks them in order).
         var initrd = try FileStore.readData(spoken + "/initrd.cpio")
@@ -264,7 +265,7 @@ struct LifecycleBootTests {
         try initrd.write(to: URL(fileURLWithPath: spoken + "/initrd.cpio"))
         other.output = dir + "/spoken"
         let hello = try await other.run([images.plain, "-c", "true"])
-        #expect(hello.status == 125 && hello.stderr.contains("the initrd speaks run protocol version 2, and this vmfactory speaks version 1"), "\(hello.stderr)")
+        #expect(hello.status == 125 && hello.stderr.contains("the initrd speaks run protocol version \(next), and this vmfactory speaks version \(ours)"), "\(hello.stderr)")
         await vm.expectNothingLeft()
     }
 }

@@ -423,6 +423,35 @@ struct RunBootTests {
         await vm.expectNothingLeft()
     }
 
+    @Test("--rootfs: a folder as the guest's root over virtio-fs or 9p, written in place, the kernel picked by the program's ELF header; host files bind-mounted, not written", arguments: Target.allCases)
+    func rootFolder(_ target: Target) async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let images = try await RunImages.shared(for: target)
+        let vm = try await RunVM.make()
+        let bundle = dir + "/bundle"
+        try await ImageFixtures.umoci(["unpack", "--image", String(images.plain.dropFirst("oci:".count)), bundle])
+        let root = bundle + "/rootfs"
+        // No --target: the folder's /bin/sh says which kernel.
+        let run = try await vm.run(["--rootfs", root, "/bin/sh", "-c", "uname -m; echo written > /srv/out.txt; mkdir /made; cat /etc/hostname; awk '$2 == \"/\" { print $3 }' /proc/mounts; exit 4"])
+        #expect(run.status == 4, "\(run.stderr)")
+        let lines = run.text.split(separator: "\n").map(String.init)
+        #expect(lines.first == (target == .x86_64 ? "x86_64" : "s390x"), "\(run.text)")
+        // virtio-fs for a guest of the host's byte order, 9p through virtfs-proxy-helper otherwise.
+        #expect(lines.count == 3 && lines[2] == (target == .x86_64 ? "virtiofs" : "9p"), "\(run.text)")
+        #expect(try FileStore.readText(root + "/srv/out.txt") == "written\n", "the write landed in the folder")
+        #expect(FileStore.isDirectory(root + "/made"))
+        // The host files reached the guest over the folder's own, which keep their bytes.
+        #expect(lines.count > 1 && !lines[1].isEmpty)
+        #expect(((try? FileStore.readText(root + "/etc/hostname")) ?? "") == "", "the folder's /etc/hostname is a mount point, never written")
+        #expect(FileStore.exists(root + "/bin/busybox"))
+        // A folder that is not there, and one without a command: errors before anything starts.
+        let missing = try await vm.run(["--rootfs", dir + "/nothing", "/bin/true"])
+        #expect(missing.status == 125 && missing.stderr.contains("--rootfs \(dir)/nothing is not a folder"), "\(missing.stderr)")
+        let bare = try await vm.run(["--rootfs", root])
+        #expect(bare.status == 125 && bare.stderr.contains("has no image config to take a command from"), "\(bare.stderr)")
+        await vm.expectNothingLeft()
+    }
+
     @Test("the classic demo: busybox httpd in the VM serves a read-only host folder on a published port; a file changed on the host is served changed", .needsTool("curl"))
     func httpd() async throws {
         let dir = try TestSupport.temporaryDirectory()

@@ -63,7 +63,7 @@ struct RunPreparerTests {
         let plan = try await preparer(calls).plan(request, id: "abc123", relay: LoopbackRelay(), hostEnvironment: [:])
         #expect(calls.all == ["image oci:/images/box -", "kernel s390x", "accelerator auto s390x probe=true"])
         #expect(plan.target == .s390x && plan.kernel == "/out/s390x/vmlinuz" && plan.initrd == "/out/s390x/initrd" && plan.cmdline == "quiet")
-        #expect(plan.disk == "/cache/disk.qcow2" && plan.hostname == "abc123" && plan.memoryMiB == 1024 && plan.accelerator == .tcg)
+        #expect(plan.root == .disk("/cache/disk.qcow2") && plan.hostname == "abc123" && plan.memoryMiB == 1024 && plan.accelerator == .tcg)
         #expect(plan.process.argv == ["/bin/echo", "ep", "id", "-u"] && plan.process.user == "app" && plan.process.workdir == "/srv")
         #expect(plan.process.environment.contains("EXTRA=1") && plan.process.environment.contains("OVER=image"))
 

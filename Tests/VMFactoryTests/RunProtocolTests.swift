@@ -99,8 +99,8 @@ struct RunProtocolTests {
         ])
         let (status, output) = try HostInit.run(dir + "/init", ["--decode-frames"], input: input)
         #expect(status == 0, "\(output)")
-        #expect(output.contains("frame settings stream=0 length=\(plan.settingsFrame.payload.count)\nversion: 1\nargv: /bin/echo\n"), "\(output)")
-        #expect(output.contains("stdin: 1\ntty: 0\nhostname: box\n"))
+        #expect(output.contains("frame settings stream=0 length=\(plan.settingsFrame.payload.count)\nversion: \(RunProtocol.version)\nargv: /bin/echo\n"), "\(output)")
+        #expect(output.contains("stdin: 1\ntty: 0\nhostname: box\nroot: /dev/vda\n"))
         #expect(output.contains("""
             frame exec stream=2 length=\(exec.payload.count)
             argv: cat

@@ -144,7 +144,7 @@ struct RunTests {
         #expect(try MemorySize.bytes("64m", flag: "--shm-size") == 67_108_864)
         #expect(try MemorySize.bytes("1g", flag: "--shm-size") == 1 << 30)
         #expect(try MemorySize.bytes("4096", flag: "--shm-size") == 4096)
-        #expect(RunPlan(target: .x86_64, kernel: "/k", initrd: "/i", cmdline: "", disk: "/d", process: try Self.plan(.x86_64).process, hostname: "h").shmBytes == 64 << 20)
+        #expect(RunPlan(target: .x86_64, kernel: "/k", initrd: "/i", cmdline: "", root: .disk("/d"), process: try Self.plan(.x86_64).process, hostname: "h").shmBytes == 64 << 20)
         let bad = #expect(throws: VMFactoryError.self) { try MemorySize.bytes("0", flag: "--shm-size") }
         #expect(bad?.message == "--shm-size 0 is not a size")
     }
@@ -154,7 +154,7 @@ struct RunTests {
         request.command = ["/bin/sh", "-c", "printf 'a\\\\b\\n'\necho two"]
         request.environment = ["MULTI=line1\nline2"]
         let process = try ContainerProcess.combine(image: Self.image(), request: request, hostEnvironment: [:])
-        var plan = RunPlan(target: target, kernel: "/k", initrd: "/i", cmdline: "quiet", disk: "/cache/disk.qcow2", process: process, hostname: "box")
+        var plan = RunPlan(target: target, kernel: "/k", initrd: "/i", cmdline: "quiet", root: .disk("/cache/disk.qcow2"), process: process, hostname: "box")
         plan.volumes = [Volume(host: "/srv/a", guest: "/data", readOnly: true, kind: .ninep), Volume(host: "/srv/b", guest: "/with space", readOnly: false, kind: .virtiofs)]
         plan.ports = [PortForward(hostAddress: "127.0.0.1", hostPort: 8080, guestPort: 80, proto: .tcp)]
         plan.tmpfs = [TmpfsMount(guest: "/run", options: TmpfsMount.defaultOptions), TmpfsMount(guest: "/data/scratch", options: TmpfsMount.defaultOptions + ["exec", "size=64m", "mode=1777", "uid=1000"])]
@@ -330,6 +330,7 @@ struct RunTests {
             tty: 1
             window: 40 120
             hostname: box
+            root: /dev/vda
             readonly: 0
             stop-signal: 15
             shm-size: 268435456
@@ -341,6 +342,33 @@ struct RunTests {
             tmpfs: rw,nosuid,nodev [size=64m,mode=1777,uid=1000] /data/scratch
 
             """)
+        // A folder root: virtio-fs for a guest of the host's byte order, 9p through the proxy
+        // helper for the other; the init takes both, and refuses another kind.
+        for target in Target.allCases {
+            var folder = try Self.plan(target)
+            folder.root = .folder("/bundle/rootfs")
+            let share = target.isBigEndian == (Target(rawValue: Target.hostMachine) ?? .x86_64).isBigEndian ? "virtiofs" : "9p"
+            #expect(folder.rootShare.rawValue == share)
+            try TestSupport.write(folder.settings, to: dir + "/folder.conf")
+            let read = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/folder.conf"])
+            #expect(read.output.contains("root: \(share) vmf.root\n"), "\(read.output)")
+            let argv = folder.qemu(RunPlan.Files(overlay: "/run/disk.qcow2", sockets: "/run/s")).argv.joined(separator: " ")
+            #expect(!argv.contains("-drive"), "no disk for a folder root")
+            if share == "virtiofs" {
+                #expect(argv.contains("-chardev socket,id=rootfs,path=/run/s/root.sock") && argv.contains(",chardev=rootfs,tag=vmf.root") && argv.contains("memory-backend-memfd"))
+                #expect(folder.rootVirtiofsd(files: RunPlan.Files(overlay: "", sockets: "/run/s"))?.argv.contains("source=/bundle/rootfs,cache=auto,killpriv_v2,modcaps=-mknod") == true)
+                #expect(folder.rootProxyHelper(fd: 5) == nil)
+            } else {
+                #expect(argv.contains("-fsdev proxy,id=rootfs,socket=/run/s/root.sock") && argv.contains(",fsdev=rootfs,mount_tag=vmf.root"))
+                #expect(folder.rootProxyHelper(fd: 5)?.argv.dropFirst() == ["--nodaemon", "--path", "/bundle/rootfs", "--fd", "5"])
+                #expect(folder.rootVirtiofsd(files: RunPlan.Files(overlay: "", sockets: "/run/s")) == nil)
+            }
+        }
+        for bad in ["root=ext4 vmf.root", "root=virtiofs", "root=9p a b"] {
+            try TestSupport.write("arg=/bin/true\n\(bad)\n", to: dir + "/bad.conf")
+            let refused = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/bad.conf"])
+            #expect(refused.termination == .exited(1) && refused.output == "error: settings:2: bad value for root\n", "\(bad): \(refused.output)")
+        }
         // A tmpfs line with tmpfs's own options alone.
         try TestSupport.write("arg=/bin/true\ntmpfs=size=64m,mode=1777 /x\n", to: dir + "/own.conf")
         let own = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/own.conf"])

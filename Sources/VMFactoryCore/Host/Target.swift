@@ -20,6 +20,9 @@ public enum Target: String, CaseIterable, Sendable, Codable, Comparable, CustomS
         }
     }
 
+    /// Whether the architecture stores numbers most significant byte first.
+    public var isBigEndian: Bool { self == .s390x }
+
     /// The folder under arch/ (kbuild's SRCARCH).
     public var sourceArch: String {
         switch self {

@@ -37,6 +37,9 @@ public struct ContainerProcess: Sendable, Equatable, Codable {
     /// What a stop sends (the image's StopSignal, else SIGTERM).
     public var stopSignal: Int32
 
+    /// docker's `PATH` for a process whose environment has none (the init's default too).
+    public static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
     /// Entrypoint + Cmd; COMMAND replaces Cmd; `--entrypoint` replaces Entrypoint and drops
     /// Cmd. Env from the image, then each `--env-file`, then each `-e`. WorkingDir and User
     /// from the image unless given.

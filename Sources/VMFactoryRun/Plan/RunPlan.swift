@@ -14,8 +14,8 @@ public struct RunPlan: Sendable {
     public var initrd: String
     /// The recipe's kernel command line (the console and the boot trims).
     public var cmdline: String
-    /// The image's converted disk: the read-only backing file of the run's overlay.
-    public var disk: String
+    /// The guest's root.
+    public var root: Root
     public var process: ContainerProcess
     public var hostname: String
     public var options: RunOptions
@@ -24,6 +24,34 @@ public struct RunPlan: Sendable {
     public var accelerator: QEMUMachine.Accelerator = .tcg
     /// The host terminal's size, for -t.
     public var windowSize: (rows: Int, cols: Int)?
+
+    /// Where the guest's root comes from.
+    public enum Root: Sendable, Equatable {
+        /// An image's converted disk: the read-only backing file of the run's qcow2 overlay.
+        case disk(String)
+        /// A host folder over virtio-fs, written in place (an OCI bundle's root).
+        case folder(String)
+
+        public var disk: String? { if case .disk(let path) = self { path } else { nil } }
+        public var folder: String? { if case .folder(let path) = self { path } else { nil } }
+    }
+
+    /// The mount tag of a folder root.
+    public static let rootTag = "vmf.root"
+
+    /// How a folder root reaches the guest, each through a helper that runs as root so that
+    /// QEMU need not: virtio-fs through virtiofsd, or 9p through virtfs-proxy-helper (chrooted
+    /// into the folder) for a guest of the other byte order, which virtio-fs does not serve
+    /// (FUSE speaks the host's).
+    public enum RootShare: String, Sendable {
+        case virtiofs
+        case ninep = "9p"
+    }
+
+    /// The folder root's share for this target on this host.
+    public var rootShare: RootShare {
+        target.isBigEndian == (Target(rawValue: Target.hostMachine) ?? .x86_64).isBigEndian ? .virtiofs : .ninep
+    }
 
     public subscript<Value>(dynamicMember path: WritableKeyPath<RunOptions, Value>) -> Value {
         get { options[keyPath: path] }
@@ -62,15 +90,15 @@ public struct RunPlan: Sendable {
     public static let dns = "10.0.2.3"
 
     public init(
-        target: Target, kernel: String, initrd: String, cmdline: String, disk: String, process: ContainerProcess, hostname: String,
+        target: Target, kernel: String, initrd: String, cmdline: String, root: Root, process: ContainerProcess, hostname: String,
         options: RunOptions = RunOptions()
     ) {
         self.options = options
+        self.root = root
         self.target = target
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
-        self.disk = disk
         self.process = process
         self.hostname = hostname
     }
@@ -88,6 +116,7 @@ public struct RunPlan: Sendable {
             // The init only needs to know whether there is a device to configure.
             ("network", options.network.hasDevice ? "user" : "none"), ("shmsize", String(options.shmBytes)),
         ]
+        if root.folder != nil { lines.append(("root", "\(rootShare.rawValue) \(Self.rootTag)")) }
         if let pidsLimit = options.pidsLimit { lines.append(("pidslimit", String(pidsLimit))) }
         if let windowSize, options.tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
         if options.network.hasDevice {
@@ -128,6 +157,8 @@ public struct RunPlan: Sendable {
         /// The supervisor's control socket (`RunControl`).
         public var controlSocket: String { sockets + "/control.sock" }
         public func virtiofsSocket(_ index: Int) -> String { sockets + "/fs\(index).sock" }
+        /// virtiofsd's socket for a folder root.
+        public var rootSocket: String { sockets + "/root.sock" }
         public var networkSocket: String { sockets + "/net.sock" }
     }
 
@@ -135,9 +166,12 @@ public struct RunPlan: Sendable {
     public struct Inherited: Sendable {
         public var kernel: Int32
         public var initrd: Int32
-        public var overlay: Int32
-        /// The image's cached disk, the overlay's backing file (read-only).
-        public var backing: Int32
+        /// The run's overlay and the image's cached disk, its backing file (read-only), for a
+        /// disk root.
+        public var overlay: Int32?
+        public var backing: Int32?
+        /// The connection to virtiofsd for a folder root.
+        public var root: Int32?
         /// QEMU's end of the run channel's socket pair.
         public var channel: Int32?
         /// The 9p volumes' host folders, by volume index.
@@ -147,7 +181,7 @@ public struct RunPlan: Sendable {
         /// QEMU's end of passt's socket pair.
         public var network: Int32?
 
-        public init(kernel: Int32, initrd: Int32, overlay: Int32, backing: Int32) {
+        public init(kernel: Int32, initrd: Int32, overlay: Int32?, backing: Int32?) {
             self.kernel = kernel
             self.initrd = initrd
             self.overlay = overlay
@@ -155,7 +189,7 @@ public struct RunPlan: Sendable {
         }
 
         public var all: [Int32] {
-            [kernel, initrd, overlay, backing] + (channel.map { [$0] } ?? []) + Array(folders.values) + Array(virtiofs.values) + (network.map { [$0] } ?? [])
+            [kernel, initrd] + [overlay, backing, root, channel].compactMap { $0 } + Array(folders.values) + Array(virtiofs.values) + (network.map { [$0] } ?? [])
         }
 
         /// A path that opens what `fd` is open on, for QEMU's options that take paths.
@@ -167,7 +201,7 @@ public struct RunPlan: Sendable {
     public func qemu(_ files: Files) -> Command {
         let s390 = target == .s390x
         func device(_ name: String) -> String { name + (s390 ? "-ccw" : "-device") }
-        let sharedMemory = options.volumes.contains { $0.kind == .virtiofs }
+        let sharedMemory = options.volumes.contains { $0.kind == .virtiofs } || root.folder != nil && rootShare == .virtiofs
         let inherited = files.inherited
         func path(_ fd: Int32?, _ fallback: String) -> String { fd.map(Inherited.path) ?? fallback }
         // The machine as boot and bench start it (console, kernel, isa-debug-exit), and what a
@@ -188,11 +222,25 @@ public struct RunPlan: Sendable {
         // vhost-user needs guest memory that virtiofsd can map.
         if sharedMemory { machine.extra += ["-object", "memory-backend-memfd,id=mem,size=\(options.memoryMiB)M,share=on"] }
         var arguments = machine.arguments
-        arguments += [
-            "-drive", "file=\(path(inherited?.overlay, files.overlay)),if=none,id=root,format=qcow2,discard=unmap\(options.readOnly ? ",readonly=on" : "")"
-                + (inherited.map { ",backing.file.filename=\(Inherited.path($0.backing))" } ?? ""),
-            "-device", device("virtio-blk") + ",drive=root",
-        ]
+        switch root {
+        case .disk:
+            let overlay = inherited?.overlay.map(Inherited.path) ?? files.overlay
+            arguments += [
+                "-drive", "file=\(overlay),if=none,id=root,format=qcow2,discard=unmap\(options.readOnly ? ",readonly=on" : "")"
+                    + (inherited?.backing.map { ",backing.file.filename=\(Inherited.path($0))" } ?? ""),
+                "-device", device("virtio-blk") + ",drive=root",
+            ]
+        case .folder where rootShare == .virtiofs:
+            arguments += [
+                "-chardev", "socket,id=rootfs," + (inherited?.root.map { "fd=\($0)" } ?? "path=\(files.rootSocket)"),
+                "-device", device("vhost-user-fs") + ",chardev=rootfs,tag=\(Self.rootTag)",
+            ]
+        case .folder:
+            arguments += [
+                "-fsdev", "proxy,id=rootfs," + (inherited?.root.map { "sock_fd=\($0)" } ?? "socket=\(files.rootSocket)") + (options.readOnly ? ",readonly=on" : ""),
+                "-device", device("virtio-9p") + ",fsdev=rootfs,mount_tag=\(Self.rootTag)",
+            ]
+        }
         // One port, the run's channel (and port 0, which the bus keeps for a console): the
         // guest sets up two queues for every port there could be.
         let channel = inherited?.channel.map { "fd=\($0)" } ?? "path=\(files.channelSocket)"
@@ -241,6 +289,19 @@ public struct RunPlan: Sendable {
             arguments += [port.proto == .tcp ? "--tcp-ports" : "--udp-ports", "\(port.hostAddress)/\(port.hostPort):\(port.guestPort)"]
         }
         return Command(executable, arguments)
+    }
+
+    /// virtiofsd for a folder root shared over virtio-fs: the guest's `/`, written in place.
+    public func rootVirtiofsd(files: Files, executable: String = "/usr/lib/qemu/virtiofsd") -> Command? {
+        guard let folder = root.folder, rootShare == .virtiofs else { return nil }
+        return Command(executable, ["--socket-path=\(files.rootSocket)", "-o", "source=\(folder),cache=auto,killpriv_v2,modcaps=-mknod"])
+    }
+
+    /// virtfs-proxy-helper for a folder root shared over 9p: chrooted into the folder, serving
+    /// QEMU on `fd` (its end of a socket pair), in the foreground.
+    public func rootProxyHelper(fd: Int32, executable: String = "/usr/lib/qemu/virtfs-proxy-helper") -> Command? {
+        guard let folder = root.folder, rootShare == .ninep else { return nil }
+        return Command(executable, ["--nodaemon", "--path", folder, "--fd", String(fd)])
     }
 
     /// virtiofsd for the virtio-fs volume at `index`: it serves the host folder on a socket

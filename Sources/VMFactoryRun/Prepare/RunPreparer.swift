@@ -62,7 +62,11 @@ public protocol RunAcceleratorProvider: Sendable {
 /// What a run asks for: the image, the process, the devices, the machine; as the command line
 /// gave them, parsed.
 public struct RunRequest: Sendable {
+    /// The image's reference; with `rootFolder`, only a name for messages.
     public var image: String
+    /// `--rootfs`: the root is this host folder, over virtio-fs and written in place, instead
+    /// of an image's disk; the command comes from the request alone.
+    public var rootFolder: String?
     /// `--platform`, or the platform of `--target`.
     public var platform: Platform?
     public var process = ProcessRequest()
@@ -107,14 +111,25 @@ public struct RunPreparer: Sendable {
     public func plan(_ request: RunRequest, id: String, relay: LoopbackRelay, hostEnvironment: [String: String]) async throws -> RunPlan {
         try check(request)
         let ports = try request.ports.map { request.printOnly ? $0 : try $0.reserved(relay: relay) }
-        let image = try await images.image(request.image, platform: request.platform)
-        let target = try Self.target(for: image.platform)
+        let config: ImageConfig.Execution
+        let root: RunPlan.Root
+        let target: Target
+        if let folder = request.rootFolder {
+            config = ImageConfig.Execution()
+            root = .folder(folder)
+            target = try Self.target(forFolder: folder, request: request, hostEnvironment: hostEnvironment)
+        } else {
+            let image = try await images.image(request.image, platform: request.platform)
+            config = image.config
+            root = .disk(image.disk)
+            target = try Self.target(for: image.platform)
+        }
         let kernel = try await kernels.kernel(for: target)
         try Self.checkProtocol(kernel)
-        let process = try ContainerProcess.combine(image: image.config, request: request.process, hostEnvironment: hostEnvironment)
+        let process = try ContainerProcess.combine(image: config, request: request.process, hostEnvironment: hostEnvironment)
 
         var plan = RunPlan(
-            target: target, kernel: kernel.kernel, initrd: kernel.initrd, cmdline: kernel.cmdline, disk: image.disk, process: process,
+            target: target, kernel: kernel.kernel, initrd: kernel.initrd, cmdline: kernel.cmdline, root: root, process: process,
             hostname: request.hostname ?? id
         )
         plan.options = request.options
@@ -138,6 +153,17 @@ public struct RunPreparer: Sendable {
 
     /// What can be said of the request before anything is converted, built or started.
     func check(_ request: RunRequest) throws {
+        if let folder = request.rootFolder {
+            guard FileStore.isDirectory(folder) else {
+                throw VMFactoryError(.notFound, "--rootfs \(folder) is not a folder", hint: "give the folder that holds the container's root (its bin, etc, usr)")
+            }
+            guard request.process.command.first != nil || request.process.entrypoint?.isEmpty == false else {
+                throw VMFactoryError(.invalidArgument, "a --rootfs run has no image config to take a command from", hint: "give the command after the folder")
+            }
+            if !request.root, !request.printOnly {
+                throw VMFactoryError(.invalidArgument, "--rootfs needs root: the folder reaches the guest through QEMU 7.2's virtiofsd, which runs as root", hint: "run as root, or make an image of the folder and run that")
+            }
+        }
         if request.options.volumes.contains(where: { $0.kind == .virtiofs }), !request.root, !request.printOnly {
             throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
         }
@@ -158,6 +184,15 @@ public struct RunPreparer: Sendable {
             throw VMFactoryError(.invalidArgument, "the image is for \(platform), a platform vmfactory has no kernel for", hint: "run an image for linux/amd64 or linux/s390x")
         }
         return target
+    }
+
+    /// The target for a folder root: the one asked for, else that of the program the command
+    /// runs (its ELF header, or its `#!` interpreter's), else the host's.
+    static func target(forFolder folder: String, request: RunRequest, hostEnvironment: [String: String]) throws -> Target {
+        if let platform = request.platform { return try target(for: platform.description) }
+        let program = request.process.entrypoint.flatMap { $0.isEmpty ? nil : $0 } ?? request.process.command.first ?? ""
+        let environment = request.process.environment.filter { $0.contains("=") }
+        return RootFolder(folder).target(ofProgram: program, environment: environment) ?? Target(rawValue: Target.hostMachine) ?? .x86_64
     }
 
     /// The initrd's init must speak this vmfactory's run protocol: checked before the boot,

@@ -73,8 +73,10 @@ public struct RunSession: Sendable {
         do {
             try records?.write()
             let started = ContinuousClock.now
-            try Qcow2Overlay.create(backing: plan.disk, at: files.overlay)
-            console.debug(String(format: "run: the overlay took %.3f s", (ContinuousClock.now - started).seconds))
+            if let disk = plan.root.disk {
+                try Qcow2Overlay.create(backing: disk, at: files.overlay)
+                console.debug(String(format: "run: the overlay took %.3f s", (ContinuousClock.now - started).seconds))
+            }
             let outcome = try await boot(files, folder: folder, records: records)
             try records?.ended(code: outcome.exitCode, message: outcome.message)
             if keep {
@@ -89,50 +91,67 @@ public struct RunSession: Sendable {
         }
     }
 
-    /// Starts virtiofsd for each virtio-fs volume, waits for its socket and connects to it
-    /// for QEMU.
+    /// Starts virtiofsd for a folder root and each virtio-fs volume, waits for its socket and
+    /// connects to it for QEMU.
     func startVirtiofsd(_ files: RunPlan.Files, folder: RunFolders.Folder, descriptors: VMMDescriptors) async throws -> [ChildProcess] {
         var daemons: [ChildProcess] = []
+        var shares: [(index: Int?, command: Command, socket: String, what: String, hint: String)] = []
+        if let command = plan.rootVirtiofsd(files: files), let root = plan.root.folder {
+            shares.append((nil, command, files.rootSocket, "the root \(root)", "virtiofsd (QEMU 7.2's) needs root rights"))
+        }
         for (index, volume) in plan.volumes.enumerated() where volume.kind == .virtiofs {
-            let log = open(folder.path + "/virtiofsd-\(index).log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            defer { if log >= 0 { close(log) } }
-            let command = plan.virtiofsd(index, files: files)
-            let daemon: ChildProcess
-            do {
-                daemon = try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null)
-            } catch {
-                for other in daemons { other.terminate(grace: .milliseconds(200)) }
-                throw error
-            }
-            daemons.append(daemon)
-            let deadline = ContinuousClock.now + .seconds(10)
-            while !FileStore.exists(files.virtiofsSocket(index)) {
-                if daemon.hasExited || ContinuousClock.now > deadline {
-                    let said = (try? FileStore.readText(folder.path + "/virtiofsd-\(index).log")) ?? ""
-                    for other in daemons { other.terminate(grace: .milliseconds(200)) }
-                    throw VMFactoryError(
-                        .processFailed, "virtiofsd did not start for the volume \(volume.host):\(volume.guest)",
-                        hint: "virtiofsd (QEMU 7.2's) needs root rights; use a 9p volume (-v HOST:GUEST) otherwise",
-                        details: said.split(separator: "\n").suffix(10).map { "| " + $0 }
-                    )
-                }
-                try await Task.sleep(for: .milliseconds(5))
-            }
-            // The socket file appears at bind(); connections are refused until listen().
-            while true {
-                do {
-                    try descriptors.connectVirtiofs(index, socket: files.virtiofsSocket(index))
-                    break
-                } catch {
+            shares.append((index, plan.virtiofsd(index, files: files), files.virtiofsSocket(index), "the volume \(volume.host):\(volume.guest)", "virtiofsd (QEMU 7.2's) needs root rights; use a 9p volume (-v HOST:GUEST) otherwise"))
+        }
+        do {
+            if let helper = try await startRootProxyHelper(folder: folder, descriptors: descriptors) { daemons.append(helper) }
+            for share in shares {
+                let logPath = folder.path + "/virtiofsd-\(share.index.map(String.init) ?? "root").log"
+                let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+                defer { if log >= 0 { close(log) } }
+                let daemon = try await ChildProcess.spawn(share.command, environment: share.command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null)
+                daemons.append(daemon)
+                let deadline = ContinuousClock.now + .seconds(10)
+                while !FileStore.exists(share.socket) {
                     if daemon.hasExited || ContinuousClock.now > deadline {
-                        for other in daemons { other.terminate(grace: .milliseconds(200)) }
-                        throw error
+                        let said = (try? FileStore.readText(logPath)) ?? ""
+                        throw VMFactoryError(
+                            .processFailed, "virtiofsd did not start for \(share.what)", hint: share.hint,
+                            details: said.split(separator: "\n").suffix(10).map { "| " + $0 }
+                        )
                     }
                     try await Task.sleep(for: .milliseconds(5))
                 }
+                // The socket file appears at bind(); connections are refused until listen().
+                while true {
+                    do {
+                        try descriptors.connectVirtiofs(share.index, socket: share.socket)
+                        break
+                    } catch {
+                        if daemon.hasExited || ContinuousClock.now > deadline { throw error }
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                }
             }
+        } catch {
+            for daemon in daemons { daemon.terminate(grace: .milliseconds(200)) }
+            throw error
         }
         return daemons
+    }
+
+    /// virtfs-proxy-helper for a folder root over 9p, on its end of a socket pair (QEMU has
+    /// the other).
+    func startRootProxyHelper(folder: RunFolders.Folder, descriptors: VMMDescriptors) async throws -> ChildProcess? {
+        guard plan.root.folder != nil, plan.rootShare == .ninep else { return nil }
+        let fd = try descriptors.makeRootProxyPair()
+        guard let command = plan.rootProxyHelper(fd: fd) else { return nil }
+        let log = open(folder.path + "/virtfs-proxy-helper.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { if log >= 0 { close(log) } }
+        do {
+            return try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null, keeping: [fd])
+        } catch let error as VMFactoryError where error.code == .missingTool {
+            throw VMFactoryError(.missingTool, "virtfs-proxy-helper, which shares a folder root with a guest of the other byte order, is not installed", hint: "install qemu-system-common (apt-get install qemu-system-common)")
+        }
     }
 
     /// passt for the `user` and `host-loopback` networks, on its end of the socket pair.

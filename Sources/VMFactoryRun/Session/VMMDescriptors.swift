@@ -28,18 +28,20 @@ final class VMMDescriptors: @unchecked Sendable {
             return fd
         }
         do {
-            if let identity {
+            if let identity, plan.root.disk != nil {
                 guard chown(files.overlay, identity.uid, identity.gid) == 0, chmod(files.overlay, 0o600) == 0 else {
                     throw VMFactoryError.io("cannot give QEMU's user (\(identity)) the run's overlay", path: files.overlay)
                 }
+            }
+            if let identity {
                 try Self.checkReadable(plan.kernel, what: "kernel", identity: identity)
                 try Self.checkReadable(plan.initrd, what: "initrd", identity: identity)
             }
             inherited = RunPlan.Inherited(
                 kernel: try openFile(plan.kernel, O_RDONLY, what: "the kernel"),
                 initrd: try openFile(plan.initrd, O_RDONLY, what: "the initrd"),
-                overlay: try openFile(files.overlay, plan.readOnly ? O_RDONLY : O_RDWR, what: "the run's overlay"),
-                backing: try openFile(plan.disk, O_RDONLY, what: "the image's disk")
+                overlay: try plan.root.disk.map { _ in try openFile(files.overlay, plan.readOnly ? O_RDONLY : O_RDWR, what: "the run's overlay") },
+                backing: try plan.root.disk.map { try openFile($0, O_RDONLY, what: "the image's disk") }
             )
             let (ours, theirs) = try SocketIO.pair()
             opened += [ours, theirs]
@@ -71,11 +73,20 @@ final class VMMDescriptors: @unchecked Sendable {
         return ends
     }
 
-    /// A connection to virtiofsd's socket, for QEMU.
-    func connectVirtiofs(_ index: Int, socket: String) throws {
+    /// A connection to virtiofsd's socket, for QEMU: a volume's, or the root's (nil).
+    func connectVirtiofs(_ index: Int?, socket: String) throws {
         let fd = try SocketIO.connect(to: socket)
         open.append(fd)
-        inherited.virtiofs[index] = fd
+        if let index { inherited.virtiofs[index] = fd } else { inherited.root = fd }
+    }
+
+    /// A socket pair between QEMU and virtfs-proxy-helper: QEMU's end inherited, the helper's
+    /// returned (closed with the rest of the children's ends).
+    func makeRootProxyPair() throws -> Int32 {
+        let (qemuEnd, helperEnd) = try SocketIO.pair()
+        open += [qemuEnd, helperEnd]
+        inherited.root = qemuEnd
+        return helperEnd
     }
 
     /// Closes what only QEMU and passt use, once they have their copies.
