@@ -11,15 +11,18 @@ import PackageDescription
 //   VMFactoryRun       an image run like a container in a microVM: the plan, the channel, the session
 //   VMFactoryPublish   builds as multi-arch OCI images (layouts, archives, registries, folders) and back, verified
 //   VMFactoryExec      `vmfactory exec` and the context a command runs in
+//   VMFactoryRuntime   the OCI runtime: runc's command line, bundles as runs, a supervisor per container
 //   VMFactoryCommands  the command line, tested in-process
 //   vmfactory          the executable: `exec` itself (small, quick to start), else vmfactory-cli
 //   vmfactory-cli      the full command line: a stub that runs VMFactoryCommands
+//   vmfactory-runtime  the OCI runtime that podman, docker and containerd call
 let package = Package(
     name: "vmfactory",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vmfactory", targets: ["vmfactory"]),
         .executable(name: "vmfactory-cli", targets: ["vmfactory-cli"]),
+        .executable(name: "vmfactory-runtime", targets: ["vmfactory-runtime"]),
         .library(name: "VMFactoryKernel", targets: ["VMFactoryKernel"]),
         .library(name: "VMFactoryBoot", targets: ["VMFactoryBoot"]),
         .library(name: "VMFactoryImage", targets: ["VMFactoryImage"]),
@@ -102,6 +105,10 @@ let package = Package(
             dependencies: ["CArchive", "VMFactoryCore", "VMFactoryArchive", "VMFactoryKernel", "VMFactoryImage"]
         ),
         .target(
+            name: "VMFactoryRuntime",
+            dependencies: ["CLinux", "VMFactoryCore", "VMFactoryKernel", "VMFactoryBoot", "VMFactoryImage", "VMFactoryRun", "VMFactoryPublish", "VMFactoryLifecycle"]
+        ),
+        .target(
             name: "VMFactoryCommands",
             dependencies: [
                 "VMFactoryCore",
@@ -123,6 +130,10 @@ let package = Package(
             name: "vmfactory-cli",
             dependencies: ["VMFactoryCommands"]
         ),
+        .executableTarget(
+            name: "vmfactory-runtime",
+            dependencies: ["VMFactoryRuntime"]
+        ),
         .testTarget(
             name: "VMFactoryTests",
             dependencies: [
@@ -137,9 +148,11 @@ let package = Package(
                 "VMFactoryCommands",
                 "VMFactoryLifecycle",
                 "VMFactoryExec",
+                "VMFactoryRuntime",
                 // Built so that tests can run the real command line.
                 "vmfactory",
                 "vmfactory-cli",
+                "vmfactory-runtime",
                 .product(name: "Yams", package: "Yams"),
             ]
         ),

@@ -62,5 +62,11 @@ int vmf_signals_to_pipe(const int *signals, int count, int write_fd);
 
 /// Gives `signals` their default action again.
 void vmf_signals_default(const int *signals, int count);
+/// Sends `fd` over the connected Unix socket `socket` (SCM_RIGHTS), with one byte of data.
+/// Returns 0, or -1 with errno.
+int vmf_send_fd(int socket, int fd);
+/// A new pseudo-terminal, both ends close-on-exec and neither the caller's controlling
+/// terminal. Returns 0, or -1 with errno.
+int vmf_open_pty(int *master, int *slave);
 
 #endif

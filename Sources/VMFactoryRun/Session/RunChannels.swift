@@ -44,6 +44,8 @@ final class RunChannels: Sendable {
     private let streams = Mutex<(next: UInt32, handlers: [UInt32: StreamHandler], closed: Bool)>((RunProtocol.firstExecStream, [:], false))
     /// Called once the command has started.
     let onStarted: (@Sendable () -> Void)?
+    /// Called once the VM is up and waits for `start` (with `waitsForStart`).
+    let onBooted: (@Sendable () -> Void)?
     /// Signalled when the command started (or the channel ended): stdin goes only to a process.
     private let commandStarted = DispatchSemaphore(value: 0)
     private let readerEnded = DispatchSemaphore(value: 0)
@@ -52,15 +54,19 @@ final class RunChannels: Sendable {
     /// or a writer blocked on a guest that is blocked writing to us would stop both.
     private let answers = DispatchQueue(label: "vmfactory.run.answers")
 
-    init(plan: RunPlan, qemu: ChildProcess, channel: Int32, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration, onStarted: (@Sendable () -> Void)? = nil) {
+    init(
+        plan: RunPlan, qemu: ChildProcess, channel: Int32, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration, waitsForStart: Bool = false,
+        onBooted: (@Sendable () -> Void)? = nil, onStarted: (@Sendable () -> Void)? = nil
+    ) {
         self.onStarted = onStarted
+        self.onBooted = onBooted
         self.plan = plan
         self.qemu = qemu
         self.channel = channel
         self.stdout = stdout
         self.stderr = stderr
         self.stopGrace = stopGrace
-        state = Mutex(State(machine: RunStateMachine(stopGrace: stopGrace, tty: plan.tty)))
+        state = Mutex(State(machine: RunStateMachine(stopGrace: stopGrace, tty: plan.tty, waitsForStart: waitsForStart)))
     }
 
     /// Moves the run's state machine and carries out what it says; returns that.
@@ -80,6 +86,8 @@ final class RunChannels: Sendable {
         case .sendSettings:
             let settings = plan.settingsFrame
             answers.async { [self] in send(settings) }
+        case .reportBooted:
+            onBooted?()
         case .reportStarted:
             commandStarted.signal()
             onStarted?()

@@ -10,12 +10,16 @@ import VMFactoryLifecycle
 /// - `exec` and the process's settings (key=value lines): the connection then carries that
 ///   process's frames both ways, as on the guest's channel, until its exit;
 /// - `kill N`: signal N to the command, answered at once;
-/// - `stop SECONDS`, `wait`, `end`: answered with the run's exit status once the VM has ended.
+/// - `stop SECONDS`, `wait`, `end`: answered with the run's exit status once the VM has ended;
+/// - `start`: the held settings go (the OCI runtime's start), answered with 0 once the command
+///   has started, or with the run's exit status if it ended first.
 final class RunControl: Sendable {
     let listener: UnixListener
     let channels: RunChannels
     let process: ContainerProcess
     private let ended = Mutex<(outcome: (code: Int32, message: String?)?, waiters: [Int32])>((nil, []))
+    /// Who waits for the command's start, until it has started.
+    private let starting = Mutex<(started: Bool, waiters: [Int32])>((false, []))
 
     init(path: String, channels: RunChannels, process: ContainerProcess) throws {
         listener = try UnixListener(path: path)
@@ -31,9 +35,24 @@ final class RunControl: Sendable {
         }
     }
 
+    /// The command has started: whoever waits for the start hears 0.
+    func commandStarted() {
+        let waiters = starting.withLock { starting in
+            starting.started = true
+            defer { starting.waiters = [] }
+            return starting.waiters
+        }
+        for fd in waiters { answer(fd, 0, "") }
+    }
+
     /// The run has ended with `code`: every waiter hears it, and nobody connects any more.
     func finish(code: Int32, message: String?) {
         listener.close()
+        let starters = starting.withLock { starting in
+            defer { starting.waiters = [] }
+            return starting.waiters
+        }
+        for fd in starters { answer(fd, code == 0 ? 1 : code, message ?? "the run ended before its command started") }
         let waiters = ended.withLock { ended in
             ended.outcome = (code, message)
             defer { ended.waiters = [] }
@@ -82,6 +101,15 @@ final class RunControl: Sendable {
             answerAtEnd(fd)
         case "wait":
             answerAtEnd(fd)
+        case "start":
+            if let outcome = ended.withLock({ $0.outcome }) {
+                return answer(fd, outcome.code == 0 ? 1 : outcome.code, outcome.message ?? "the run has ended")
+            }
+            let started = starting.withLock { starting -> Bool in
+                if !starting.started { starting.waiters.append(fd) }
+                return starting.started
+            }
+            if started { answer(fd, 0, "") } else { channels.post(.start) }
         default:
             answer(fd, 2, "unknown request \(verb)")
         }

@@ -49,6 +49,10 @@ public struct RunSession: Sendable {
     public var detached = false
     /// Called once the command has started (a detached run's parent is waiting for it).
     public var onStarted: (@Sendable () -> Void)?
+    /// The OCI runtime's create: the VM boots, then waits for `start` on the control socket
+    /// before the command's settings go; `onBooted` says when it is waiting.
+    public var waitForStart = false
+    public var onBooted: (@Sendable () -> Void)?
 
     public init(id: String, plan: RunPlan, folders: RunFolders, console: Console, baseEnvironment: [String: String], stdout: TextOutput, stderr: TextOutput) {
         self.id = id
@@ -233,12 +237,18 @@ public struct RunSession: Sendable {
         }
         defer { passtWatch?.cancel() }
         let onStarted = onStarted
-        let channels = RunChannels(plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace) {
+        let controlHolder = Mutex<RunControl?>(nil)
+        let channels = RunChannels(
+            plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace,
+            waitsForStart: waitForStart, onBooted: onBooted
+        ) {
             try? records?.started()
+            controlHolder.withLock { $0 }?.commandStarted()
             onStarted?()
         }
-        // exec, stop, kill, wait and rm -f reach the run here, foreground or detached.
+        // exec, start, stop, kill, wait and rm -f reach the run here, foreground or detached.
         let control = try RunControl(path: files.controlSocket, channels: channels, process: plan.process)
+        controlHolder.withLock { $0 = control }
         control.start()
         relay?.start()
         defer { relay?.stop() }

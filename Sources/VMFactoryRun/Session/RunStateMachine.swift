@@ -44,6 +44,8 @@ struct RunStateMachine: Sendable {
         case spawned
         /// The init's hello, with the version it said (nil: none it could say).
         case hello(UInt32?)
+        /// `start` (the OCI runtime's): the held settings may go.
+        case start
         /// The init started the command.
         case started
         /// The init's report of the command's exit.
@@ -74,6 +76,8 @@ struct RunStateMachine: Sendable {
     enum Action: Sendable, Equatable {
         /// The run's settings to the init.
         case sendSettings
+        /// The VM is up and waits for `start` (the OCI runtime's `create` returns).
+        case reportBooted
         /// The command has started: say so (record, the waiting parent, stdin).
         case reportStarted
         /// Signal N to the command.
@@ -100,6 +104,9 @@ struct RunStateMachine: Sendable {
     let stopGrace: Duration
     /// Whether the command has a pseudo-terminal (window sizes go to it).
     let tty: Bool
+    /// The OCI runtime's create: the VM boots, and the settings (so the command) wait for
+    /// `start`.
+    let waitsForStart: Bool
 
     private(set) var phase: Phase = .preparing
     private(set) var ending: Ending?
@@ -108,14 +115,17 @@ struct RunStateMachine: Sendable {
     private(set) var started = false
     private(set) var termination: CommandResult.Termination?
     private var helloed = false
+    private var startAsked = false
+    private var settingsSent = false
     /// SIGINT and SIGTERM so far: the second ends the VM at once.
     private var stops = 0
     private var draining = false
 
-    init(version: UInt32 = RunProtocol.version, stopGrace: Duration, tty: Bool) {
+    init(version: UInt32 = RunProtocol.version, stopGrace: Duration, tty: Bool, waitsForStart: Bool = false) {
         self.version = version
         self.stopGrace = stopGrace
         self.tty = tty
+        self.waitsForStart = waitsForStart
     }
 
     mutating func handle(_ event: Event) -> [Action] {
@@ -134,6 +144,13 @@ struct RunStateMachine: Sendable {
                     "the initrd speaks run protocol version \(said), and this vmfactory speaks version \(version); build the kernel and initrd with this vmfactory (vmfactory build --recipe container), or use the vmfactory that made them"
                 )
             }
+            if waitsForStart && !startAsked { return [.reportBooted] }
+            settingsSent = true
+            return [.sendSettings]
+        case .start:
+            startAsked = true
+            guard helloed, !settingsSent, failure == nil, phase == .booting else { return [] }
+            settingsSent = true
             return [.sendSettings]
         case .started:
             // Once: a guest that says it again changes nothing.

@@ -1,0 +1,158 @@
+import Foundation
+import VMFactoryBoot
+import VMFactoryCore
+import VMFactoryImage
+import VMFactoryKernel
+import VMFactoryLifecycle
+import VMFactoryPublish
+import VMFactoryRun
+
+/// An OCI bundle as a run: the container's root folder as the guest's root, its process, its
+/// mounts and resources in the VM's terms. What the VM does not honour is logged with --debug.
+public struct BundleRun: Sendable {
+    public var config: OCIConfig
+    public var root: String
+    public var bundle: String
+    public var log: RuntimeLog
+
+    public init(bundle: String, log: RuntimeLog) throws {
+        (config, root) = try OCIConfig.load(bundle: bundle)
+        self.bundle = bundle
+        self.log = log
+    }
+
+    /// The annotation that names the target, for a root whose program says nothing.
+    public static let targetAnnotation = "dev.vmfactory.target"
+    /// The annotation that names a published kernel image for this container.
+    public static let kernelAnnotation = "dev.vmfactory.kernel-image"
+
+    /// Mounts the init makes itself, as a container engine asks for them.
+    static let ownMounts: Set<String> = ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"]
+
+    /// The request: the process as the config says it, the root folder, the resources.
+    public func request(configuration: RuntimeConfiguration, interactive: Bool) throws -> RunRequest {
+        let process = config.process!
+        var request = RunRequest(image: bundle)
+        request.rootFolder = root
+        request.process.command = process.args ?? []
+        request.process.entrypoint = nil
+        request.process.environment = (process.env ?? []).filter { $0.contains("=") }
+        request.process.user = "\(process.user.uid):\(process.user.gid)"
+        request.process.workdir = process.cwd.isEmpty ? "/" : process.cwd
+        request.hostname = config.hostname.flatMap { $0.isEmpty ? nil : $0 }
+        request.options.tty = process.terminal ?? false
+        request.options.interactive = interactive || request.options.tty
+        request.options.readOnly = config.root?.readonly ?? false
+        request.options.network = .none
+        request.options.memoryMiB = configuration.memoryMiB ?? 512
+        request.accelerator = .auto
+        if let annotated = config.annotations?[Self.targetAnnotation] {
+            guard let target = Target(rawValue: annotated) else {
+                throw VMFactoryError(.invalidArgument, "the annotation \(Self.targetAnnotation)=\(annotated) names no target", hint: "use x86_64 or s390x")
+            }
+            request.platform = Platform.of(target)
+        }
+        if let resources = config.linux?.resources {
+            if let limit = resources.memory?.limit, limit > 0 {
+                // The VM's memory is the limit: the guest's kernel and init live in it too.
+                request.options.memoryMiB = max(Int((limit + (1 << 20) - 1) >> 20), 128)
+            }
+            if let quota = resources.cpu?.quota, quota > 0, let period = resources.cpu?.period, period > 0 {
+                request.options.cpus = max(1, min(64, Int((UInt64(quota) + period - 1) / period)))
+            } else if let cpus = resources.cpu?.cpus, let count = Self.cpuCount(cpus) {
+                request.options.cpus = max(1, min(64, count))
+            }
+            if let pids = resources.pids?.limit, pids > 0 { request.options.pidsLimit = Int(pids) }
+        }
+        for mount in config.mounts ?? [] {
+            if Self.ownMounts.contains(mount.destination) {
+                log.debug("mount \(mount.destination) (\(mount.type ?? "")): made by the guest's init itself")
+                continue
+            }
+            let options = mount.options ?? []
+            switch mount.type {
+            case "tmpfs":
+                request.options.tmpfs.append(TmpfsMount(guest: mount.destination, options: options.filter { $0 != "tmpcopyup" }))
+            case "bind", nil, "none":
+                log.debug("mount \(mount.destination) from \(mount.source ?? "?"): bind mounts are not shared with the VM yet; skipped")
+            default:
+                log.debug("mount \(mount.destination) (\(mount.type ?? "")): not made in the VM; skipped")
+            }
+        }
+        for namespace in config.linux?.namespaces ?? [] where namespace.type == "network" && namespace.path != nil {
+            log.debug("network namespace \(namespace.path!): the VM has no network device yet")
+        }
+        if let caps = process.capabilities, caps.bounding != nil { log.debug("process.capabilities: the guest's process keeps root's in the VM") }
+        if let rlimits = process.rlimits, !rlimits.isEmpty { log.debug("process.rlimits: \(rlimits.map(\.type).joined(separator: ", ")) not applied in the guest") }
+        if process.user.additionalGids?.isEmpty == false { log.debug("process.user.additionalGids: the guest takes the groups of /etc/group") }
+        return request
+    }
+
+    /// The number of CPUs in a cpuset list such as `0-3,6`.
+    static func cpuCount(_ list: String) -> Int? {
+        var count = 0
+        for part in list.split(separator: ",") {
+            let bounds = part.split(separator: "-").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            switch bounds.count {
+            case 1: count += 1
+            case 2 where bounds[1] >= bounds[0]: count += bounds[1] - bounds[0] + 1
+            default: return nil
+            }
+        }
+        return count > 0 ? count : nil
+    }
+}
+
+/// The kernels a runtime call finds: the recipe's built ones in the output folder, or a
+/// published kernel image's. Never a build: a create that would compile for minutes is an
+/// error that says which command builds it.
+struct BuiltKernels: RunKernelProvider {
+    let factory: Factory
+    let recipe: Recipe
+    let kernelImage: String?
+
+    func kernel(for target: Target) async throws -> RunKernel {
+        let booter = Booter(factory)
+        var options = BootOptions()
+        if let kernelImage {
+            let reference = try ImageReference(parsing: kernelImage, currentDirectory: factory.workspace.currentDirectory)
+            let cache = factory.workspace.cacheDirectory
+            let skopeo = Skopeo(registry: RegistryOptions(), environment: factory.workspace.hostEnvironment, runner: factory.runner)
+            let puller = Puller(skopeo: skopeo, console: factory.console, temporaryDirectory: cache + "/tmp")
+            options.imagesDirectory = try await PulledKernels(puller: puller, cacheDirectory: cache).directory(for: reference, target: target)
+        }
+        let found: (kernel: String, initrd: String?, manifest: BuildManifest?)
+        do {
+            found = try booter.images(recipe, target: target, options: options)
+        } catch {
+            throw VMFactoryError(
+                .notFound, "no \(recipe.name) kernel for \(target) in \(factory.workspace.outputDirectory(recipe: recipe.name, target: target))",
+                hint: "build it once: vmfactory build --recipe \(recipe.name) --target \(target)"
+            )
+        }
+        guard let initrd = found.initrd else {
+            throw VMFactoryError(.notFound, "no initrd for \(recipe.name)/\(target)", hint: "build it once: vmfactory build --recipe \(recipe.name) --target \(target)")
+        }
+        return RunKernel(
+            kernel: found.kernel, initrd: initrd, cmdline: try found.manifest?.kernel?.cmdline ?? recipe.requireTarget(target).cmdline,
+            runProtocol: found.manifest?.initrd?.runProtocol,
+            rebuildHint: "rebuild it with this vmfactory: vmfactory build --recipe \(recipe.name) --target \(target)"
+        )
+    }
+}
+
+/// A folder root has no image to convert.
+struct NoImages: RunImageProvider {
+    func image(_ reference: String, platform: Platform?) async throws -> RunImage {
+        throw VMFactoryError(.invalidArgument, "an OCI bundle's run has no image", hint: "this is vmfactory-runtime's error; please report it")
+    }
+}
+
+/// KVM after a probe shows that it works, else TCG.
+struct ProbedAccelerator: RunAcceleratorProvider {
+    let probe: AcceleratorProbe
+
+    func accelerator(_ choice: AcceleratorProbe.Choice, machine: QEMUMachine, probe run: Bool) async throws -> (QEMUMachine.Accelerator, String?) {
+        try await probe.resolve(choice, machine: machine, marker: ConsoleMarkers.ready)
+    }
+}
