@@ -59,6 +59,10 @@ public enum RunClient {
         public var copyTop: String?
         /// Where stdin comes from with `interactive`.
         public var input: Int32 = STDIN_FILENO
+        /// Called once the process has started (the OCI runtime's `exec --detach` returns then).
+        public var onStarted: (@Sendable () -> Void)?
+        /// Told of a failure to start (its status and the guest's words) instead of stderr.
+        public var onStartFailure: (@Sendable (Int32, String) -> Void)?
 
         public init(argv: [String]) {
             self.argv = argv
@@ -132,6 +136,7 @@ public enum RunClient {
         while let frame = RunProtocol.readFrame(fd, &decoder) {
             switch frame.type {
             case .started:
+                exec.onStarted?()
                 if exec.detach { return 0 }
                 started.signal()
             case .stdout:
@@ -150,7 +155,7 @@ public enum RunClient {
                 return report.code
             case .error:
                 guard let failure = RunProtocol.StartFailure(frame) else { return 125 }
-                stderr.writeLine("vmfactory: error: " + failure.message)
+                if let told = exec.onStartFailure { told(failure.code, failure.message) } else { stderr.writeLine("vmfactory: error: " + failure.message) }
                 return failure.code
             default:
                 continue

@@ -59,6 +59,8 @@ public struct Runtime: Sendable {
         case "kill": return try kill()
         case "delete": return try delete()
         case "features": return features()
+        case "exec": return try await exec()
+        case "exec-relay": return await execRelay()
         case "supervise": return await Supervisor(runtime: self).run()
         default:
             throw VMFactoryError(.invalidArgument, "unknown command \(line.command)", hint: "vmfactory-runtime --help lists the commands")
@@ -76,6 +78,8 @@ public struct Runtime: Sendable {
           state ID                       the container's OCI state (JSON)
           kill ID [SIGNAL]               a signal to the container's process (a created one's VM ends)
           delete [--force] ID            the container's state; --force ends a running one
+          exec --process FILE [--detach] [--pid-file FILE] [--tty --console-socket SOCK] ID
+                                         a process in the container's VM
           features                       what this runtime supports (JSON)
         """
 

@@ -28,6 +28,7 @@ public struct RuntimeCommandLine: Sendable {
         "run": ["bundle", "b", "pid-file", "console-socket", "preserve-fds"],
         "exec": ["process", "p", "pid-file", "console-socket", "cwd", "env", "e", "user", "u", "cap", "c", "process-label", "apparmor", "preserve-fds", "additional-gids", "g", "cgroup"],
         "supervise": ["bundle", "report-fd"],
+        "exec-relay": ["process", "report-fd"],
         "ps": ["format", "f"],
         "kill": [],
         "delete": [],

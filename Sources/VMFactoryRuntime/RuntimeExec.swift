@@ -1,0 +1,131 @@
+import CLinux
+import Foundation
+import Synchronization
+import VMFactoryCore
+import VMFactoryLifecycle
+
+/// `exec --process FILE [--detach] [--pid-file FILE] [--tty --console-socket SOCK] ID`: a
+/// process in the container's VM. Its pid is a relay, a descendant of the call, that carries
+/// the process's stdio between the fds it was given (or its terminal) and the VM, and exits with
+/// the process's status, as conmon and containerd's shim expect of an exec's pid.
+extension Runtime {
+    func exec() async throws -> Int32 {
+        let id = try line.containerID()
+        let state = try loadState(id)
+        guard state.currentStatus == .running else {
+            throw VMFactoryError(.invalidArgument, "cannot exec in container \(id): it is \(state.currentStatus.rawValue)", hint: "start it first")
+        }
+        guard let processFile = line.flag("process", "p") else {
+            throw VMFactoryError(.invalidArgument, "exec needs --process FILE (the OCI process to run)", hint: "vmfactory-runtime exec --process FILE ID")
+        }
+        let process = try Self.loadProcess(FileStore.absolute(processFile, relativeTo: FileManager.default.currentDirectoryPath))
+        _ = try runEntry(state)
+        let detach = line.isSet("detach", "d")
+        var report: [Int32] = [-1, -1]
+        guard vmf_pipe_cloexec(&report) == 0 else { throw VMFactoryError(.io, "cannot create a pipe for the exec's relay") }
+        defer { close(report[0]) }
+        var arguments = ["--root", line.root, "--log-format", line.logFormat.rawValue]
+        if let log = line.log { arguments += ["--log", log] }
+        if line.debug { arguments.append("--debug") }
+        if let config = line.config { arguments += ["--config", config] }
+        arguments += ["exec-relay", "--process", FileStore.absolute(processFile, relativeTo: FileManager.default.currentDirectoryPath), "--report-fd", String(report[1])]
+        var terminal: (master: Int32, slave: Int32)?
+        if process.terminal == true || line.isSet("tty", "t") {
+            guard let socket = line.flag("console-socket") else {
+                throw VMFactoryError(.invalidArgument, "exec with a terminal needs --console-socket", hint: "give the socket that takes the terminal's master")
+            }
+            let pair = try Self.openTerminal()
+            do { try Self.sendMaster(pair.master, to: socket) } catch {
+                close(pair.master)
+                close(pair.slave)
+                throw error
+            }
+            close(pair.master)
+            terminal = pair
+            arguments.append("--terminal")
+        }
+        arguments.append(id)
+        let stdio: (ChildProcess.Stdio, ChildProcess.Stdio, ChildProcess.Stdio) = terminal.map { (.descriptor($0.slave), .descriptor($0.slave), .descriptor($0.slave)) }
+            ?? (.descriptor(STDIN_FILENO), .descriptor(STDOUT_FILENO), .descriptor(STDERR_FILENO))
+        let relay: ChildProcess
+        do {
+            relay = try await ChildProcess.spawn(
+                Command(executable, arguments), environment: environment, stdin: stdio.0, stdout: stdio.1, stderr: stdio.2,
+                newSession: true, parentDeathSignal: detach ? 0 : SIGKILL, keeping: [report[1]]
+            )
+        } catch {
+            close(report[1])
+            if let terminal { close(terminal.slave) }
+            throw error
+        }
+        close(report[1])
+        if let terminal { close(terminal.slave) }
+        let said = String(decoding: await PipeReader.readAll(report[0], limit: 1 << 16), as: UTF8.self)
+        if said.hasPrefix("error: ") {
+            _ = await relay.wait()
+            // As runc's exec fails: the engine tells 127 and 126 by these words.
+            throw VMFactoryError(.processFailed, "exec failed: unable to start container process: " + String(said.dropFirst(7)).trimmingCharacters(in: .newlines))
+        }
+        if let pidFile = line.flag("pid-file") {
+            try FileStore.writeAtomically("\(relay.pid)", to: FileStore.absolute(pidFile, relativeTo: FileManager.default.currentDirectoryPath))
+        }
+        if detach { return 0 }
+        return switch await relay.wait() {
+        case .exited(let code): code
+        case .signaled(let signal): 128 + signal
+        }
+    }
+
+    static func loadProcess(_ path: String) throws -> OCIConfig.Process {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw VMFactoryError(.notFound, "no process file at \(path)", hint: "give --process the OCI process JSON")
+        }
+        do {
+            let process = try JSONDecoder().decode(OCIConfig.Process.self, from: data)
+            guard process.args?.first?.isEmpty == false else {
+                throw VMFactoryError(.invalidArgument, "\(path) names no program (args is empty)", hint: "give the process its arguments")
+            }
+            return process
+        } catch let error as DecodingError {
+            throw VMFactoryError(.invalidArgument, "\(path) is not an OCI process: \(OCIConfig.describe(error))", hint: "check the file with `jq . \(path)`")
+        }
+    }
+
+    /// The relay's side: the exec through the run's control socket, "started" on the report
+    /// pipe, the process's status as ours.
+    func execRelay() async -> Int32 {
+        signal(SIGPIPE, SIG_IGN)
+        let report = Int32(line.flag("report-fd") ?? "") ?? -1
+        let reported = Atomic<Bool>(false)
+        @Sendable func say(_ text: String) {
+            guard report >= 0, !reported.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            _ = Array(text.utf8).withUnsafeBytes { try? FileStore.writeAll(report, $0, path: "exec's pipe") }
+            close(report)
+        }
+        do {
+            let id = try line.containerID()
+            let process = try Self.loadProcess(line.flag("process") ?? "")
+            let terminal = line.isSet("terminal")
+            if terminal { _ = ioctl(STDIN_FILENO, UInt(TIOCSCTTY), 0) }
+            let entry = try runEntry(try loadState(id))
+            var exec = RunClient.Exec(argv: process.args ?? [])
+            exec.environment = (process.env ?? []).filter { $0.contains("=") }
+            exec.user = "\(process.user.uid):\(process.user.gid)"
+            exec.workdir = process.cwd.isEmpty ? "/" : process.cwd
+            var st = stat()
+            let stream = fstat(STDIN_FILENO, &st) == 0 && (st.st_mode & S_IFMT == S_IFIFO || st.st_mode & S_IFMT == S_IFSOCK)
+            exec.tty = terminal
+            exec.interactive = terminal || stream
+            if terminal { exec.windowSize = RawTerminal.size(of: STDIN_FILENO) }
+            exec.onStarted = { say("started\n") }
+            exec.onStartFailure = { _, message in say("error: " + message) }
+            let signals = terminal ? SignalForwarding(signals: [SIGWINCH]) : nil
+            defer { signals?.cancel() }
+            return try RunClient.exec(entry, exec, stdout: .standardOutput, stderr: .standardError, signals: signals)
+        } catch {
+            let failure = VMFactoryError(error)
+            say("error: " + failure.message)
+            return 125
+        }
+    }
+}
