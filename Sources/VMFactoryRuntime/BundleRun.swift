@@ -74,7 +74,7 @@ public struct BundleRun: Sendable {
             case "tmpfs":
                 request.options.tmpfs.append(TmpfsMount(guest: mount.destination, options: options.filter { $0 != "tmpcopyup" }))
             case "bind", nil, "none":
-                log.debug("mount \(mount.destination) from \(mount.source ?? "?"): bind mounts are not shared with the VM yet; skipped")
+                try bind(mount, into: &request)
             default:
                 log.debug("mount \(mount.destination) (\(mount.type ?? "")): not made in the VM; skipped")
             }
@@ -86,6 +86,33 @@ public struct BundleRun: Sendable {
         if let rlimits = process.rlimits, !rlimits.isEmpty { log.debug("process.rlimits: \(rlimits.map(\.type).joined(separator: ", ")) not applied in the guest") }
         if process.user.additionalGids?.isEmpty == false { log.debug("process.user.additionalGids: the guest takes the groups of /etc/group") }
         return request
+    }
+
+    /// A bind mount: a folder shared with the guest (virtio-fs, or 9p through the proxy helper
+    /// for a guest of the other byte order), a small file's text bound over the image's; what
+    /// else there is (devices, sockets, large files) is said and skipped.
+    func bind(_ mount: OCIConfig.Mount, into request: inout RunRequest) throws {
+        guard let source = mount.source, source.hasPrefix("/") else {
+            log.debug("mount \(mount.destination): a bind mount with no absolute source; skipped")
+            return
+        }
+        let readOnly = (mount.options ?? []).contains("ro")
+        var st = stat()
+        guard stat(source, &st) == 0 else {
+            throw VMFactoryError(.notFound, "the bind mount's source \(source) (for \(mount.destination)) does not exist", hint: "create it, or drop the mount")
+        }
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR:
+            request.options.volumes.append(Volume(host: source, guest: mount.destination, readOnly: readOnly, kind: .virtiofs))
+        case S_IFREG where st.st_size <= GuestFile.largest:
+            guard let data = FileManager.default.contents(atPath: source), !data.contains(0), let text = String(data: data, encoding: .utf8) else {
+                log.debug("mount \(mount.destination) from \(source): not a text file; skipped")
+                return
+            }
+            request.options.files.append(GuestFile(guest: mount.destination, content: text, readOnly: readOnly))
+        default:
+            log.debug("mount \(mount.destination) from \(source): only folders and text files of up to \(GuestFile.largest >> 10) KiB reach the VM; skipped")
+        }
     }
 
     /// The number of CPUs in a cpuset list such as `0-3,6`.

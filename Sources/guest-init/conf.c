@@ -168,6 +168,28 @@ static int tmpfs_option(struct vmf_tmpfs *tmpfs, char *option, char *data, size_
 	return -1;
 }
 
+/* "ro|rw PATH", a line break, then the file's text. */
+static int parse_file(struct vmf_run *run, char *value)
+{
+	if (run->file_count >= VMF_MAX_FILES)
+		return -1;
+	char *content = strchr(value, '\n');
+	if (!content)
+		return -1;
+	*content++ = '\0';
+	char *path = strchr(value, ' ');
+	if (!path || path[1] != '/' || strchr(path + 1, ' '))
+		return -1;
+	*path++ = '\0';
+	if (strcmp(value, "ro") != 0 && strcmp(value, "rw") != 0)
+		return -1;
+	struct vmf_file *file = &run->files[run->file_count++];
+	file->readonly = strcmp(value, "ro") == 0;
+	file->path = path;
+	file->content = content;
+	return 0;
+}
+
 /* "OPTIONS PATH": OPTIONS comma-separated, or "-" for none. */
 static int parse_tmpfs(struct vmf_run *run, char *value)
 {
@@ -277,6 +299,8 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		return parse_volume(run, value);
 	else if (strcmp(key, "tmpfs") == 0)
 		return parse_tmpfs(run, value);
+	else if (strcmp(key, "file") == 0)
+		return parse_file(run, value);
 	else if (strcmp(key, "shmsize") == 0)
 		return parse_size(value, &run->shm_bytes);
 	else if (strcmp(key, "pidslimit") == 0)
@@ -442,5 +466,7 @@ void vmf_run_explain(const struct vmf_run *run)
 		printf("tmpfs: %s%s%s%s [%s] %s\n", run->tmpfs[i].flags & MS_RDONLY ? "ro" : "rw",
 		       run->tmpfs[i].flags & MS_NOEXEC ? ",noexec" : "", run->tmpfs[i].flags & MS_NOSUID ? ",nosuid" : "",
 		       run->tmpfs[i].flags & MS_NODEV ? ",nodev" : "", run->tmpfs[i].data, run->tmpfs[i].path);
+	for (int i = 0; i < run->file_count; i++)
+		printf("file: %s %s %zu bytes\n", run->files[i].readonly ? "ro" : "rw", run->files[i].path, strlen(run->files[i].content));
 }
 

@@ -56,6 +56,15 @@ struct vmf_conf_lines {
  */
 int vmf_conf_next(struct vmf_conf_lines *lines, char **key, char **value, char *err, size_t errlen);
 
+#define VMF_MAX_FILES 32
+
+/* A file the engine gives the container (its /etc/hosts and the like), bound over the image's. */
+struct vmf_file {
+	const char *path;
+	const char *content;
+	int readonly;
+};
+
 /* A growing, NULL-terminated list of strings. */
 struct vmf_words {
 	int count;
@@ -119,6 +128,8 @@ struct vmf_run {
 	struct vmf_volume volumes[VMF_MAX_VOLUMES];
 	int tmpfs_count;
 	struct vmf_tmpfs tmpfs[VMF_MAX_TMPFS];
+	int file_count;
+	struct vmf_file files[VMF_MAX_FILES];
 };
 
 /*

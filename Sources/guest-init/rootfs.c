@@ -217,6 +217,42 @@ static int stages_host_files(const struct vmf_run *run)
 }
 
 /*
+ * Binds `text` over `path` from a file of the staging tmpfs named `name`: the
+ * mount point made (an empty file, and its folders) where the image has none,
+ * unless the root is read-only; the bind read-only when asked.
+ */
+static int bind_file(const char *path, const char *name, const char *text, int make_point, int readonly)
+{
+	char staged[256];
+	snprintf(staged, sizeof(staged), STAGING "/%s", name);
+	int fd = open(staged, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		vmf_say(VMF_TAG "cannot write %s: %s\n", staged, strerror(errno));
+		return -1;
+	}
+	vmf_write_all(fd, text, strlen(text));
+	close(fd);
+	struct stat st;
+	if (make_point && lstat(path, &st) != 0 && errno == ENOENT) {
+		char parent[4096];
+		snprintf(parent, sizeof(parent), "%s", path);
+		char *slash = strrchr(parent, '/');
+		if (slash && slash != parent) {
+			*slash = '\0';
+			vmf_make_path(parent, 0755);
+		}
+		int point = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (point >= 0)
+			close(point);
+	}
+	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || mount(staged, path, NULL, MS_BIND, NULL) != 0)
+		return -1;
+	if (readonly)
+		mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
+	return 0;
+}
+
+/*
  * Puts `text` at `path` in the image: written in place on a writable disk root
  * (the writes land in the run's overlay), bind-mounted over the file otherwise,
  * as container engines do: read-only on a read-only root; on a folder root (the
@@ -234,26 +270,8 @@ static void place_file(const struct vmf_run *run, const char *path, const char *
 			return;
 		}
 	}
-	char staged[256];
-	snprintf(staged, sizeof(staged), STAGING "/%s", strrchr(path, '/') + 1);
-	int fd = open(staged, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		vmf_say(VMF_TAG "cannot write %s: %s\n", staged, strerror(errno));
+	if (bind_file(path, strrchr(path, '/') + 1, text, !run->readonly, run->readonly) == 0)
 		return;
-	}
-	vmf_write_all(fd, text, strlen(text));
-	close(fd);
-	struct stat st;
-	if (!run->readonly && lstat(path, &st) != 0 && errno == ENOENT && vmf_make_path("/etc", 0755) == 0) {
-		int point = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-		if (point >= 0)
-			close(point);
-	}
-	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && mount(staged, path, NULL, MS_BIND, NULL) == 0) {
-		if (run->readonly)
-			mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
-		return;
-	}
 	if (run->verbose)
 		vmf_say(VMF_TAG "%s is left as the image has it (read-only root)\n", path);
 }
@@ -274,9 +292,10 @@ static void format_hosts(const struct vmf_run *run, char *text, size_t size)
 
 void vmf_write_host_files(const struct vmf_run *run)
 {
-	int staging = stages_host_files(run) && vmf_make_path(STAGING, 0700) == 0
-		&& mount("tmpfs", STAGING, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0700") == 0;
-	if (stages_host_files(run) && !staging)
+	int stages = stages_host_files(run) || run->file_count > 0;
+	int staging = stages && vmf_make_path(STAGING, 0700) == 0
+		&& mount("tmpfs", STAGING, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=2m,mode=0700") == 0;
+	if (stages && !staging)
 		vmf_say(VMF_TAG "cannot stage the host files: %s\n", strerror(errno));
 	char text[1024];
 	snprintf(text, sizeof(text), "%s\n", run->hostname);
@@ -287,9 +306,16 @@ void vmf_write_host_files(const struct vmf_run *run)
 		snprintf(text, sizeof(text), "nameserver %s\n", run->dns);
 		place_file(run, "/etc/resolv.conf", text);
 	}
+	/* The engine's own files (its /etc/hosts, /etc/resolv.conf, /etc/hostname, ...), over ours. */
+	for (int i = 0; staging && i < run->file_count; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "file-%d", i);
+		if (bind_file(run->files[i].path, name, run->files[i].content, !run->readonly, run->files[i].readonly) != 0)
+			vmf_say(VMF_TAG "cannot put the file %s in place: %s\n", run->files[i].path, strerror(errno));
+	}
 	if (staging)
 		umount2(STAGING, MNT_DETACH);
-	if (stages_host_files(run))
+	if (stages)
 		rmdir(STAGING);
 }
 

@@ -123,9 +123,10 @@ public struct RunPlan: Sendable {
             lines += [("address", Self.guestAddress), ("netmask", Self.netmask), ("gateway", Self.gateway), ("dns", Self.dns)]
         }
         for (index, volume) in options.volumes.enumerated() {
-            lines.append(("volume", "\(volume.kind.rawValue) \(volumeTag(index)) \(volume.readOnly ? "ro" : "rw") \(volume.guest)"))
+            lines.append(("volume", "\(volume.kind.guestType) \(volumeTag(index)) \(volume.readOnly ? "ro" : "rw") \(volume.guest)"))
         }
         lines += options.tmpfs.map { ("tmpfs", $0.settingsValue) }
+        lines += options.files.map { ("file", "\($0.readOnly ? "ro" : "rw") \($0.guest)\n\($0.content)") }
         return RunProtocol.keyValueText(lines)
     }
 
@@ -157,6 +158,8 @@ public struct RunPlan: Sendable {
         /// The supervisor's control socket (`RunControl`).
         public var controlSocket: String { sockets + "/control.sock" }
         public func virtiofsSocket(_ index: Int) -> String { sockets + "/fs\(index).sock" }
+        /// virtfs-proxy-helper's socket for the volume at `index` (for a command to read).
+        public func proxySocket(_ index: Int) -> String { sockets + "/proxy\(index).sock" }
         /// virtiofsd's socket for a folder root.
         public var rootSocket: String { sockets + "/root.sock" }
         public var networkSocket: String { sockets + "/net.sock" }
@@ -178,6 +181,8 @@ public struct RunPlan: Sendable {
         public var folders: [Int: Int32] = [:]
         /// Connections to virtiofsd, by volume index.
         public var virtiofs: [Int: Int32] = [:]
+        /// QEMU's ends of the socket pairs to virtfs-proxy-helper, by volume index.
+        public var proxies: [Int: Int32] = [:]
         /// QEMU's end of passt's socket pair.
         public var network: Int32?
 
@@ -189,7 +194,7 @@ public struct RunPlan: Sendable {
         }
 
         public var all: [Int32] {
-            [kernel, initrd] + [overlay, backing, root, channel].compactMap { $0 } + Array(folders.values) + Array(virtiofs.values) + (network.map { [$0] } ?? [])
+            [kernel, initrd] + [overlay, backing, root, channel].compactMap { $0 } + Array(folders.values) + Array(virtiofs.values) + Array(proxies.values) + (network.map { [$0] } ?? [])
         }
 
         /// A path that opens what `fd` is open on, for QEMU's options that take paths.
@@ -264,6 +269,11 @@ public struct RunPlan: Sendable {
                     "-fsdev", "local,id=fs\(index),path=\(path(inherited?.folders[index], volume.host)),security_model=mapped-xattr\(volume.readOnly ? ",readonly=on" : "")",
                     "-device", device("virtio-9p") + ",fsdev=fs\(index),mount_tag=\(volumeTag(index))",
                 ]
+            case .ninepProxy:
+                arguments += [
+                    "-fsdev", "proxy,id=fs\(index)," + (inherited?.proxies[index].map { "sock_fd=\($0)" } ?? "socket=\(files.proxySocket(index))") + (volume.readOnly ? ",readonly=on" : ""),
+                    "-device", device("virtio-9p") + ",fsdev=fs\(index),mount_tag=\(volumeTag(index))",
+                ]
             case .virtiofs:
                 arguments += [
                     "-chardev", "socket,id=fs\(index)," + (inherited?.virtiofs[index].map { "fd=\($0)" } ?? "path=\(files.virtiofsSocket(index))"),
@@ -299,9 +309,16 @@ public struct RunPlan: Sendable {
 
     /// virtfs-proxy-helper for a folder root shared over 9p: chrooted into the folder, serving
     /// QEMU on `fd` (its end of a socket pair), in the foreground.
-    public func rootProxyHelper(fd: Int32, executable: String = "/usr/lib/qemu/virtfs-proxy-helper") -> Command? {
+    public func rootProxyHelper(fd: Int32, executable: String = Self.proxyHelper) -> Command? {
         guard let folder = root.folder, rootShare == .ninep else { return nil }
-        return Command(executable, ["--nodaemon", "--path", folder, "--fd", String(fd)])
+        return Self.proxyHelper(folder: folder, fd: fd, executable: executable)
+    }
+
+    public static let proxyHelper = "/usr/lib/qemu/virtfs-proxy-helper"
+
+    /// virtfs-proxy-helper serving `folder` on `fd`, in the foreground.
+    public static func proxyHelper(folder: String, fd: Int32, executable: String = proxyHelper) -> Command {
+        Command(executable, ["--nodaemon", "--path", folder, "--fd", String(fd)])
     }
 
     /// virtiofsd for the virtio-fs volume at `index`: it serves the host folder on a socket
@@ -320,6 +337,9 @@ public struct RunPlan: Sendable {
 /// terminal, the confinement.
 public struct RunOptions: Sendable {
     public var volumes: [Volume] = []
+    /// Small files an engine gives the container (its /etc/hosts, /etc/resolv.conf,
+    /// /etc/hostname): their text goes with the settings, bound over the image's in the guest.
+    public var files: [GuestFile] = []
     public var tmpfs: [TmpfsMount] = []
     /// The size of /dev/shm (`--shm-size`), 64 MiB as docker's.
     public var shmBytes = 64 << 20
@@ -340,4 +360,20 @@ public struct RunOptions: Sendable {
     public var keep = false
 
     public init() {}
+}
+
+/// A small host file's text for the guest, at `guest` (bound over the image's file).
+public struct GuestFile: Sendable, Equatable {
+    public var guest: String
+    public var content: String
+    public var readOnly: Bool
+
+    public init(guest: String, content: String, readOnly: Bool) {
+        self.guest = guest
+        self.content = content
+        self.readOnly = readOnly
+    }
+
+    /// The most a file may hold: the settings travel in one frame.
+    public static let largest = 16 << 10
 }

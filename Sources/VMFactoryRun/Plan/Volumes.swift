@@ -9,6 +9,12 @@ public struct Volume: Sendable, Equatable, Codable {
         case ninep = "9p"
         /// virtio-fs, served by virtiofsd over vhost-user.
         case virtiofs
+        /// virtio-9p, served by virtfs-proxy-helper (as root, chrooted into the folder) for an
+        /// unprivileged QEMU: the OCI runtime's bind mounts for a guest of the other byte order.
+        case ninepProxy = "9p-proxy"
+
+        /// The file system the guest mounts.
+        public var guestType: String { self == .virtiofs ? "virtiofs" : "9p" }
     }
 
     /// An absolute host path that exists.

@@ -134,6 +134,15 @@ public struct RunPreparer: Sendable {
         )
         plan.options = request.options
         plan.ports = ports
+        if plan.rootShare == .ninep {
+            // virtio-fs speaks FUSE in the host's byte order: a guest of the other gets its
+            // virtio-fs folders over 9p, served as virtio-fs would be (as root, for an
+            // unprivileged QEMU) by virtfs-proxy-helper.
+            for index in plan.options.volumes.indices where plan.options.volumes[index].kind == .virtiofs {
+                plan.options.volumes[index].kind = .ninepProxy
+                console.debug("run: the volume \(plan.options.volumes[index].host) reaches the \(target) guest over 9p through virtfs-proxy-helper")
+            }
+        }
         if request.options.tty { plan.windowSize = request.windowSize ?? (24, 80) }
         if request.options.icount {
             plan.accelerator = .tcg
@@ -164,7 +173,7 @@ public struct RunPreparer: Sendable {
                 throw VMFactoryError(.invalidArgument, "--rootfs needs root: the folder reaches the guest through QEMU 7.2's virtiofsd, which runs as root", hint: "run as root, or make an image of the folder and run that")
             }
         }
-        if request.options.volumes.contains(where: { $0.kind == .virtiofs }), !request.root, !request.printOnly {
+        if request.options.volumes.contains(where: { $0.kind == .virtiofs || $0.kind == .ninepProxy }), !request.root, !request.printOnly {
             throw VMFactoryError(.invalidArgument, "virtio-fs volumes need root: QEMU 7.2's virtiofsd runs as root", hint: "share the folder over 9p instead (-v HOST:GUEST), or run as root")
         }
         for volume in request.options.volumes where volume.kind == .virtiofs && !volume.readOnly && !request.printOnly {

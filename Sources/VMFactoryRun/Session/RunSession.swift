@@ -107,7 +107,7 @@ public struct RunSession: Sendable {
             shares.append((index, plan.virtiofsd(index, files: files), files.virtiofsSocket(index), "the volume \(volume.host):\(volume.guest)", "virtiofsd (QEMU 7.2's) needs root rights; use a 9p volume (-v HOST:GUEST) otherwise"))
         }
         do {
-            if let helper = try await startRootProxyHelper(folder: folder, descriptors: descriptors) { daemons.append(helper) }
+            daemons += try await startProxyHelpers(folder: folder, descriptors: descriptors)
             for share in shares {
                 let logPath = folder.path + "/virtiofsd-\(share.index.map(String.init) ?? "root").log"
                 let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -143,19 +143,29 @@ public struct RunSession: Sendable {
         return daemons
     }
 
-    /// virtfs-proxy-helper for a folder root over 9p, on its end of a socket pair (QEMU has
-    /// the other).
-    func startRootProxyHelper(folder: RunFolders.Folder, descriptors: VMMDescriptors) async throws -> ChildProcess? {
-        guard plan.root.folder != nil, plan.rootShare == .ninep else { return nil }
-        let fd = try descriptors.makeRootProxyPair()
-        guard let command = plan.rootProxyHelper(fd: fd) else { return nil }
-        let log = open(folder.path + "/virtfs-proxy-helper.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        defer { if log >= 0 { close(log) } }
+    /// virtfs-proxy-helper for a folder root over 9p and for each proxied 9p volume, each on its
+    /// end of a socket pair (QEMU has the other).
+    func startProxyHelpers(folder: RunFolders.Folder, descriptors: VMMDescriptors) async throws -> [ChildProcess] {
+        var shares: [(index: Int?, host: String)] = []
+        if let root = plan.root.folder, plan.rootShare == .ninep { shares.append((nil, root)) }
+        for (index, volume) in plan.volumes.enumerated() where volume.kind == .ninepProxy { shares.append((index, volume.host)) }
+        var helpers: [ChildProcess] = []
         do {
-            return try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null, keeping: [fd])
+            for share in shares {
+                let fd = try descriptors.makeProxyPair(volume: share.index)
+                let command = RunPlan.proxyHelper(folder: share.host, fd: fd)
+                let log = open(folder.path + "/virtfs-proxy-helper-\(share.index.map(String.init) ?? "root").log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+                defer { if log >= 0 { close(log) } }
+                helpers.append(try await ChildProcess.spawn(command, environment: command.environment(on: baseEnvironment), stdout: .null, stderr: log >= 0 ? .descriptor(log) : .null, keeping: [fd]))
+            }
         } catch let error as VMFactoryError where error.code == .missingTool {
-            throw VMFactoryError(.missingTool, "virtfs-proxy-helper, which shares a folder root with a guest of the other byte order, is not installed", hint: "install qemu-system-common (apt-get install qemu-system-common)")
+            for helper in helpers { helper.terminate(grace: .milliseconds(200)) }
+            throw VMFactoryError(.missingTool, "virtfs-proxy-helper, which shares folders with a guest of the other byte order, is not installed", hint: "install qemu-system-common (apt-get install qemu-system-common)")
+        } catch {
+            for helper in helpers { helper.terminate(grace: .milliseconds(200)) }
+            throw error
         }
+        return helpers
     }
 
     /// passt for the `user` and `host-loopback` networks, on its end of the socket pair.

@@ -80,12 +80,12 @@ final class VMMDescriptors: @unchecked Sendable {
         if let index { inherited.virtiofs[index] = fd } else { inherited.root = fd }
     }
 
-    /// A socket pair between QEMU and virtfs-proxy-helper: QEMU's end inherited, the helper's
-    /// returned (closed with the rest of the children's ends).
-    func makeRootProxyPair() throws -> Int32 {
+    /// A socket pair between QEMU and virtfs-proxy-helper for the root (nil) or a volume:
+    /// QEMU's end inherited, the helper's returned (closed with the rest of the children's ends).
+    func makeProxyPair(volume index: Int?) throws -> Int32 {
         let (qemuEnd, helperEnd) = try SocketIO.pair()
         open += [qemuEnd, helperEnd]
-        inherited.root = qemuEnd
+        if let index { inherited.proxies[index] = qemuEnd } else { inherited.root = qemuEnd }
         return helperEnd
     }
 
