@@ -1,7 +1,12 @@
 #define _GNU_SOURCE
 #include <sys/socket.h>
 #include "vmf_linux.h"
+#include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -221,4 +226,42 @@ int vmf_open_pty(int *master, int *slave)
 		return -1;
 	}
 	return 0;
+}
+
+int vmf_open_tap_in_netns(const char *netns, const char *name)
+{
+	int own = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	int target = open(netns, O_RDONLY | O_CLOEXEC);
+	if (own < 0 || target < 0) {
+		int error = errno;
+		if (own >= 0)
+			close(own);
+		if (target >= 0)
+			close(target);
+		errno = error;
+		return -1;
+	}
+	int tap = -1, error = 0;
+	if (setns(target, CLONE_NEWNET) != 0) {
+		error = errno;
+	} else {
+		tap = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+		struct ifreq request;
+		memset(&request, 0, sizeof(request));
+		request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+		snprintf(request.ifr_name, sizeof(request.ifr_name), "%s", name);
+		if (tap < 0 || ioctl(tap, TUNSETIFF, &request) != 0) {
+			error = errno;
+			if (tap >= 0)
+				close(tap);
+			tap = -1;
+		}
+		/* Back in our own namespace whatever happened; a thread left in the other would be worse than a failure. */
+		if (setns(own, CLONE_NEWNET) != 0)
+			abort();
+	}
+	close(own);
+	close(target);
+	errno = error;
+	return tap;
 }

@@ -30,39 +30,39 @@ public struct BundleRun: Sendable {
     static let ownMounts: Set<String> = ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"]
 
     /// The request: the process as the config says it, the root folder, the resources.
-    public func request(configuration: RuntimeConfiguration, interactive: Bool) throws -> RunRequest {
+    public func request(configuration: RuntimeConfiguration, interactive: Bool) throws -> BundleRequest {
         let process = config.process!
-        var request = RunRequest(image: bundle)
-        request.rootFolder = root
-        request.process.command = process.args ?? []
-        request.process.entrypoint = nil
-        request.process.environment = (process.env ?? []).filter { $0.contains("=") }
-        request.process.user = "\(process.user.uid):\(process.user.gid)"
-        request.process.workdir = process.cwd.isEmpty ? "/" : process.cwd
-        request.hostname = config.hostname.flatMap { $0.isEmpty ? nil : $0 }
-        request.options.tty = process.terminal ?? false
-        request.options.interactive = interactive || request.options.tty
-        request.options.readOnly = config.root?.readonly ?? false
-        request.options.network = .none
-        request.options.memoryMiB = configuration.memoryMiB ?? 512
-        request.accelerator = .auto
+        var request = BundleRequest(run: RunRequest(image: bundle))
+        request.run.rootFolder = root
+        request.run.process.command = process.args ?? []
+        request.run.process.entrypoint = nil
+        request.run.process.environment = (process.env ?? []).filter { $0.contains("=") }
+        request.run.process.user = "\(process.user.uid):\(process.user.gid)"
+        request.run.process.workdir = process.cwd.isEmpty ? "/" : process.cwd
+        request.run.hostname = config.hostname.flatMap { $0.isEmpty ? nil : $0 }
+        request.run.options.tty = process.terminal ?? false
+        request.run.options.interactive = interactive || request.run.options.tty
+        request.run.options.readOnly = config.root?.readonly ?? false
+        request.run.options.network = .none
+        request.run.options.memoryMiB = configuration.memoryMiB ?? 512
+        request.run.accelerator = .auto
         if let annotated = config.annotations?[Self.targetAnnotation] {
             guard let target = Target(rawValue: annotated) else {
                 throw VMFactoryError(.invalidArgument, "the annotation \(Self.targetAnnotation)=\(annotated) names no target", hint: "use x86_64 or s390x")
             }
-            request.platform = Platform.of(target)
+            request.run.platform = Platform.of(target)
         }
         if let resources = config.linux?.resources {
             if let limit = resources.memory?.limit, limit > 0 {
                 // The VM's memory is the limit: the guest's kernel and init live in it too.
-                request.options.memoryMiB = max(Int((limit + (1 << 20) - 1) >> 20), 128)
+                request.run.options.memoryMiB = max(Int((limit + (1 << 20) - 1) >> 20), 128)
             }
             if let quota = resources.cpu?.quota, quota > 0, let period = resources.cpu?.period, period > 0 {
-                request.options.cpus = max(1, min(64, Int((UInt64(quota) + period - 1) / period)))
+                request.run.options.cpus = max(1, min(64, Int((UInt64(quota) + period - 1) / period)))
             } else if let cpus = resources.cpu?.cpus, let count = Self.cpuCount(cpus) {
-                request.options.cpus = max(1, min(64, count))
+                request.run.options.cpus = max(1, min(64, count))
             }
-            if let pids = resources.pids?.limit, pids > 0 { request.options.pidsLimit = Int(pids) }
+            if let pids = resources.pids?.limit, pids > 0 { request.run.options.pidsLimit = Int(pids) }
         }
         for mount in config.mounts ?? [] {
             if Self.ownMounts.contains(mount.destination) {
@@ -72,16 +72,14 @@ public struct BundleRun: Sendable {
             let options = mount.options ?? []
             switch mount.type {
             case "tmpfs":
-                request.options.tmpfs.append(TmpfsMount(guest: mount.destination, options: options.filter { $0 != "tmpcopyup" }))
+                request.run.options.tmpfs.append(TmpfsMount(guest: mount.destination, options: options.filter { $0 != "tmpcopyup" }))
             case "bind", nil, "none":
-                try bind(mount, into: &request)
+                try bind(mount, into: &request.run)
             default:
                 log.debug("mount \(mount.destination) (\(mount.type ?? "")): not made in the VM; skipped")
             }
         }
-        for namespace in config.linux?.namespaces ?? [] where namespace.type == "network" && namespace.path != nil {
-            log.debug("network namespace \(namespace.path!): the VM has no network device yet")
-        }
+        request.networkNamespace = config.linux?.namespaces?.first { $0.type == "network" }?.path.flatMap { $0.isEmpty ? nil : $0 }
         if let caps = process.capabilities, caps.bounding != nil { log.debug("process.capabilities: the guest's process keeps root's in the VM") }
         if let rlimits = process.rlimits, !rlimits.isEmpty { log.debug("process.rlimits: \(rlimits.map(\.type).joined(separator: ", ")) not applied in the guest") }
         if process.user.additionalGids?.isEmpty == false { log.debug("process.user.additionalGids: the guest takes the groups of /etc/group") }
@@ -128,6 +126,13 @@ public struct BundleRun: Sendable {
         }
         return count > 0 ? count : nil
     }
+}
+
+/// A bundle's run request, and the network namespace it names (inspected by the supervisor,
+/// as root, once the VM is to be made).
+public struct BundleRequest: Sendable {
+    public var run: RunRequest
+    public var networkNamespace: String?
 }
 
 /// The kernels a runtime call finds: the recipe's built ones in the output folder, or a

@@ -55,10 +55,17 @@ struct Supervisor {
         let bundleRun = try BundleRun(bundle: bundle, log: log)
         var stdinStat = stat()
         let stdinIsStream = fstat(STDIN_FILENO, &stdinStat) == 0 && (stdinStat.st_mode & S_IFMT == S_IFIFO || stdinStat.st_mode & S_IFMT == S_IFSOCK)
-        var request = try bundleRun.request(configuration: configuration, interactive: stdinIsStream || terminal)
+        let bundleRequest = try bundleRun.request(configuration: configuration, interactive: stdinIsStream || terminal)
+        var request = bundleRequest.run
         request.options.tty = request.options.tty && terminal
         if request.options.tty { request.windowSize = RawTerminal.size(of: STDIN_FILENO) }
         request.options.vmmIdentity = geteuid() == 0 ? try (configuration.vmmUser.map(ProcessIdentity.parse) ?? .nobody) : nil
+        let runner = LocalProcessRunner(hostEnvironment: runtime.environment)
+        if let path = bundleRequest.networkNamespace {
+            let network = try await NamespaceNetwork.inspect(path, runner: runner)
+            request.options.namespaceNetwork = network
+            log.debug("network namespace \(path): \(network.interface) \(network.address)/\(network.prefix) via \(network.gateway ?? "no gateway"), MAC \(network.mac), MTU \(network.mtu)")
+        }
 
         let console = Console(verbosity: line.debug ? .verbose : .quiet, output: .sink { data in log.debug(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)) })
         let runDirectory = configuration.runDirectory ?? "/run/vmfactory-runtime"
@@ -67,7 +74,7 @@ struct Supervisor {
             library: library, cacheDirectory: runDirectory, outputDirectory: configuration.outputDirectory, offline: true,
             environment: runtime.environment, currentDirectory: FileManager.default.currentDirectoryPath
         )
-        let factory = Factory(workspace: workspace, runner: LocalProcessRunner(hostEnvironment: runtime.environment), console: console)
+        let factory = Factory(workspace: workspace, runner: runner, console: console)
         let recipe = try factory.recipes.load(configuration.recipe ?? "container")
         let kernelImage = bundleRun.config.annotations?[BundleRun.kernelAnnotation] ?? configuration.kernelImage
         let preparer = RunPreparer(

@@ -56,6 +56,10 @@ int vmf_configure_network(const struct vmf_run *run, struct vmf_error *e)
 	if (bring_up(sock, "lo") != 0)
 		vmf_say(VMF_TAG "cannot bring lo up: %s\n", strerror(errno));
 	if (run->network) {
+		if (!run->address || !run->netmask) {
+			close(sock);
+			return vmf_fail(e, 125, "the settings give a network device but no address or netmask");
+		}
 		if (vmf_wait_for("/sys/class/net/eth0", e) != 0) {
 			close(sock);
 			return -1;
@@ -66,6 +70,10 @@ int vmf_configure_network(const struct vmf_run *run, struct vmf_error *e)
 			int saved = errno;
 			close(sock);
 			return vmf_fail(e, 125, "cannot configure eth0 as %s/%s: %s", run->address, run->netmask, strerror(saved));
+		}
+		if (!run->gateway) {
+			close(sock);
+			return 0;
 		}
 		struct rtentry route;
 		memset(&route, 0, sizeof(route));

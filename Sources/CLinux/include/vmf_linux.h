@@ -68,5 +68,10 @@ int vmf_send_fd(int socket, int fd);
 /// A new pseudo-terminal, both ends close-on-exec and neither the caller's controlling
 /// terminal. Returns 0, or -1 with errno.
 int vmf_open_pty(int *master, int *slave);
+/// Creates the tap device `name` (no packet information, with virtio-net headers) inside the
+/// network namespace `netns` (a path such as /run/netns/NAME) and returns its descriptor,
+/// close-on-exec; the calling thread is back in its own namespace when it returns. The tap
+/// lives as long as the descriptor. Returns -1 with errno on failure.
+int vmf_open_tap_in_netns(const char *netns, const char *name);
 
 #endif

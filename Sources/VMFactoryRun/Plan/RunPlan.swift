@@ -114,12 +114,16 @@ public struct RunPlan: Sendable {
             ("stopsignal", String(process.stopSignal)), ("readonly", options.readOnly ? "1" : "0"),
             ("stdin", options.interactive ? "1" : "0"), ("tty", options.tty ? "1" : "0"), ("verbose", options.verbose ? "1" : "0"), ("keep", options.keep ? "1" : "0"),
             // The init only needs to know whether there is a device to configure.
-            ("network", options.network.hasDevice ? "user" : "none"), ("shmsize", String(options.shmBytes)),
+            ("network", options.network.hasDevice || options.namespaceNetwork != nil ? "user" : "none"), ("shmsize", String(options.shmBytes)),
         ]
         if root.folder != nil { lines.append(("root", "\(rootShare.rawValue) \(Self.rootTag)")) }
         if let pidsLimit = options.pidsLimit { lines.append(("pidslimit", String(pidsLimit))) }
         if let windowSize, options.tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
-        if options.network.hasDevice {
+        if let namespace = options.namespaceNetwork {
+            // The namespace's own address; its DNS is the engine's resolv.conf, bound as a file.
+            lines += [("address", namespace.address), ("netmask", namespace.netmask)]
+            if let gateway = namespace.gateway { lines.append(("gateway", gateway)) }
+        } else if options.network.hasDevice {
             lines += [("address", Self.guestAddress), ("netmask", Self.netmask), ("gateway", Self.gateway), ("dns", Self.dns)]
         }
         for (index, volume) in options.volumes.enumerated() {
@@ -185,6 +189,8 @@ public struct RunPlan: Sendable {
         public var proxies: [Int: Int32] = [:]
         /// QEMU's end of passt's socket pair.
         public var network: Int32?
+        /// The tap device in the container's network namespace.
+        public var tap: Int32?
 
         public init(kernel: Int32, initrd: Int32, overlay: Int32?, backing: Int32?) {
             self.kernel = kernel
@@ -194,7 +200,7 @@ public struct RunPlan: Sendable {
         }
 
         public var all: [Int32] {
-            [kernel, initrd] + [overlay, backing, root, channel].compactMap { $0 } + Array(folders.values) + Array(virtiofs.values) + Array(proxies.values) + (network.map { [$0] } ?? [])
+            [kernel, initrd] + [overlay, backing, root, channel].compactMap { $0 } + Array(folders.values) + Array(virtiofs.values) + Array(proxies.values) + [network, tap].compactMap { $0 }
         }
 
         /// A path that opens what `fd` is open on, for QEMU's options that take paths.
@@ -259,6 +265,12 @@ public struct RunPlan: Sendable {
             // user network, which gives the guest the host's loopback.
             let endpoint = inherited?.network.map { "addr.type=fd,addr.str=\($0)" } ?? "addr.type=unix,addr.path=\(files.networkSocket)"
             arguments += ["-netdev", "stream,id=net,server=off,\(endpoint)", "-device", device("virtio-net") + ",netdev=net"]
+        }
+        if let namespace = options.namespaceNetwork {
+            // A tap in the engine's network namespace, with the veth's MAC (the namespace's
+            // neighbours know it); no vhost (the host has no /dev/vhost-net).
+            let tap = inherited?.tap.map { "fd=\($0)" } ?? "ifname=\(NamespaceNetwork.tap),script=no,downscript=no"
+            arguments += ["-netdev", "tap,id=net,\(tap),vhost=off", "-device", device("virtio-net") + ",netdev=net,mac=\(namespace.mac)"]
         }
         for (index, volume) in options.volumes.enumerated() {
             switch volume.kind {
@@ -340,6 +352,9 @@ public struct RunOptions: Sendable {
     /// Small files an engine gives the container (its /etc/hosts, /etc/resolv.conf,
     /// /etc/hostname): their text goes with the settings, bound over the image's in the guest.
     public var files: [GuestFile] = []
+    /// An engine's network namespace for the guest's NIC (the OCI runtime's), instead of
+    /// `network`'s passt.
+    public var namespaceNetwork: NamespaceNetwork?
     public var tmpfs: [TmpfsMount] = []
     /// The size of /dev/shm (`--shm-size`), 64 MiB as docker's.
     public var shmBytes = 64 << 20

@@ -201,6 +201,9 @@ public struct RunSession: Sendable {
         defer { descriptors.closeAll(keepingChannel: channelsOwnChannel) }
         let daemons = try await startVirtiofsd(files, folder: folder, descriptors: descriptors)
         defer { for daemon in daemons { daemon.terminate(grace: .milliseconds(500)) } }
+        if let namespace = plan.namespaceNetwork {
+            descriptors.takeTap(try await namespace.attach(runner: LocalProcessRunner(hostEnvironment: baseEnvironment)))
+        }
         let passt = try await startPasst(files, folder: folder, descriptors: descriptors)
         defer { passt?.terminate(grace: .milliseconds(200)) }
         let policy: FrameFilter.Policy = switch plan.network {

@@ -73,6 +73,12 @@ final class VMMDescriptors: @unchecked Sendable {
         return ends
     }
 
+    /// The tap in the container's network namespace, for QEMU.
+    func takeTap(_ fd: Int32) {
+        open.append(fd)
+        inherited.tap = fd
+    }
+
     /// A connection to virtiofsd's socket, for QEMU: a volume's, or the root's (nil).
     func connectVirtiofs(_ index: Int?, socket: String) throws {
         let fd = try SocketIO.connect(to: socket)
