@@ -60,6 +60,9 @@ public struct Runtime: Sendable {
         case "delete": return try delete()
         case "features": return features()
         case "exec": return try await exec()
+        case "pause": return try pause(true)
+        case "resume": return try pause(false)
+        case "ps": return try ps()
         case "exec-relay": return await execRelay()
         case "supervise": return await Supervisor(runtime: self).run()
         default:
@@ -80,6 +83,8 @@ public struct Runtime: Sendable {
           delete [--force] ID            the container's state; --force ends a running one
           exec --process FILE [--detach] [--pid-file FILE] [--tty --console-socket SOCK] ID
                                          a process in the container's VM
+          pause ID, resume ID            stop and continue the VM's vCPUs (QEMU's stop and cont)
+          ps [--format table|json] ID    the host's processes of the container: its supervisor, QEMU and helpers
           features                       what this runtime supports (JSON)
         """
 
@@ -189,7 +194,7 @@ public struct Runtime: Sendable {
 
     func loadState(_ id: String) throws -> ContainerState {
         guard let state = try ContainerState.load(root: line.root, id: id) else {
-            throw VMFactoryError(.notFound, "container \(id) does not exist", hint: "`vmfactory-runtime list` is not kept; check the id the engine gave")
+            throw VMFactoryError(.notFound, "container \(id) does not exist", hint: "check the id, and that --root is the one the container was created with (\(line.root))")
         }
         return state
     }
@@ -267,6 +272,52 @@ public struct Runtime: Sendable {
         let registry = RunRegistry(folders: runFolders(try configuration))
         if let entry = registry.entry(registry.folders.root + "/" + state.runID) { try? registry.remove(entry) }
         try? FileManager.default.removeItem(atPath: ContainerState.folder(root: line.root, id: id))
+        return 0
+    }
+
+    func pause(_ pausing: Bool) throws -> Int32 {
+        let id = try line.containerID()
+        var state = try loadState(id)
+        let status = state.currentStatus
+        guard status == (pausing ? .running : .paused) else {
+            throw VMFactoryError(.invalidArgument, "cannot \(pausing ? "pause" : "resume") container \(id): it is \(status.rawValue)", hint: pausing ? "only a running container pauses" : "only a paused container resumes")
+        }
+        let answer = try RunClient.request(try runEntry(state), pausing ? "pause" : "resume")
+        guard answer.code == 0 else { throw VMFactoryError(.processFailed, "\(pausing ? "pause" : "resume"): \(answer.message)") }
+        state.status = pausing ? .paused : .running
+        try state.write(root: line.root)
+        return 0
+    }
+
+    /// The supervisor and its descendants (QEMU, virtiofsd, passt, the proxy helpers): the
+    /// container's processes on the host. The processes inside the VM are the guest's.
+    func ps() throws -> Int32 {
+        let id = try line.containerID()
+        let state = try loadState(id)
+        var pids: [Int32] = []
+        if state.supervisorAlive {
+            var parents: [Int32: [Int32]] = [:]
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+                guard let pid = Int32(name), let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                      let close = text.lastIndex(of: ")") else { continue }
+                let fields = text[text.index(after: close)...].split(separator: " ")
+                if fields.count > 1, let parent = Int32(fields[1]) { parents[parent, default: []].append(pid) }
+            }
+            var queue = [state.pid]
+            while let pid = queue.popLast() {
+                pids.append(pid)
+                queue += parents[pid] ?? []
+            }
+        }
+        if line.flag("format", "f") == "json" {
+            print("[" + pids.sorted().map(String.init).joined(separator: ",") + "]")
+        } else {
+            print("PID\tCMD")
+            for pid in pids.sorted() {
+                let command = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines) ?? "?"
+                print("\(pid)\t\(command)")
+            }
+        }
         return 0
     }
 

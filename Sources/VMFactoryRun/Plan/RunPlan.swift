@@ -191,6 +191,8 @@ public struct RunPlan: Sendable {
         public var network: Int32?
         /// The tap device in the container's network namespace.
         public var tap: Int32?
+        /// QEMU's end of its monitor's socket pair (QMP).
+        public var monitor: Int32?
 
         public init(kernel: Int32, initrd: Int32, overlay: Int32?, backing: Int32?) {
             self.kernel = kernel
@@ -200,7 +202,7 @@ public struct RunPlan: Sendable {
         }
 
         public var all: [Int32] {
-            [kernel, initrd] + [overlay, backing, root, channel].compactMap { $0 } + Array(folders.values) + Array(virtiofs.values) + Array(proxies.values) + [network, tap].compactMap { $0 }
+            [kernel, initrd] + [overlay, backing, root, channel].compactMap { $0 } + Array(folders.values) + Array(virtiofs.values) + Array(proxies.values) + [network, tap, monitor].compactMap { $0 }
         }
 
         /// A path that opens what `fd` is open on, for QEMU's options that take paths.
@@ -260,6 +262,8 @@ public struct RunPlan: Sendable {
             "-chardev", "socket,id=channel,\(channel)", "-device", "virtserialport,bus=ports.0,chardev=channel,name=\(RunProtocol.port)",
         ]
         arguments += ["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", device("virtio-rng") + ",rng=rng"]
+        // QMP for the supervisor alone (pause and resume), on a socket pair.
+        if let monitor = inherited?.monitor { arguments += ["-chardev", "socket,id=qmp,fd=\(monitor)", "-mon", "chardev=qmp,mode=control"] }
         if options.network.hasDevice {
             // passt, behind vmfactory's frame filter, on a stream of frames: never QEMU's own
             // user network, which gives the guest the host's loopback.

@@ -11,20 +11,24 @@ import VMFactoryLifecycle
 ///   process's frames both ways, as on the guest's channel, until its exit;
 /// - `kill N`: signal N to the command, answered at once;
 /// - `stop SECONDS`, `wait`, `end`: answered with the run's exit status once the VM has ended;
+/// - `pause`, `resume`: QEMU's stop and cont;
 /// - `start`: the held settings go (the OCI runtime's start), answered with 0 once the command
 ///   has started, or with the run's exit status if it ended first.
 final class RunControl: Sendable {
     let listener: UnixListener
     let channels: RunChannels
     let process: ContainerProcess
+    /// QEMU's monitor, for pause and resume.
+    let monitor: QEMUMonitor?
     private let ended = Mutex<(outcome: (code: Int32, message: String?)?, waiters: [Int32])>((nil, []))
     /// Who waits for the command's start, until it has started.
     private let starting = Mutex<(started: Bool, waiters: [Int32])>((false, []))
 
-    init(path: String, channels: RunChannels, process: ContainerProcess) throws {
+    init(path: String, channels: RunChannels, process: ContainerProcess, monitor: QEMUMonitor? = nil) throws {
         listener = try UnixListener(path: path)
         self.channels = channels
         self.process = process
+        self.monitor = monitor
     }
 
     func start() {
@@ -101,6 +105,11 @@ final class RunControl: Sendable {
             answerAtEnd(fd)
         case "wait":
             answerAtEnd(fd)
+        case "pause", "resume":
+            // QEMU's stop and cont: the vCPUs halt, the guest's clock with them.
+            guard let monitor else { return answer(fd, 2, "\(verb): this run has no monitor") }
+            let failure = monitor.execute(verb == "pause" ? "stop" : "cont")
+            answer(fd, failure == nil ? 0 : 1, failure ?? "")
         case "start":
             if let outcome = ended.withLock({ $0.outcome }) {
                 return answer(fd, outcome.code == 0 ? 1 : outcome.code, outcome.message ?? "the run has ended")

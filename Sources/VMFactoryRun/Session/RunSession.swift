@@ -260,7 +260,7 @@ public struct RunSession: Sendable {
             onStarted?()
         }
         // exec, start, stop, kill, wait and rm -f reach the run here, foreground or detached.
-        let control = try RunControl(path: files.controlSocket, channels: channels, process: plan.process)
+        let control = try RunControl(path: files.controlSocket, channels: channels, process: plan.process, monitor: QEMUMonitor(fd: descriptors.monitor))
         controlHolder.withLock { $0 = control }
         control.start()
         relay?.start()

@@ -10,6 +10,8 @@ final class VMMDescriptors: @unchecked Sendable {
     private(set) var inherited: RunPlan.Inherited
     /// Our end of the run channel's socket pair.
     private(set) var channel: Int32 = -1
+    /// Our end of QEMU's monitor (QMP), for pause and resume.
+    private(set) var monitor: Int32 = -1
     /// passt's end of its socket pair.
     private(set) var passt: Int32?
     /// Our ends towards QEMU and towards passt, for the frame filter between them.
@@ -47,6 +49,10 @@ final class VMMDescriptors: @unchecked Sendable {
             opened += [ours, theirs]
             channel = ours
             inherited.channel = theirs
+            let (monitorOurs, monitorTheirs) = try SocketIO.pair()
+            opened += [monitorOurs, monitorTheirs]
+            monitor = monitorOurs
+            inherited.monitor = monitorTheirs
             for (index, volume) in plan.volumes.enumerated() where volume.kind == .ninep {
                 inherited.folders[index] = try openFile(volume.host, O_RDONLY | O_DIRECTORY, what: "the volume")
             }
@@ -99,8 +105,8 @@ final class VMMDescriptors: @unchecked Sendable {
     func closeChildEnds() {
         guard !childEndsClosed else { return }
         childEndsClosed = true
-        for fd in open where fd != channel { close(fd) }
-        open = open.filter { $0 == channel }
+        for fd in open where fd != channel && fd != monitor { close(fd) }
+        open = open.filter { $0 == channel || $0 == monitor }
     }
 
     /// Closes everything still open (our end of the channel is the session's to close once
