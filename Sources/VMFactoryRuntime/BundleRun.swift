@@ -72,7 +72,9 @@ public struct BundleRun: Sendable {
             let options = mount.options ?? []
             switch mount.type {
             case "tmpfs":
-                request.run.options.tmpfs.append(TmpfsMount(guest: mount.destination, options: options.filter { $0 != "tmpcopyup" }))
+                let (tmpfs, dropped) = TmpfsMount.engine(guest: mount.destination, options: options)
+                request.run.options.tmpfs.append(tmpfs)
+                if !dropped.isEmpty { log.debug("tmpfs \(mount.destination): options \(dropped.joined(separator: ",")) not applied in the guest") }
             case "bind", nil, "none":
                 try bind(mount, into: &request.run)
             default:

@@ -279,6 +279,13 @@ public struct TmpfsMount: Sendable, Equatable, Codable {
         return TmpfsMount(guest: normalized, options: Self.defaultOptions + given)
     }
 
+    /// An engine's tmpfs mount (an OCI config's): the options the guest takes, and those it
+    /// does not (atime flags, propagation, tmpcopyup), for the caller to say.
+    public static func engine(guest: String, options: [String]) -> (mount: TmpfsMount, dropped: [String]) {
+        let kept = options.filter { flags.contains($0) || isSizedOption($0) }
+        return (TmpfsMount(guest: guest, options: kept), options.filter { !kept.contains($0) })
+    }
+
     /// tmpfs's own options, with values it takes: numbers, with a unit where tmpfs allows one.
     static func isSizedOption(_ option: String) -> Bool {
         let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
