@@ -58,6 +58,8 @@ public enum Doctor {
             tool("mke2fs", "root disks (vmfactory rootfs)", package: "e2fsprogs"),
             tool("skopeo", "images from registries (docker://)"),
             tool("passt", "vmfactory run's network (--network user, host-loopback)"),
+            tool("tc", "vmfactory-runtime's VMs on an engine's network namespace", package: "iproute2"),
+            tool("nsenter", "vmfactory-runtime's VMs on an engine's network namespace", package: "util-linux"),
         ]
         for target in targets {
             if let prefix = target.crossCompilePrefix(host: host) {
