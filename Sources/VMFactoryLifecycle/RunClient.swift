@@ -59,6 +59,8 @@ public enum RunClient {
         public var copyTop: String?
         /// Where stdin comes from with `interactive`.
         public var input: Int32 = STDIN_FILENO
+        /// An OCI runtime's groups, limits, capabilities, no_new_privs and umask.
+        public var privileges = ProcessPrivileges()
         /// Called once the process has started (the OCI runtime's `exec --detach` returns then).
         public var onStarted: (@Sendable () -> Void)?
         /// Told of a failure to start (its status and the guest's words) instead of stderr.
@@ -76,6 +78,7 @@ public enum RunClient {
             if let user { pairs.append(("user", user)) }
             if let workdir { pairs.append(("workdir", workdir)) }
             pairs += [("stdin", interactive ? "1" : "0"), ("tty", tty ? "1" : "0")]
+            pairs += privileges.settings
             if tty, let windowSize { pairs += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }
             return RunProtocol.keyValueText(pairs)
         }

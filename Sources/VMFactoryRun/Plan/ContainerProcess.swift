@@ -15,13 +15,15 @@ public struct ProcessRequest: Sendable, Equatable {
     public var environmentFiles: [(name: String, text: String)] = []
     public var user: String?
     public var workdir: String?
+    /// An OCI runtime's groups, limits, capabilities, no_new_privs and umask.
+    public var privileges = ProcessPrivileges()
 
     public init() {}
 
     public static func == (lhs: ProcessRequest, rhs: ProcessRequest) -> Bool {
         lhs.command == rhs.command && lhs.entrypoint == rhs.entrypoint && lhs.environment == rhs.environment
             && lhs.environmentFiles.map(\.name) == rhs.environmentFiles.map(\.name) && lhs.environmentFiles.map(\.text) == rhs.environmentFiles.map(\.text)
-            && lhs.user == rhs.user && lhs.workdir == rhs.workdir
+            && lhs.user == rhs.user && lhs.workdir == rhs.workdir && lhs.privileges == rhs.privileges
     }
 }
 
@@ -36,6 +38,8 @@ public struct ContainerProcess: Sendable, Equatable, Codable {
     public var workdir: String
     /// What a stop sends (the image's StopSignal, else SIGTERM).
     public var stopSignal: Int32
+    /// An OCI runtime's groups, limits, capabilities, no_new_privs and umask.
+    public var privileges = ProcessPrivileges()
 
     /// docker's `PATH` for a process whose environment has none (the init's default too).
     public static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -72,6 +76,8 @@ public struct ContainerProcess: Sendable, Equatable, Codable {
             throw VMFactoryError(.invalidArgument, "an argument holds a NUL byte", hint: "arguments, paths and user names are C strings in the guest")
         }
         let stopSignal = try image.StopSignal.map { try Signals.number(of: $0, what: "the image's StopSignal") } ?? SIGTERM
-        return ContainerProcess(argv: argv, environment: environment.entries, user: request.user ?? image.User ?? "", workdir: workdir, stopSignal: stopSignal)
+        var process = ContainerProcess(argv: argv, environment: environment.entries, user: request.user ?? image.User ?? "", workdir: workdir, stopSignal: stopSignal)
+        process.privileges = request.privileges
+        return process
     }
 }

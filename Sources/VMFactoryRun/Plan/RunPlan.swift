@@ -116,6 +116,7 @@ public struct RunPlan: Sendable {
             // The init only needs to know whether there is a device to configure.
             ("network", options.network.hasDevice || options.namespaceNetwork != nil ? "user" : "none"), ("shmsize", String(options.shmBytes)),
         ]
+        lines += process.privileges.settings
         if root.folder != nil { lines.append(("root", "\(rootShare.rawValue) \(Self.rootTag)")) }
         if let pidsLimit = options.pidsLimit { lines.append(("pidslimit", String(pidsLimit))) }
         if let windowSize, options.tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }

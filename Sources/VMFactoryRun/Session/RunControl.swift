@@ -137,7 +137,7 @@ final class RunControl: Sendable {
         merged += environment.entries.map { ("env", $0) }
         merged.append(("user", pairs.last { $0.0 == "user" }?.1 ?? process.user))
         merged.append(("workdir", pairs.last { $0.0 == "workdir" }?.1 ?? process.workdir))
-        merged += pairs.filter { ["stdin", "tty", "rows", "cols", "copyout", "copyin", "copytop"].contains($0.0) }
+        merged += pairs.filter { ["stdin", "tty", "rows", "cols", "copyout", "copyin", "copytop"].contains($0.0) || ProcessPrivileges.keys.contains($0.0) }
         return RunProtocol.keyValueText(merged)
     }
 
