@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 
 int vmf_words_add(struct vmf_words *words, char *word)
 {
@@ -242,6 +244,186 @@ static int parse_size(const char *value, unsigned long long *size)
 	return 0;
 }
 
+/*
+ * Decimal digits from *at on, up to the first character that is not one: at
+ * least one digit and at most max, without strtoull's sign, spaces or overflow
+ * to clamp. *at moves past them.
+ */
+static int take_decimal(const char **at, unsigned long long max, unsigned long long *number)
+{
+	const char *c = *at;
+	unsigned long long value = 0;
+	if (!isdigit((unsigned char)*c))
+		return -1;
+	for (; isdigit((unsigned char)*c); c++) {
+		unsigned digit = (unsigned)(*c - '0');
+		if (value > (max - digit) / 10)
+			return -1;
+		value = value * 10 + digit;
+	}
+	*at = c;
+	*number = value;
+	return 0;
+}
+
+/* "G1,G2,...": decimal gids, replacing any given before; empty for no supplementary group. */
+static int parse_groups(struct vmf_process_spec *spec, const char *value)
+{
+	gid_t groups[VMF_MAX_PROCESS_GROUPS];
+	int count = 0;
+	for (const char *at = value; *at; at++) {
+		unsigned long long gid;
+		/* (gid_t)-1 is "no change" to the kernel, no group. */
+		if (count == VMF_MAX_PROCESS_GROUPS || take_decimal(&at, 0xfffffffeULL, &gid) != 0)
+			return -1;
+		groups[count++] = (gid_t)gid;
+		if (*at == '\0')
+			break;
+		if (*at != ',' || at[1] == '\0')
+			return -1;
+	}
+	memcpy(spec->groups, groups, sizeof(groups[0]) * (size_t)count);
+	spec->group_count = count;
+	spec->groups_given = 1;
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	int resource;
+} rlimit_names[] = {
+	{"CPU", RLIMIT_CPU}, {"FSIZE", RLIMIT_FSIZE}, {"DATA", RLIMIT_DATA}, {"STACK", RLIMIT_STACK},
+	{"CORE", RLIMIT_CORE}, {"RSS", RLIMIT_RSS}, {"NPROC", RLIMIT_NPROC}, {"NOFILE", RLIMIT_NOFILE},
+	{"MEMLOCK", RLIMIT_MEMLOCK}, {"AS", RLIMIT_AS}, {"LOCKS", RLIMIT_LOCKS}, {"SIGPENDING", RLIMIT_SIGPENDING},
+	{"MSGQUEUE", RLIMIT_MSGQUEUE}, {"NICE", RLIMIT_NICE}, {"RTPRIO", RLIMIT_RTPRIO}, {"RTTIME", RLIMIT_RTTIME},
+};
+
+const char *vmf_rlimit_name(int resource)
+{
+	for (size_t i = 0; i < sizeof(rlimit_names) / sizeof(rlimit_names[0]); i++)
+		if (rlimit_names[i].resource == resource)
+			return rlimit_names[i].name;
+	return "?";
+}
+
+/* A resource named by the length bytes at name, in any case, with or without RLIMIT_; -1 for none. */
+static int rlimit_resource(const char *name, size_t length)
+{
+	if (length > strlen("RLIMIT_") && strncasecmp(name, "RLIMIT_", strlen("RLIMIT_")) == 0) {
+		name += strlen("RLIMIT_");
+		length -= strlen("RLIMIT_");
+	}
+	for (size_t i = 0; i < sizeof(rlimit_names) / sizeof(rlimit_names[0]); i++)
+		if (strlen(rlimit_names[i].name) == length && strncasecmp(name, rlimit_names[i].name, length) == 0)
+			return rlimit_names[i].resource;
+	return -1;
+}
+
+/* A limit from *at on: decimal or "unlimited" (RLIM_INFINITY). */
+static int take_limit(const char **at, unsigned long long *limit)
+{
+	if (strncmp(*at, "unlimited", strlen("unlimited")) == 0) {
+		*at += strlen("unlimited");
+		*limit = RLIM_INFINITY;
+		return 0;
+	}
+	return take_decimal(at, RLIM_INFINITY, limit);
+}
+
+/* "NAME SOFT HARD", one resource once. */
+static int parse_rlimit(struct vmf_process_spec *spec, const char *value)
+{
+	const char *space = strchr(value, ' ');
+	if (!space || spec->rlimit_count == VMF_MAX_RLIMITS)
+		return -1;
+	struct vmf_rlimit limit;
+	limit.resource = rlimit_resource(value, (size_t)(space - value));
+	const char *at = space + 1;
+	if (limit.resource < 0 || take_limit(&at, &limit.soft) != 0 || *at++ != ' ' ||
+	    take_limit(&at, &limit.hard) != 0 || *at != '\0' || limit.soft > limit.hard)
+		return -1;
+	for (int i = 0; i < spec->rlimit_count; i++)
+		if (spec->rlimits[i].resource == limit.resource)
+			return -1;
+	spec->rlimits[spec->rlimit_count++] = limit;
+	return 0;
+}
+
+/* The set a cap* key names, or NULL for another key. */
+static uint64_t *capability_set(struct vmf_capabilities *caps, const char *key)
+{
+	if (strcmp(key, "capbounding") == 0)
+		return &caps->bounding;
+	if (strcmp(key, "capeffective") == 0)
+		return &caps->effective;
+	if (strcmp(key, "cappermitted") == 0)
+		return &caps->permitted;
+	if (strcmp(key, "capinheritable") == 0)
+		return &caps->inheritable;
+	if (strcmp(key, "capambient") == 0)
+		return &caps->ambient;
+	return NULL;
+}
+
+/* A 64-bit mask in hex: one to sixteen digits, no prefix. */
+static int parse_mask(const char *value, uint64_t *mask)
+{
+	size_t length = strlen(value);
+	if (length == 0 || length > 16)
+		return -1;
+	uint64_t parsed = 0;
+	for (const char *c = value; *c; c++) {
+		if (!isxdigit((unsigned char)*c))
+			return -1;
+		int digit = isdigit((unsigned char)*c) ? *c - '0' : tolower((unsigned char)*c) - 'a' + 10;
+		parsed = parsed << 4 | (uint64_t)digit;
+	}
+	*mask = parsed;
+	return 0;
+}
+
+/* An octal file mode mask, 0 to 0777. */
+static int parse_umask(struct vmf_process_spec *spec, const char *value)
+{
+	size_t length = strlen(value);
+	if (length == 0 || length > 4)
+		return -1;
+	unsigned mask = 0;
+	for (const char *c = value; *c; c++) {
+		if (*c < '0' || *c > '7')
+			return -1;
+		mask = mask * 8 + (unsigned)(*c - '0');
+	}
+	if (mask > 0777)
+		return -1;
+	spec->umask = (mode_t)mask;
+	spec->umask_given = 1;
+	return 0;
+}
+
+/* What a process may do: its groups, limits, capabilities, no_new_privs and umask; as parse_process_key. */
+static int parse_privilege_key(struct vmf_process_spec *spec, const char *key, const char *value)
+{
+	uint64_t *set = capability_set(&spec->caps, key);
+	if (set) {
+		spec->caps_given = 1;
+		return parse_mask(value, set);
+	}
+	if (strcmp(key, "groups") == 0)
+		return parse_groups(spec, value);
+	if (strcmp(key, "rlimit") == 0)
+		return parse_rlimit(spec, value);
+	if (strcmp(key, "umask") == 0)
+		return parse_umask(spec, value);
+	if (strcmp(key, "nonewprivs") == 0) {
+		if (strcmp(value, "0") != 0 && strcmp(value, "1") != 0)
+			return -1;
+		spec->no_new_privs = value[0] == '1';
+		return 0;
+	}
+	return -2;
+}
+
 /* The keys of a process, the run's command's or an exec's: 0, -1 for a bad value, -2 for another key. */
 static int parse_process_key(struct vmf_process_spec *spec, const char *key, char *value)
 {
@@ -262,7 +444,7 @@ static int parse_process_key(struct vmf_process_spec *spec, const char *key, cha
 	else if (strcmp(key, "cols") == 0)
 		return parse_number(value, &spec->cols);
 	else
-		return -2;
+		return parse_privilege_key(spec, key, value);
 	return 0;
 }
 
@@ -429,6 +611,41 @@ void vmf_process_spec_free(struct vmf_process_spec *spec)
 	vmf_words_free(&spec->envp);
 }
 
+static void explain_limit(unsigned long long limit)
+{
+	if (limit == RLIM_INFINITY)
+		printf("unlimited");
+	else
+		printf("%llu", limit);
+}
+
+/* Only what was given: settings without these keys read as before. */
+static void explain_privileges(const struct vmf_process_spec *spec)
+{
+	if (spec->groups_given) {
+		printf("groups: %s", spec->group_count ? "" : "none");
+		for (int i = 0; i < spec->group_count; i++)
+			printf("%s%u", i ? "," : "", (unsigned)spec->groups[i]);
+		printf("\n");
+	}
+	for (int i = 0; i < spec->rlimit_count; i++) {
+		printf("rlimit: %s ", vmf_rlimit_name(spec->rlimits[i].resource));
+		explain_limit(spec->rlimits[i].soft);
+		printf(" ");
+		explain_limit(spec->rlimits[i].hard);
+		printf("\n");
+	}
+	if (spec->caps_given)
+		printf("caps: bounding=%llx effective=%llx permitted=%llx inheritable=%llx ambient=%llx\n",
+		       (unsigned long long)spec->caps.bounding, (unsigned long long)spec->caps.effective,
+		       (unsigned long long)spec->caps.permitted, (unsigned long long)spec->caps.inheritable,
+		       (unsigned long long)spec->caps.ambient);
+	if (spec->no_new_privs)
+		printf("nonewprivs: 1\n");
+	if (spec->umask_given)
+		printf("umask: %04o\n", (unsigned)spec->umask);
+}
+
 static void explain_process(const struct vmf_process_spec *spec)
 {
 	for (int i = 0; i < spec->argv.count; i++)
@@ -438,6 +655,7 @@ static void explain_process(const struct vmf_process_spec *spec)
 	printf("user: %s\nworkdir: %s\nstdin: %d\ntty: %d\n", spec->user, spec->workdir, spec->stdin_open, spec->tty);
 	if (spec->rows || spec->cols)
 		printf("window: %d %d\n", spec->rows, spec->cols);
+	explain_privileges(spec);
 	if (spec->copy_out)
 		printf("copy out: %s\n", spec->copy_out);
 	if (spec->copy_in)

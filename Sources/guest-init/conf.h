@@ -11,6 +11,8 @@
 #define VMFACTORY_CONF_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #define VMF_MAX_VOLUMES 32
 #define VMF_MAX_TMPFS 32
@@ -81,6 +83,25 @@ void vmf_words_free(struct vmf_words *words);
 int vmf_env_set(struct vmf_words *env, char *entry);
 int vmf_env_has(const struct vmf_words *env, const char *name);
 
+#define VMF_MAX_PROCESS_GROUPS 64
+#define VMF_MAX_RLIMITS 16
+
+/* rlimit=NAME SOFT HARD: one resource's limits (RLIM_INFINITY for unlimited). */
+struct vmf_rlimit {
+	int resource;
+	unsigned long long soft;
+	unsigned long long hard;
+};
+
+/* The capability sets an OCI runtime's process asks for: bit N is capability N. */
+struct vmf_capabilities {
+	uint64_t bounding;
+	uint64_t effective;
+	uint64_t permitted;
+	uint64_t inheritable;
+	uint64_t ambient;
+};
+
 /* One process: the run's command, or an exec's. */
 struct vmf_process_spec {
 	struct vmf_words argv;
@@ -100,6 +121,21 @@ struct vmf_process_spec {
 	/* or a tar stream from stdin extracted at this path, its top entry `copy_top`. */
 	const char *copy_in;
 	const char *copy_top;
+	/* groups=: the supplementary groups exactly, instead of those /etc/group lists for the user. */
+	int groups_given;
+	int group_count;
+	gid_t groups[VMF_MAX_PROCESS_GROUPS];
+	/* rlimit=, one resource each, set before the process drops to its user. */
+	int rlimit_count;
+	struct vmf_rlimit rlimits[VMF_MAX_RLIMITS];
+	/* Any cap* key: the process ends with exactly these sets (a set not given is empty). */
+	int caps_given;
+	struct vmf_capabilities caps;
+	/* nonewprivs=1: PR_SET_NO_NEW_PRIVS before exec. */
+	int no_new_privs;
+	/* umask=: the process's file mode mask; otherwise the init's (0022). */
+	int umask_given;
+	mode_t umask;
 };
 
 struct vmf_run {
@@ -141,9 +177,12 @@ int vmf_run_parse(struct vmf_run *run, char *text, char *err, size_t errlen);
 /* Frees what parsing allocated (the text stays the caller's). */
 void vmf_run_free(struct vmf_run *run);
 
-/* Parses an exec's request (arg, env, user, workdir, stdin, tty, rows, cols); as vmf_run_parse. */
+/* Parses an exec's request (arg, env, user, workdir, stdin, tty, rows, cols and the others of a process); as vmf_run_parse. */
 int vmf_exec_parse(struct vmf_process_spec *spec, char *text, char *err, size_t errlen);
 void vmf_process_spec_free(struct vmf_process_spec *spec);
+
+/* An rlimit's resource as the settings name it (NOFILE), or "?" for another number. */
+const char *vmf_rlimit_name(int resource);
 
 /* For tests on the build host: prints what the settings ask for. */
 void vmf_run_explain(const struct vmf_run *run);

@@ -11,6 +11,20 @@ import Testing
 @Suite("run protocol", .tags(.unit), .scoped)
 struct RunProtocolTests {
     static func frames(_ list: [RunProtocol.Frame]) -> [UInt8] { list.flatMap(\.encoded) }
+    /// Every key an OCI runtime's process adds, with a valid value, for the fuzzed frames.
+    static let processKeyLines = """
+        groups=10,20,4294967294
+        rlimit=NOFILE 1024 2048
+        rlimit=rlimit_core unlimited unlimited
+        capbounding=a80425fb
+        capeffective=a80425fb
+        cappermitted=FFFFFFFFFFFFFFFF
+        capinheritable=0
+        capambient=400
+        nonewprivs=1
+        umask=0027
+
+        """
 
     @Test("a frame's header: length, type, flags and stream in network byte order")
     func header() throws {
@@ -89,6 +103,8 @@ struct RunProtocolTests {
         plan.interactive = true
         let exec = RunProtocol.Frame(.exec, stream: 2, payload: Array(RunProtocol.keyValueText([
             ("arg", "cat"), ("arg", "-"), ("env", "A=1"), ("env", "B=two\nlines"), ("user", "1000:1000"), ("workdir", "/tmp"), ("stdin", "1"), ("tty", "1"), ("rows", "30"), ("cols", "100"),
+            ("groups", "10,20"), ("rlimit", "NOFILE 1024 2048"), ("rlimit", "RLIMIT_NPROC unlimited unlimited"), ("capbounding", "a80425fb"),
+            ("cappermitted", "a80425fb"), ("capeffective", "400"), ("nonewprivs", "1"), ("umask", "0027"),
         ]).utf8))
         let input = Self.frames([
             plan.settingsFrame, exec,
@@ -113,6 +129,12 @@ struct RunProtocolTests {
             stdin: 1
             tty: 1
             window: 30 100
+            groups: 10,20
+            rlimit: NOFILE 1024 2048
+            rlimit: NPROC unlimited unlimited
+            caps: bounding=a80425fb effective=400 permitted=a80425fb inheritable=0 ambient=0
+            nonewprivs: 1
+            umask: 0027
 
             """), "\(output)")
         #expect(output.contains("frame signal stream=1 length=4\ntaken\nframe signal stream=1 length=4\nrefused: a signal frame that names no signal\n"))
@@ -149,7 +171,7 @@ struct RunProtocolTests {
         plan.tty = true
         plan.windowSize = (1, 1)
         let valid = Self.frames([
-            plan.settingsFrame, RunProtocol.Frame(.exec, stream: 3, payload: Array("arg=sh\nenv=X=1\nrows=2\ncols=3\n".utf8)),
+            plan.settingsFrame, RunProtocol.Frame(.exec, stream: 3, payload: Array("arg=sh\nenv=X=1\nrows=2\ncols=3\n\(Self.processKeyLines)".utf8)),
             RunProtocol.Frame(.stdin, stream: 1, payload: [1, 2, 3]), RunProtocol.Frame(.credit, stream: 1, number: .max),
             RunProtocol.Frame(.signal, stream: 1, number: 9), RunProtocol.Frame(.windowSize, stream: 1, payload: [255, 255, 255, 255]), RunProtocol.Frame(.bye),
         ])
@@ -172,12 +194,38 @@ struct RunProtocolTests {
             ("exec with an unknown escape", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\narg=a\\tb\n".utf8)).encoded, "refused: exec:2: bad escape in the value of arg"),
             ("exec with comments and empty lines", RunProtocol.Frame(.exec, stream: 2, payload: Array("# made by hand\n\narg=x\n\n#arg=y\n".utf8)).encoded, "argv: x\nuser: "),
             ("credit of 2 bytes", RunProtocol.Frame(.credit, stream: 1, payload: [0, 1]).encoded, "refused: a credit of 2 bytes"),
+            ("exec with 65 groups", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\ngroups=\((0...64).map(String.init).joined(separator: ","))\n".utf8)).encoded, "refused: exec:2: bad value for groups"),
+            ("exec with a group that is no number", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\ngroups=10,wheel\n".utf8)).encoded, "refused: exec:2: bad value for groups"),
+            ("exec with an unknown limit", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\nrlimit=FILES 1 2\n".utf8)).encoded, "refused: exec:2: bad value for rlimit"),
+            ("exec with a soft limit over the hard one", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\nrlimit=NOFILE 4096 1024\n".utf8)).encoded, "refused: exec:2: bad value for rlimit"),
+            ("exec with a limit past 64 bits", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\nrlimit=AS 1 99999999999999999999\n".utf8)).encoded, "refused: exec:2: bad value for rlimit"),
+            ("exec with a mask that is no hex", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\ncapambient=a8042g\n".utf8)).encoded, "refused: exec:2: bad value for capambient"),
+            ("exec with a mask of 17 digits", RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=x\ncapbounding=1ffffffffffffffff\n".utf8)).encoded, "refused: exec:2: bad value for capbounding"),
+            ("exec with a garbage umask", RunProtocol.Frame(.exec, stream: 2, payload: [UInt8]("arg=x\numask=".utf8) + [0xff, 0xfe, 0x0a]).encoded, "refused: exec:2: bad value for umask"),
             ("a whole megabyte of settings", RunProtocol.Frame(.settings, number: 1, text: String(repeating: "env=A=\(String(repeating: "x", count: 1000))\n", count: 1040)).encoded, "refused: settings: no command"),
         ]
         for (name, bytes, expected) in named {
             let (status, output) = try HostInit.run(program, ["--decode-frames"], input: bytes)
             #expect(status == 0 || status == 1, "\(name): status \(status)\n\(output)")
             #expect(output.contains(expected), "\(name): \(output)")
+        }
+        // The process keys alone, their values mutated: a refusal or a result, never a crash.
+        var values = SeededGenerator(seed: 41)
+        let alphabet = Array("0123456789abcdefABCDEF ,-+xunlimitedRLIMIT_NOFILE\u{7f}\u{ff}".utf8)
+        for round in 0..<200 {
+            var text = Array(Self.processKeyLines.utf8)
+            for _ in 0..<Int.random(in: 1...8, using: &values) {
+                let at = Int.random(in: 0..<text.count, using: &values)
+                switch Int.random(in: 0..<3, using: &values) {
+                case 0: text[at] = alphabet[Int.random(in: alphabet.indices, using: &values)]
+                case 1: text.insert(contentsOf: (0..<Int.random(in: 1...24, using: &values)).map { _ in alphabet[Int.random(in: alphabet.indices, using: &values)] }, at: at)
+                default: text.remove(at: at)
+                }
+            }
+            let bytes = RunProtocol.Frame(.exec, stream: 2, payload: Array("arg=sh\n".utf8) + text).encoded
+            let (status, output) = try HostInit.run(program, ["--decode-frames"], input: bytes)
+            #expect(status == 0, "round \(round): status \(status)\n\(output)")
+            #expect(output.contains("refused: exec:") || output.contains("argv: sh\n"), "round \(round): \(output)")
         }
         // Mutations of a valid stream: bytes flipped, cut short, spliced; seeded, so a failure
         // repeats.

@@ -385,6 +385,65 @@ struct RunTests {
         #expect(bad.output.contains("settings:2: unknown key 'bogus'"))
     }
 
+    @Test("an OCI process's groups, limits, capabilities, no_new_privs and umask: the init's parser reads them back, and refuses malformed ones", .tags(.integration), .needsTool("gcc"))
+    func processKeys() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        try await HostInit.compile(to: dir + "/init")
+        func explain(_ lines: [String]) async throws -> CommandResult {
+            try TestSupport.write((["arg=/bin/true"] + lines).map { $0 + "\n" }.joined(), to: dir + "/process.conf")
+            return try await TestSupport.runner.run(Command(dir + "/init", ["--explain-run", dir + "/process.conf"]), output: .capture)
+        }
+        let read = try await explain([
+            "groups=10,20", "rlimit=NOFILE 1024 2048", "rlimit=rlimit_core 0 unlimited", "rlimit=Stack unlimited unlimited",
+            "capbounding=a80425fb", "capeffective=A80425FB", "cappermitted=a80425fb", "capambient=0", "nonewprivs=1", "umask=027",
+        ])
+        #expect(read.termination == .exited(0))
+        #expect(read.output.contains("""
+            tty: 0
+            groups: 10,20
+            rlimit: NOFILE 1024 2048
+            rlimit: CORE 0 unlimited
+            rlimit: STACK unlimited unlimited
+            caps: bounding=a80425fb effective=a80425fb permitted=a80425fb inheritable=0 ambient=0
+            nonewprivs: 1
+            umask: 0027
+            hostname: vmfactory
+
+            """), "\(read.output)")
+        // Only what is given is printed: none of it without the keys, no caps line for nonewprivs=0.
+        let plain = try await explain(["nonewprivs=0"])
+        #expect(plain.termination == .exited(0) && plain.output.contains("tty: 0\nhostname: vmfactory\n"), "\(plain.output)")
+        // An empty groups= is no supplementary group at all; the largest gid and 64 groups are taken.
+        #expect(try await explain(["groups="]).output.contains("groups: none\n"))
+        #expect(try await explain(["groups=0,4294967294"]).output.contains("groups: 0,4294967294\n"))
+        let sixtyFour = (1...64).map(String.init).joined(separator: ",")
+        #expect(try await explain(["groups=\(sixtyFour)"]).output.contains("groups: \(sixtyFour)\n"))
+        // Every resource, by its name alone; the largest number is RLIM_INFINITY.
+        let names = ["CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"]
+        let all = try await explain(names.map { "rlimit=\($0) 1 18446744073709551615" })
+        #expect(all.output.contains(names.map { "rlimit: \($0) 1 unlimited\n" }.joined()), "\(all.output)")
+        let refused: [(String, String)] = [
+            ("groups=10,staff", "groups"), ("groups=-1", "groups"), ("groups=+1", "groups"), ("groups= 1", "groups"), ("groups=4294967295", "groups"),
+            ("groups=99999999999999999999999", "groups"), ("groups=1,,2", "groups"), ("groups=1,", "groups"), ("groups=,1", "groups"),
+            ("groups=\(sixtyFour),65", "groups"),
+            ("rlimit=BOGUS 1 2", "rlimit"), ("rlimit=RLIMIT_ 1 2", "rlimit"), ("rlimit=NOFILE 2048 1024", "rlimit"), ("rlimit=NOFILE unlimited 5", "rlimit"),
+            ("rlimit=NOFILE 1", "rlimit"), ("rlimit=NOFILE -1 2", "rlimit"), ("rlimit=NOFILE 1 2 3", "rlimit"), ("rlimit=NOFILE  1 2", "rlimit"),
+            ("rlimit=NOFILE 1 18446744073709551616", "rlimit"), ("rlimit=NOFILE 1 unlimitedx", "rlimit"), ("rlimit=", "rlimit"),
+            ("capbounding=0x1", "capbounding"), ("capeffective=10000000000000000", "capeffective"), ("capambient=xyz", "capambient"),
+            ("capinheritable=", "capinheritable"), ("cappermitted=-1", "cappermitted"), ("capbounding=a8 04", "capbounding"),
+            ("nonewprivs=yes", "nonewprivs"), ("nonewprivs=2", "nonewprivs"),
+            ("umask=0800", "umask"), ("umask=1000", "umask"), ("umask=rwx", "umask"), ("umask=", "umask"), ("umask=00777", "umask"),
+            ("groups=10\u{1b}[2J", "groups"), ("rlimit=NOFILE\t1 2", "rlimit"), ("umask=\u{7f}", "umask"),
+        ]
+        for (line, key) in refused {
+            let result = try await explain([line])
+            #expect(result.termination == .exited(1) && result.output == "error: settings:2: bad value for \(key)\n", "\(line.debugDescription): \(result.output)")
+        }
+        // A resource once.
+        let twice = try await explain(["rlimit=NOFILE 1 2", "rlimit=nofile 1 2"])
+        #expect(twice.output == "error: settings:3: bad value for rlimit\n", "\(twice.output)")
+    }
+
     @Test("the settings escape the line break inside \"\\r\\n\" too: no value splits a line")
     func carriageReturns() throws {
         var plan = try Self.plan(.x86_64)
