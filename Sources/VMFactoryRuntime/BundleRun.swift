@@ -82,10 +82,43 @@ public struct BundleRun: Sendable {
             }
         }
         request.networkNamespace = config.linux?.namespaces?.first { $0.type == "network" }?.path.flatMap { $0.isEmpty ? nil : $0 }
-        if let caps = process.capabilities, caps.bounding != nil { log.debug("process.capabilities: the guest's process keeps root's in the VM") }
-        if let rlimits = process.rlimits, !rlimits.isEmpty { log.debug("process.rlimits: \(rlimits.map(\.type).joined(separator: ", ")) not applied in the guest") }
-        if process.user.additionalGids?.isEmpty == false { log.debug("process.user.additionalGids: the guest takes the groups of /etc/group") }
+        request.run.process.privileges = Self.privileges(process, log: log)
         return request
+    }
+
+    /// The process's groups, limits, capabilities, no_new_privs and umask, as the init takes
+    /// them; what it cannot take (an unknown capability or limit) is said with --debug.
+    public static func privileges(_ process: OCIConfig.Process, log: RuntimeLog) -> ProcessPrivileges {
+        var privileges = ProcessPrivileges()
+        // As runc: the groups are the config's, not the image's /etc/group (the engine read it).
+        privileges.groups = Array((process.user.additionalGids ?? []).prefix(64))
+        for limit in process.rlimits ?? [] {
+            let name = limit.type.uppercased().replacingOccurrences(of: "RLIMIT_", with: "")
+            guard ProcessPrivileges.rlimitNames.contains(name), limit.soft <= limit.hard else {
+                log.debug("process.rlimits: \(limit.type) \(limit.soft)/\(limit.hard) is not a limit the guest takes; skipped")
+                continue
+            }
+            privileges.rlimits.append(.init(name: name, soft: limit.soft, hard: limit.hard))
+        }
+        if let given = process.capabilities {
+            var sets = ProcessPrivileges.Capabilities()
+            var unknown: [String] = []
+            func mask(_ names: [String]?) -> UInt64 {
+                let (mask, missing) = ProcessPrivileges.mask(names ?? [])
+                unknown += missing
+                return mask
+            }
+            sets.bounding = mask(given.bounding)
+            sets.effective = mask(given.effective)
+            sets.permitted = mask(given.permitted)
+            sets.inheritable = mask(given.inheritable)
+            sets.ambient = mask(given.ambient)
+            privileges.capabilities = sets
+            if !unknown.isEmpty { log.debug("process.capabilities: \(Set(unknown).sorted().joined(separator: ", ")) unknown to the guest's kernel; skipped") }
+        }
+        privileges.noNewPrivileges = process.noNewPrivileges ?? false
+        privileges.umask = process.user.umask
+        return privileges
     }
 
     /// A bind mount: a folder shared with the guest (virtio-fs, or 9p through the proxy helper

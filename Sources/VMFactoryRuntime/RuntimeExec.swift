@@ -112,6 +112,7 @@ extension Runtime {
             exec.environment = (process.env ?? []).filter { $0.contains("=") }
             exec.user = "\(process.user.uid):\(process.user.gid)"
             exec.workdir = process.cwd.isEmpty ? "/" : process.cwd
+            exec.privileges = BundleRun.privileges(process, log: log)
             var st = stat()
             let stream = fstat(STDIN_FILENO, &st) == 0 && (st.st_mode & S_IFMT == S_IFIFO || st.st_mode & S_IFMT == S_IFSOCK)
             exec.tty = terminal
