@@ -62,9 +62,12 @@ struct Supervisor {
         request.options.vmmIdentity = geteuid() == 0 ? try (configuration.vmmUser.map(ProcessIdentity.parse) ?? .nobody) : nil
         let runner = LocalProcessRunner(hostEnvironment: runtime.environment)
         if let path = bundleRequest.networkNamespace {
-            let network = try await NamespaceNetwork.inspect(path, runner: runner)
-            request.options.namespaceNetwork = network
-            log.debug("network namespace \(path): \(network.interface) \(network.address)/\(network.prefix) via \(network.gateway ?? "no gateway"), MAC \(network.mac), MTU \(network.mtu)")
+            if let network = try await NamespaceNetwork.inspect(path, runner: runner) {
+                request.options.namespaceNetwork = network
+                log.debug("network namespace \(path): \(network.interface) \(network.address)/\(network.prefix) via \(network.gateway ?? "no gateway"), MAC \(network.mac), MTU \(network.mtu)")
+            } else {
+                log.debug("network namespace \(path): no interface with an IPv4 address; the VM has no network device")
+            }
         }
 
         let console = Console(verbosity: line.debug ? .verbose : .quiet, output: .sink { data in log.debug(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)) })

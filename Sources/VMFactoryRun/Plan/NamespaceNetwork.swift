@@ -38,8 +38,9 @@ public struct NamespaceNetwork: Sendable, Equatable {
     }
 
     /// What the namespace holds: its first interface with an IPv4 address besides lo, and the
-    /// default route's gateway, as iproute2 reports them.
-    public static func inspect(_ path: String, runner: any ProcessRunner) async throws -> NamespaceNetwork {
+    /// default route's gateway, as iproute2 reports them; nil for a namespace with lo alone (an
+    /// engine's `--network none`).
+    public static func inspect(_ path: String, runner: any ProcessRunner) async throws -> NamespaceNetwork? {
         func ip(_ arguments: [String]) async throws -> Any {
             let result = try await runner.runChecked(Command("nsenter", ["--net=\(path)", "ip", "-j"] + arguments), what: "reading the network namespace \(path)")
             return try JSONSerialization.jsonObject(with: Data(result.output.utf8))
@@ -56,7 +57,7 @@ public struct NamespaceNetwork: Sendable, Equatable {
             let gateway = routes.first?["gateway"] as? String
             return NamespaceNetwork(path: path, interface: name, address: address, prefix: prefix, gateway: gateway, mac: mac, mtu: link["mtu"] as? Int ?? 1500)
         }
-        throw VMFactoryError(.invalidArgument, "the network namespace \(path) has no interface with an IPv4 address", hint: "give the container a network, or none")
+        return nil
     }
 
     /// Creates the tap in the namespace and the tc rules between it and the veth; the tap's
