@@ -255,9 +255,10 @@ public struct RunSession: Sendable {
             plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace,
             waitsForStart: waitForStart, onBooted: onBooted
         ) {
+            // The record and the caller's state first: whoever `start` answers reads them next.
             try? records?.started()
-            controlHolder.withLock { $0 }?.commandStarted()
             onStarted?()
+            controlHolder.withLock { $0 }?.commandStarted()
         }
         // exec, start, stop, kill, wait and rm -f reach the run here, foreground or detached.
         let control = try RunControl(path: files.controlSocket, channels: channels, process: plan.process, monitor: QEMUMonitor(fd: descriptors.monitor))
