@@ -113,52 +113,11 @@ public struct Runtime: Sendable {
         var created = false
         defer { if !created { try? FileManager.default.removeItem(atPath: folder) } }
 
-        var report: [Int32] = [-1, -1]
-        guard vmf_pipe_cloexec(&report) == 0 else { throw VMFactoryError(.io, "cannot create a pipe for the container's supervisor") }
-        defer { close(report[0]) }
-        var arguments = ["--root", line.root]
-        if let log = line.log { arguments += ["--log", log] }
-        arguments += ["--log-format", line.logFormat.rawValue]
-        if line.debug { arguments.append("--debug") }
-        if let config = line.config { arguments += ["--config", config] }
-        arguments += ["supervise", "--bundle", bundle, "--report-fd", String(report[1])]
-
-        // The container's stdio: ours (conmon's or the shim's pipes), or a new terminal whose
-        // master goes to the console socket.
-        var terminal: (master: Int32, slave: Int32)?
-        if let socket = line.flag("console-socket") {
-            let pair = try Self.openTerminal()
-            terminal = pair
-            do {
-                try Self.sendMaster(pair.master, to: socket)
-            } catch {
-                close(pair.master)
-                close(pair.slave)
-                throw error
-            }
-            close(pair.master)
-            arguments.append("--terminal")
-        }
-        arguments.append(id)
-        let stdio: (ChildProcess.Stdio, ChildProcess.Stdio, ChildProcess.Stdio) = terminal.map { (.descriptor($0.slave), .descriptor($0.slave), .descriptor($0.slave)) }
-            ?? (.descriptor(STDIN_FILENO), .descriptor(STDOUT_FILENO), .descriptor(STDERR_FILENO))
-        let command = Command(executable, arguments)
-        let supervisor: ChildProcess
-        do {
-            // A session of its own and no parent-death signal: it outlives create, adopted by
-            // conmon or the shim (child subreapers), which wait on it.
-            supervisor = try await ChildProcess.spawn(
-                command, environment: environment, stdin: stdio.0, stdout: stdio.1, stderr: stdio.2,
-                newSession: true, parentDeathSignal: 0, keeping: [report[1]]
-            )
-        } catch {
-            close(report[1])
-            if let terminal { close(terminal.slave) }
-            throw error
-        }
-        close(report[1])
-        if let terminal { close(terminal.slave) }
-        let said = String(decoding: await PipeReader.readAll(report[0], limit: 1 << 16), as: UTF8.self)
+        // A session of its own and no parent-death signal: the supervisor outlives create,
+        // adopted by conmon or the shim (child subreapers), which wait on it.
+        let (supervisor, said) = try await spawnHelper(
+            ["supervise", "--bundle", bundle], id: id, terminalSocket: line.flag("console-socket"), parentDeathSignal: 0
+        )
         guard said.hasPrefix("created") else {
             _ = await supervisor.wait()
             let message = said.hasPrefix("error: ") ? String(said.dropFirst(7)).trimmingCharacters(in: .newlines) : "the container's VM did not boot (its supervisor ended)"
@@ -170,6 +129,50 @@ public struct Runtime: Sendable {
         created = true
         log.debug("created \(id): supervisor \(supervisor.pid)")
         return 0
+    }
+
+    /// Starts this runtime again, as a container's supervisor or an exec's relay, in a session
+    /// of its own: with the caller's stdio (conmon's or the shim's pipes), or a new terminal
+    /// whose master goes to `terminalSocket` first. Returns it, and what it said on its report
+    /// pipe before closing it ("created", "started", "error: …"; nothing when it ended first).
+    func spawnHelper(_ command: [String], id: String, terminalSocket: String?, parentDeathSignal: Int32) async throws -> (ChildProcess, String) {
+        var report: [Int32] = [-1, -1]
+        guard vmf_pipe_cloexec(&report) == 0 else { throw VMFactoryError(.io, "cannot create a pipe for the runtime's helper") }
+        defer { close(report[0]) }
+        var arguments = ["--root", line.root, "--log-format", line.logFormat.rawValue]
+        if let log = line.log { arguments += ["--log", log] }
+        if line.debug { arguments.append("--debug") }
+        if let config = line.config { arguments += ["--config", config] }
+        arguments += command + ["--report-fd", String(report[1])]
+        var terminal: (master: Int32, slave: Int32)?
+        if let socket = terminalSocket {
+            let pair = try Self.openTerminal()
+            do { try Self.sendMaster(pair.master, to: socket) } catch {
+                close(pair.master)
+                close(pair.slave)
+                close(report[1])
+                throw error
+            }
+            close(pair.master)
+            terminal = pair
+            arguments.append("--terminal")
+        }
+        arguments.append(id)
+        let stdio: (ChildProcess.Stdio, ChildProcess.Stdio, ChildProcess.Stdio) = terminal.map { (.descriptor($0.slave), .descriptor($0.slave), .descriptor($0.slave)) }
+            ?? (.descriptor(STDIN_FILENO), .descriptor(STDOUT_FILENO), .descriptor(STDERR_FILENO))
+        defer {
+            close(report[1])
+            if let terminal { close(terminal.slave) }
+        }
+        let helper = try await ChildProcess.spawn(
+            Command(executable, arguments), environment: environment, stdin: stdio.0, stdout: stdio.1, stderr: stdio.2,
+            newSession: true, parentDeathSignal: parentDeathSignal, keeping: [report[1]]
+        )
+        close(report[1])
+        report[1] = -1
+        if let terminal { close(terminal.slave) }
+        terminal = nil
+        return (helper, String(decoding: await PipeReader.readAll(report[0], limit: 1 << 16), as: UTF8.self))
     }
 
     /// A new pseudo-terminal: the master for the console socket, the slave for the container.

@@ -21,46 +21,15 @@ extension Runtime {
         let process = try Self.loadProcess(FileStore.absolute(processFile, relativeTo: FileManager.default.currentDirectoryPath))
         _ = try runEntry(state)
         let detach = line.isSet("detach", "d")
-        var report: [Int32] = [-1, -1]
-        guard vmf_pipe_cloexec(&report) == 0 else { throw VMFactoryError(.io, "cannot create a pipe for the exec's relay") }
-        defer { close(report[0]) }
-        var arguments = ["--root", line.root, "--log-format", line.logFormat.rawValue]
-        if let log = line.log { arguments += ["--log", log] }
-        if line.debug { arguments.append("--debug") }
-        if let config = line.config { arguments += ["--config", config] }
-        arguments += ["exec-relay", "--process", FileStore.absolute(processFile, relativeTo: FileManager.default.currentDirectoryPath), "--report-fd", String(report[1])]
-        var terminal: (master: Int32, slave: Int32)?
-        if process.terminal == true || line.isSet("tty", "t") {
-            guard let socket = line.flag("console-socket") else {
-                throw VMFactoryError(.invalidArgument, "exec with a terminal needs --console-socket", hint: "give the socket that takes the terminal's master")
-            }
-            let pair = try Self.openTerminal()
-            do { try Self.sendMaster(pair.master, to: socket) } catch {
-                close(pair.master)
-                close(pair.slave)
-                throw error
-            }
-            close(pair.master)
-            terminal = pair
-            arguments.append("--terminal")
+        let wantsTerminal = process.terminal == true || line.isSet("tty", "t")
+        if wantsTerminal, line.flag("console-socket") == nil {
+            throw VMFactoryError(.invalidArgument, "exec with a terminal needs --console-socket", hint: "give the socket that takes the terminal's master")
         }
-        arguments.append(id)
-        let stdio: (ChildProcess.Stdio, ChildProcess.Stdio, ChildProcess.Stdio) = terminal.map { (.descriptor($0.slave), .descriptor($0.slave), .descriptor($0.slave)) }
-            ?? (.descriptor(STDIN_FILENO), .descriptor(STDOUT_FILENO), .descriptor(STDERR_FILENO))
-        let relay: ChildProcess
-        do {
-            relay = try await ChildProcess.spawn(
-                Command(executable, arguments), environment: environment, stdin: stdio.0, stdout: stdio.1, stderr: stdio.2,
-                newSession: true, parentDeathSignal: detach ? 0 : SIGKILL, keeping: [report[1]]
-            )
-        } catch {
-            close(report[1])
-            if let terminal { close(terminal.slave) }
-            throw error
-        }
-        close(report[1])
-        if let terminal { close(terminal.slave) }
-        let said = String(decoding: await PipeReader.readAll(report[0], limit: 1 << 16), as: UTF8.self)
+        // Without --detach the relay is ours: it dies with this call.
+        let (relay, said) = try await spawnHelper(
+            ["exec-relay", "--process", FileStore.absolute(processFile, relativeTo: FileManager.default.currentDirectoryPath)], id: id,
+            terminalSocket: wantsTerminal ? line.flag("console-socket") : nil, parentDeathSignal: detach ? 0 : SIGKILL
+        )
         if said.hasPrefix("error: ") {
             _ = await relay.wait()
             // As runc's exec fails: the engine tells 127 and 126 by these words.
