@@ -21,6 +21,10 @@ public struct Runtime: Sendable {
     public init(arguments: [String], environment: [String: String], executable: String) throws {
         line = try RuntimeCommandLine.parse(arguments)
         log = RuntimeLog(path: line.log, format: line.logFormat, debug: line.debug)
+        // podman calls kill, state and delete with XDG_RUNTIME_DIR alone: the tools the
+        // runtime starts (QEMU, virtiofsd, ip, tc, nsenter) are found all the same.
+        var environment = environment
+        if environment["PATH"]?.isEmpty ?? true { environment["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" }
         self.environment = environment
         self.executable = executable
     }
