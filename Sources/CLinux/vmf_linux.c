@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sched.h>
+#include <sys/mount.h>
 #include <sys/ioctl.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
@@ -47,6 +48,51 @@ static int bind_descriptor(int fd, int target) {
         return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
     }
     return dup2(fd, target) < 0 ? -1 : 0;
+}
+
+/* The anchor's program, for the signal handler to forward to. */
+static volatile pid_t anchored_program;
+
+static void forward_to_program(int signal_number) {
+    if (anchored_program > 0) kill(anchored_program, signal_number);
+}
+
+/*
+ * The anchor, after it forked its program: nothing of the parent's open, the root folder as
+ * its mount namespace's root (only async-signal-safe calls: this is a child of a threaded
+ * process), then the program's status as its own.
+ */
+static void anchor(pid_t program, const char *root) {
+    anchored_program = program;
+    // The forking thread's name otherwise (a thread pool's): say what the process is.
+    prctl(PR_SET_NAME, (unsigned long)"vmf-anchor", 0, 0, 0);
+    struct sigaction forward;
+    memset(&forward, 0, sizeof(forward));
+    forward.sa_handler = forward_to_program;
+    sigemptyset(&forward.sa_mask);
+    const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    for (size_t index = 0; index < sizeof(forwarded) / sizeof(forwarded[0]); index++) sigaction(forwarded[index], &forward, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (syscall(SYS_close_range, 0U, ~0U, 0) != 0) {
+        for (int fd = 0; fd < 1024; fd++) close(fd);
+    }
+    // A namespace of its own, nothing propagating back, the folder bound onto itself and made
+    // the root; the old root detached. Should any step fail, the anchor keeps the host's root.
+    if (unshare(CLONE_NEWNS) == 0 && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0
+        && mount(root, root, NULL, MS_BIND | MS_REC, NULL) == 0 && chdir(root) == 0
+        && syscall(SYS_pivot_root, ".", ".") == 0) {
+        umount2(".", MNT_DETACH);
+        chdir("/");
+    }
+    int status = 0;
+    for (;;) {
+        pid_t got = waitpid(program, &status, 0);
+        if (got == program) break;
+        if (got < 0 && errno != EINTR) _exit(125);
+    }
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 }
 
 int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid) {
@@ -101,6 +147,15 @@ int vmf_spawn(const vmf_spawn_attributes *attributes, pid_t *pid) {
             if (setsid() < 0) report_and_exit(report[1]);
         } else if (attributes->new_process_group) {
             if (setpgid(0, 0) != 0) report_and_exit(report[1]);
+        }
+        if (attributes->anchor_root != NULL) {
+            pid_t anchor_pid = getpid();
+            pid_t program = fork();
+            if (program < 0) report_and_exit(report[1]);
+            if (program > 0) anchor(program, attributes->anchor_root);
+            // The program: it ends with its anchor.
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) report_and_exit(report[1]);
+            if (getppid() != anchor_pid) _exit(127);
         }
         for (int index = 0; index < 3; index++) {
             if (fds[index] >= 0 && fds[index] < 3 && fds[index] != index) {

@@ -191,7 +191,7 @@ struct Run: AsyncParsableCommand {
         let signals = context.handlesSignals ? SignalForwarding() : nil
         defer { signals?.cancel() }
         do {
-            guard var session = try await RunSession.prepare(signals: signals, stderr: context.stderr, { try await prepare(context, console) }) else { return }
+            guard let session = try await RunSession.prepare(signals: signals, stderr: context.stderr, { try await prepare(context, console) }) else { return }
             if let name { try session.registry.reserve(name: name, id: session.id) }
             defer { if let name { session.registry.release(name: name, id: session.id) } }
             if context.handlesSignals { signal(SIGPIPE, SIG_IGN) }

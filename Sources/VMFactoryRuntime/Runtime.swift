@@ -119,8 +119,12 @@ public struct Runtime: Sendable {
 
         // A session of its own and no parent-death signal: the supervisor outlives create,
         // adopted by conmon or the shim (child subreapers), which wait on it.
+        // The container's pid is an anchor whose mount namespace has the container's root as
+        // its own (engines look into a running container through it: podman cp); the
+        // supervisor is its child, and its status the anchor's.
         let (supervisor, said) = try await spawnHelper(
-            ["supervise", "--bundle", bundle], id: id, terminalSocket: line.flag("console-socket"), parentDeathSignal: 0
+            ["supervise", "--bundle", bundle, "--anchored"], id: id, terminalSocket: line.flag("console-socket"), parentDeathSignal: 0,
+            anchorRoot: bundleRun.root
         )
         guard said.hasPrefix("created") else {
             _ = await supervisor.wait()
@@ -139,7 +143,7 @@ public struct Runtime: Sendable {
     /// of its own: with the caller's stdio (conmon's or the shim's pipes), or a new terminal
     /// whose master goes to `terminalSocket` first. Returns it, and what it said on its report
     /// pipe before closing it ("created", "started", "error: …"; nothing when it ended first).
-    func spawnHelper(_ command: [String], id: String, terminalSocket: String?, parentDeathSignal: Int32) async throws -> (ChildProcess, String) {
+    func spawnHelper(_ command: [String], id: String, terminalSocket: String?, parentDeathSignal: Int32, anchorRoot: String? = nil) async throws -> (ChildProcess, String) {
         var report: [Int32] = [-1, -1]
         guard vmf_pipe_cloexec(&report) == 0 else { throw VMFactoryError(.io, "cannot create a pipe for the runtime's helper") }
         defer { close(report[0]) }
@@ -170,7 +174,7 @@ public struct Runtime: Sendable {
         }
         let helper = try await ChildProcess.spawn(
             Command(executable, arguments), environment: environment, stdin: stdio.0, stdout: stdio.1, stderr: stdio.2,
-            newSession: true, parentDeathSignal: parentDeathSignal, keeping: [report[1]]
+            newSession: true, parentDeathSignal: parentDeathSignal, keeping: [report[1]], anchorRoot: anchorRoot
         )
         close(report[1])
         report[1] = -1

@@ -90,7 +90,8 @@ struct Supervisor {
         log.debug("container \(id): \(plan.target) VM, \(plan.memoryMiB) MiB, \(plan.cpus) vCPU, root \(bundleRun.root) over \(plan.rootShare.rawValue), run \(runID)")
 
         let root = line.root
-        let pid = getpid()
+        // The container's pid: the anchor create started this supervisor under.
+        let pid = line.isSet("anchored") ? getppid() : getpid()
         let state = Mutex(ContainerState(
             id: id, bundle: bundle, pid: pid, pidStart: ContainerState.processStat(pid)?.start ?? 0, runID: runID, status: .creating,
             created: Date(), annotations: bundleRun.config.annotations ?? [:]

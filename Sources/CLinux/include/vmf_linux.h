@@ -39,6 +39,13 @@ typedef struct {
     gid_t gid;
     const gid_t *groups;
     int group_count;
+    /// Non-NULL: the child is an anchor instead (an OCI container's pid): it forks the
+    /// program, which keeps every attribute above (and the anchor as its parent, with SIGKILL
+    /// as its parent-death signal), then takes this folder as the root of a mount namespace
+    /// of its own (what engines see through its /proc entry, as podman cp does), forwards
+    /// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the program, and exits with
+    /// its status (128+N for a signal). The pid returned is the anchor's.
+    const char *anchor_root;
 } vmf_spawn_attributes;
 
 /// Forks and execs. On success returns 0 and stores the child's pid. On failure returns an

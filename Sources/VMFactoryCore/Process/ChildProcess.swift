@@ -54,14 +54,14 @@ public final class ChildProcess: Sendable {
         _ command: Command, environment: [String: String],
         stdin: Stdio = .null, stdout: Stdio, stderr: Stdio,
         newSession: Bool = false, parentDeathSignal: Int32? = nil,
-        identity: ProcessIdentity? = nil, keeping kept: [Int32] = []
+        identity: ProcessIdentity? = nil, keeping kept: [Int32] = [], anchorRoot: String? = nil
     ) async throws -> ChildProcess {
         let path = try resolveExecutable(command.executable, path: environment["PATH"] ?? "/usr/bin:/bin")
         let descriptors = try Descriptors(stdin: stdin, stdout: stdout, stderr: stderr, for: command)
         let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         let attributes = (newSession: newSession, deathSignal: parentDeathSignal ?? command.deathSignal)
         let result: Result<pid_t, VMFactoryError> = await SpawnThread.shared.perform {
-            fork(command, path: path, envp: envp, descriptors: descriptors, newSession: attributes.newSession, deathSignal: attributes.deathSignal, identity: identity, kept: kept)
+            fork(command, path: path, envp: envp, descriptors: descriptors, newSession: attributes.newSession, deathSignal: attributes.deathSignal, identity: identity, kept: kept, anchorRoot: anchorRoot)
         }
         // The child has its copies of its ends; ours go, so that our reads see an end of file
         // when the child exits.
@@ -119,7 +119,7 @@ public final class ChildProcess: Sendable {
     /// Runs on the spawn thread: the C strings, and `vmf_spawn`.
     private static func fork(
         _ command: Command, path: String, envp: [String], descriptors: Descriptors, newSession: Bool, deathSignal: Int32,
-        identity: ProcessIdentity?, kept: [Int32]
+        identity: ProcessIdentity?, kept: [Int32], anchorRoot: String?
     ) -> Result<pid_t, VMFactoryError> {
         let groups = identity?.groups ?? []
         return withCStrings(command.argv) { argv in
@@ -134,10 +134,13 @@ public final class ChildProcess: Sendable {
                                     new_process_group: newSession ? 0 : 1, new_session: newSession ? 1 : 0, parent_death_signal: deathSignal,
                                     kept_fds: keptFDs.baseAddress, kept_fd_count: Int32(kept.count),
                                     change_identity: identity == nil ? 0 : 1, uid: identity?.uid ?? 0, gid: identity?.gid ?? 0,
-                                    groups: groupIDs.baseAddress, group_count: Int32(groups.count)
+                                    groups: groupIDs.baseAddress, group_count: Int32(groups.count), anchor_root: nil
                                 )
                                 var pid: pid_t = 0
-                                let status = vmf_spawn(&attributes, &pid)
+                                let status = withOptionalCString(anchorRoot) { root in
+                                    attributes.anchor_root = root
+                                    return vmf_spawn(&attributes, &pid)
+                                }
                                 return status == 0 ? .success(pid) : .failure(spawnError(command, path: path, errno: status))
                             }
                         }
@@ -281,6 +284,11 @@ final class SpawnThread: @unchecked Sendable {
 }
 
 /// Calls `body` with a NULL-terminated C array of `strings`.
+func withOptionalCString<T>(_ string: String?, _ body: (UnsafePointer<CChar>?) -> T) -> T {
+    guard let string else { return body(nil) }
+    return string.withCString { body($0) }
+}
+
 func withCStrings<T>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> T) -> T {
     var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
     pointers.append(nil)
