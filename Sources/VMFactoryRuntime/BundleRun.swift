@@ -83,6 +83,14 @@ public struct BundleRun: Sendable {
         }
         request.networkNamespace = config.linux?.namespaces?.first { $0.type == "network" }?.path.flatMap { $0.isEmpty ? nil : $0 }
         request.run.process.privileges = Self.privileges(process, log: log)
+        if request.run.options.readOnly {
+            // The guest cannot make them on a read-only root: made here, as runc makes them.
+            let folder = RootFolder(root)
+            for own in ["/dev", "/proc", "/sys"] { try folder.makeMountPoint(own, file: false) }
+            for tmpfs in request.run.options.tmpfs { try folder.makeMountPoint(tmpfs.guest, file: false) }
+            for volume in request.run.options.volumes { try folder.makeMountPoint(volume.guest, file: false) }
+            for file in request.run.options.files { try folder.makeMountPoint(file.guest, file: true) }
+        }
         return request
     }
 

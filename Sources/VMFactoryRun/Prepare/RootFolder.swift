@@ -45,6 +45,36 @@ public struct RootFolder: Sendable {
         return path + "/" + resolved.joined(separator: "/")
     }
 
+    /// Makes the mount point `guestPath` where the root lacks it (a folder, or an empty file for
+    /// a file's bind), its missing parents as folders, every step resolved as the guest resolves
+    /// it, so that a link of the image's never leads outside the root. A read-only root cannot
+    /// have them made in the guest; runc makes them too.
+    public func makeMountPoint(_ guestPath: String, file: Bool) throws {
+        var current = "/"
+        let names = guestPath.split(separator: "/").map(String.init)
+        for (index, name) in names.enumerated() {
+            guard name != "." && name != ".." else {
+                throw VMFactoryError(.invalidArgument, "the mount point \(guestPath) is not a plain path", hint: "give an absolute path without . or ..")
+            }
+            let next = (current == "/" ? "" : current) + "/" + name
+            if resolve(next) == nil {
+                guard let parent = resolve(current) else {
+                    throw VMFactoryError(.io, "cannot make the mount point \(guestPath) in \(path)", hint: "check the container's root")
+                }
+                let target = parent + "/" + name
+                let last = index == names.count - 1
+                if last && file {
+                    let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+                    guard fd >= 0 else { throw VMFactoryError.io("cannot make the mount point", path: target) }
+                    close(fd)
+                } else if mkdir(target, 0o755) != 0 && errno != EEXIST {
+                    throw VMFactoryError.io("cannot make the mount point", path: target)
+                }
+            }
+            current = next
+        }
+    }
+
     /// The program `name` names, as the guest's exec looks it up: a path when it has a slash,
     /// else the first executable file of that name in `PATH` (the environment's, else docker's
     /// default).
