@@ -112,14 +112,19 @@ enum TestSupport {
     }
 
     /// The `vmfactory` executable built next to the test bundle.
-    static let executable: String = {
+    static let executable = builtExecutable("vmfactory")
+    /// The OCI runtime `vmfactory-runtime`, built beside it.
+    static let runtimeExecutable = builtExecutable("vmfactory-runtime")
+
+    /// An executable product of the package, found next to the test bundle.
+    static func builtExecutable(_ name: String) -> String {
         let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         for folder in [bundle, bundle.deletingLastPathComponent(), URL(fileURLWithPath: repositoryRoot + "/.build/debug")] {
-            let candidate = folder.appendingPathComponent("vmfactory").path
+            let candidate = folder.appendingPathComponent(name).path
             if FileStore.isRegularFile(candidate) { return candidate }
         }
-        return repositoryRoot + "/.build/debug/vmfactory"
-    }()
+        return repositoryRoot + "/.build/debug/" + name
+    }
 
     /// What a command printed and how it ended.
     struct Run: Sendable {
