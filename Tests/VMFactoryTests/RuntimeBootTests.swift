@@ -77,7 +77,7 @@ struct RuntimeBootTests {
     /// Prints what it is sent: USR1 is noted, TERM ends it with 7.
     static let trapping = "trap 'echo got usr1' USR1; trap 'echo got term; exit 7' TERM; echo up; while true; do sleep 0.2; done"
 
-    @Test("run -d: the container's pid is its supervisor; kill -s USR1 reaches the command, stop ends it by its TERM trap (status 7), logs has its lines, rm leaves nothing")
+    @Test("run -d: the container's pid is its anchor, in a mount namespace of its own, the supervisor its child; kill -s USR1 reaches the command, stop ends it by its TERM trap (status 7), logs has its lines, rm leaves nothing")
     func detached() async throws {
         try await RuntimeTest.with { test in
             let image = try await test.image()
@@ -91,8 +91,17 @@ struct RuntimeBootTests {
             let fields = inspected.text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             #expect(fields.first == "running", "\(inspected.text) \(inspected.stderr)")
             let pid = Int32(fields.last ?? "") ?? 0
-            let commandLine = String(decoding: FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data(), as: UTF8.self)
-            #expect(commandLine.contains("vmfactory-runtime") && commandLine.contains("supervise"), "pid \(pid) is not the container's supervisor: \(commandLine)")
+            // The pid is the container's anchor (its mount namespace has the container's root as
+            // its root), whose one child is the supervisor.
+            let name = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
+            #expect(name == "vmf-anchor", "pid \(pid) is not the container's anchor: \(name ?? "gone")")
+            let children = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8))?.split(separator: " ").compactMap { Int32($0) } ?? []
+            let supervisor = String(decoding: FileManager.default.contents(atPath: "/proc/\(children.first ?? 0)/cmdline") ?? Data(), as: UTF8.self)
+            #expect(children.count == 1 && supervisor.contains("vmfactory-runtime") && supervisor.contains("supervise"), "the anchor's child is not the supervisor: \(children) \(supervisor)")
+            let root = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/root")
+            #expect(root == "/", "the anchor's root, in its own namespace: \(root ?? "?")")
+            let ownNamespace = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/mnt")
+            #expect(ownNamespace != nil && ownNamespace != (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")), "the anchor has a mount namespace of its own")
             let state = try await test.runtime.call(["state", id])
             #expect(state.text.contains("\"status\" : \"running\""), "\(state.text) \(state.stderr)")
 
@@ -164,6 +173,107 @@ struct RuntimeBootTests {
                 let running = ((try? TestSupport.processes(matching: helper)) ?? []).filter { $0.contains(test.runtime.folder) || $0.contains(id) }
                 #expect(running.isEmpty, "\(helper) of the removed container still runs: \(running)")
             }
+        }
+    }
+
+    @Test("-d on podman's network with -p and -v: curl reaches busybox httpd in the VM, exec with its status and a pipe, the volume read and written, pause halts the VM and unpause resumes it, exec -it under script(1)", .needsTool("curl"), .needsTool("script"))
+    func serviceExecVolumePause() async throws {
+        try await RuntimeTest.with { test in
+            let image = try await test.image()
+            let dir = try TestSupport.temporaryDirectory()
+            let shared = dir + "/shared"
+            try FileStore.createDirectory(shared)
+            try TestSupport.write("from the host\n", to: shared + "/in.txt")
+            let port = try LocalRegistry.freePort()
+            let before = try await HostNetwork.snapshot()
+            var after = before
+            do {
+                let started = try await test.podman(["run", "-d"] + test.runOptions + [
+                    "-p", "127.0.0.1:\(port):80", "-v", "\(shared):/data", image,
+                    "-c", "mkdir -p /www; echo served from the VM > /www/index.html; httpd -f -p 80 -h /www",
+                ])
+                #expect(started.status == 0, "\(started.stderr)")
+                let id = started.text.trimmingCharacters(in: .whitespacesAndNewlines)
+                try #require(!id.isEmpty, "\(started.stderr)")
+                // Through podman's port mapping to the container's address, which the VM holds.
+                var served = ""
+                let deadline = ContinuousClock.now + .seconds(120)
+                while ContinuousClock.now < deadline {
+                    let fetched = try await TestSupport.run("curl", ["-s", "--max-time", "5", "http://127.0.0.1:\(port)/"])
+                    served = fetched.output
+                    if served == "served from the VM\n" { break }
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+                #expect(served == "served from the VM\n", "curl through -p 127.0.0.1:\(port):80 got '\(served)'")
+
+                let exec = try await test.podman(["exec", id, "sh", "-c", "cat /data/in.txt; echo from the guest > /data/out.txt; echo err >&2; exit 4"])
+                #expect(exec.status == 4 && exec.text == "from the host\n" && exec.stderr == "err\n", "\(exec.text) \(exec.stderr)")
+                #expect((try? FileStore.readText(shared + "/out.txt")) == "from the guest\n", "the volume's write reached the host")
+                let piped = try await test.podman(["exec", "-i", id, "cat"], stdin: Data("through exec -i\n".utf8))
+                #expect(piped.status == 0 && piped.text == "through exec -i\n", "\(piped.stderr)")
+                let missing = try await test.podman(["exec", id, "no-such-program"])
+                #expect(missing.status == 127, "\(missing.stderr)")
+
+                // A real pause: the guest's clock stops with its vCPUs.
+                let clock = "cat /proc/uptime | cut -d' ' -f1"
+                let paused = try await test.podman(["pause", id])
+                #expect(paused.status == 0, "\(paused.stderr)")
+                let status = try await test.podman(["inspect", "--format", "{{.State.Status}}", id])
+                #expect(status.text.trimmingCharacters(in: .whitespacesAndNewlines) == "paused", "\(status.text)")
+                try await Task.sleep(for: .seconds(3))
+                let resumed = try await test.podman(["unpause", id])
+                #expect(resumed.status == 0, "\(resumed.stderr)")
+                let first = Double(try await test.podman(["exec", id, "sh", "-c", clock]).text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+                let wallBefore = ContinuousClock.now
+                try await Task.sleep(for: .seconds(1))
+                let second = Double(try await test.podman(["exec", id, "sh", "-c", clock]).text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+                #expect(second > first && second - first < (ContinuousClock.now - wallBefore).seconds + 1, "the guest's clock runs again after unpause: \(first) then \(second)")
+
+                // A terminal, as a user types into it.
+                let typed = try await TestSupport.execute(
+                    "script", ["-qec", "podman --root \(test.store.folder)/podman/storage --runroot \(test.store.folder)/podman/run exec -it \(id) sh", "/dev/null"],
+                    environment: test.store.environment, stdin: Data("tty; exit 6\n".utf8)
+                )
+                #expect(typed.status == 6 && typed.text.contains("/dev/pts/"), "\(typed.text) \(typed.stderr)")
+
+                let removed = try await test.podman(["rm", "--force", id])
+                #expect(removed.status == 0, "\(removed.stderr)")
+                after = try await HostNetwork.snapshot()
+                let settled = ContinuousClock.now + .seconds(15)
+                while !after.containerLeftovers(since: before).isEmpty, ContinuousClock.now < settled {
+                    try await Task.sleep(for: .milliseconds(200))
+                    after = try await HostNetwork.snapshot()
+                }
+            } catch {
+                await (try? await HostNetwork.snapshot())?.undo(since: before)
+                throw error
+            }
+            await after.undo(since: before)
+            await test.runtime.expectNothingLeft()
+        }
+    }
+
+    @Test("--platform linux/s390x on this x86_64 host: the image's s390x programs run in an s390x VM, its root over 9p through virtfs-proxy-helper, and podman sees its writes", .needsTool("qemu-system-s390x"))
+    func foreignArchitecture() async throws {
+        try await RuntimeTest.with { test in
+            let reference = try await RunImages.shared(for: .s390x).plain
+            let layout = reference.dropFirst("oci:".count), tag = reference.split(separator: ":").last ?? ""
+            let copy = test.runtime.folder + "/s390x-layout"
+            try FileManager.default.copyItem(atPath: String(layout.dropLast(tag.count + 1)), toPath: copy)
+            let pulled = try await test.podman(["pull", "--quiet", "--platform", "linux/s390x", "oci:\(copy):\(tag)"])
+            #expect(pulled.status == 0, "\(pulled.stderr)")
+            let image = pulled.text.trimmingCharacters(in: .whitespacesAndNewlines)
+            let run = try await test.podman(["run", "-d", "--platform", "linux/s390x"] + test.runOptions + ["--network", "none", image, "-c", "uname -m; echo s390x > /arch.txt; sync; sleep 1000"])
+            let id = run.text.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(run.status == 0 && !id.isEmpty, "\(run.stderr)")
+            #expect(try await test.logs(of: id, contain: "s390x\n"), "uname -m in the container")
+            let diff = try await test.podman(["diff", id])
+            #expect(diff.text.split(separator: "\n").contains("A /arch.txt"), "\(diff.text)")
+            let processes = try await test.runtime.call(["ps", id])
+            #expect(processes.text.contains("qemu-system-s39") && processes.text.contains("virtfs-proxy-he"), "\(processes.text)")
+            let removed = try await test.podman(["rm", "--force", id])
+            #expect(removed.status == 0, "\(removed.stderr)")
+            await test.runtime.expectNothingLeft()
         }
     }
 
