@@ -156,4 +156,58 @@ struct EngineBootTests {
         #expect(run.status == 4 && run.stdout == "hi from containerd\nx86_64\n", "\(run)")
         await runtime.expectNothingLeft()
     }
+
+    @Test("a container's annotation names a published kernel image: the runtime pulls and verifies it, and boots it with no kernel in its output folder; create, state, start, stopped, delete")
+    func publishedKernel() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let built = try await SharedBuild.shared.get()
+        let published = try await TestSupport.runCLI([
+            "publish", "--recipe", "container", "--target", "x86_64", "--to", "oci:\(dir)/kernels:v1", "--cache-dir", TestSupport.sharedCache, "--output-dir", built.output,
+        ])
+        #expect(published.status == 0, "\(published.stderr)")
+        // A runtime whose output folder is empty: the kernel can only come from the image.
+        let empty = dir + "/no-outputs"
+        try FileStore.createDirectory(empty)
+        let runs = "/tmp/vmf-rt-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileStore.createDirectory(runs)
+        defer { try? FileStore.removeTree(runs) }
+        try TestSupport.write(#"{"outputDirectory": "\#(empty)", "runDirectory": "\#(runs)"}"#, to: dir + "/runtime.json")
+        let runtime = (TestSupport.executable as NSString).deletingLastPathComponent + "/vmfactory-runtime"
+        let flags = ["--root", dir + "/state", "--config", dir + "/runtime.json", "--log", dir + "/log.json", "--log-format", "json"]
+
+        let layout = try await RunImages.shared(for: .x86_64).plain
+        let bundle = dir + "/bundle"
+        _ = try await TestSupport.runner.runChecked(Command("umoci", ["unpack", "--image", String(layout.dropFirst("oci:".count)), bundle]), what: "unpacking the image")
+        var config = try #require(try JSONSerialization.jsonObject(with: FileStore.readData(bundle + "/config.json")) as? [String: Any])
+        var process = try #require(config["process"] as? [String: Any])
+        process["args"] = ["/bin/sh", "-c", "uname -r > /kernel.txt"]
+        process["terminal"] = false
+        config["process"] = process
+        config["annotations"] = [BundleRun.kernelAnnotation: "oci:\(dir)/kernels:v1"]
+        try TestSupport.write(try JSONSerialization.data(withJSONObject: config), to: bundle + "/config.json")
+
+        let id = "kernel-image-\(getpid())"
+        // The container's stdio is create's: a file here, not a pipe that would stay open as
+        // long as the container runs.
+        let output = open(dir + "/container.out", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { close(output) }
+        let createCommand = Command(runtime, flags + ["create", "--bundle", bundle, "--pid-file", dir + "/pid", id])
+        let creating = try await ChildProcess.spawn(createCommand, environment: createCommand.environment(on: TestSupport.environment), stdout: .descriptor(output), stderr: .descriptor(output))
+        let created = await creating.wait()
+        #expect(created == .exited(0), "\((try? FileStore.readText(dir + "/container.out")) ?? "") \((try? FileStore.readText(dir + "/log.json")) ?? "")")
+        let state = try await Self.run(runtime, flags + ["state", id])
+        #expect(state.stdout.contains("\"status\" : \"created\""), "\(state.stdout)")
+        let started = try await Self.run(runtime, flags + ["start", id])
+        #expect(started.status == 0, "\(started.stderr)")
+        let stopped = await TestSupport.eventually(within: 120) {
+            FileStore.exists(bundle + "/rootfs/kernel.txt") && ((try? ContainerState.load(root: dir + "/state", id: id))??.currentStatus == .stopped)
+        }
+        #expect(stopped, "the container did not run to its end")
+        #expect(((try? FileStore.readText(bundle + "/rootfs/kernel.txt")) ?? "").hasPrefix("6.1."), "the guest's kernel")
+        let deleted = try await Self.run(runtime, flags + ["delete", id])
+        #expect(deleted.status == 0, "\(deleted.stderr)")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: empty)) ?? []).isEmpty, "nothing was built into the output folder")
+        let left = ((try? TestSupport.processes(matching: runs)) ?? [])
+        #expect(left.isEmpty, "\(left)")
+    }
 }
