@@ -272,6 +272,23 @@ struct LifecycleTests {
         _ = machine.handle(.vmExited(.exited(0)))
         #expect(status(machine) == 125 && machine.failure?.message == "the guest broke the run protocol (x)")
 
+        // The OCI runtime's create: the settings wait for start; a stop before it ends the VM.
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false, waitsForStart: true)
+        _ = machine.handle(.spawned)
+        #expect(machine.handle(.hello(1)) == [.reportBooted], "booted, the settings held")
+        #expect(machine.handle(.start) == [.sendSettings])
+        #expect(machine.handle(.start).isEmpty, "once")
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false, waitsForStart: true)
+        _ = machine.handle(.spawned)
+        #expect(machine.handle(.start).isEmpty, "a start before the hello waits for it")
+        #expect(machine.handle(.hello(1)) == [.sendSettings])
+        machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false, waitsForStart: true)
+        _ = machine.handle(.spawned)
+        _ = machine.handle(.hello(1))
+        #expect(machine.handle(.signal(SIGTERM)).contains(.endVM), "nothing to stop before start")
+        _ = machine.handle(.vmExited(.signaled(SIGTERM)))
+        #expect(status(machine) == 130)
+
         // Before the start: the guest's own failure (126, cannot invoke), an accelerator's,
         // a cancellation.
         machine = RunStateMachine(version: 1, stopGrace: .seconds(10), tty: false)

@@ -208,6 +208,8 @@ struct RunStateMachine: Sendable {
     /// end of the VM after `grace` unless it ended first. The timer first: a guest that
     /// stopped reading holds back the frame, never the end of the VM.
     private mutating func stop(grace: Duration) -> [Action] {
+        // A VM that waits for `start` has no process to stop: it ends now.
+        if waitsForStart && !settingsSent { return end(.interrupted) }
         if phase == .booting || phase == .running { phase = .stopping }
         return [.startStopTimer(grace), .sendSignal(SIGTERM)]
     }
