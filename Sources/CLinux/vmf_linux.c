@@ -320,3 +320,16 @@ int vmf_open_tap_in_netns(const char *netns, const char *name)
 	errno = error;
 	return tap;
 }
+
+int vmf_wait_leaving_zombie(pid_t pid, int *signaled, int *code) {
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    int result;
+    do
+        result = waitid(P_PID, (id_t)pid, &info, WEXITED | WNOWAIT);
+    while (result < 0 && errno == EINTR);
+    if (result != 0) return -1;
+    *signaled = info.si_code != CLD_EXITED;
+    *code = info.si_status;
+    return 0;
+}

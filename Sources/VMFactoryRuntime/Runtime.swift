@@ -174,7 +174,9 @@ public struct Runtime: Sendable {
         }
         let helper = try await ChildProcess.spawn(
             Command(executable, arguments), environment: environment, stdin: stdio.0, stdout: stdio.1, stderr: stdio.2,
-            newSession: true, parentDeathSignal: parentDeathSignal, keeping: [report[1]], anchorRoot: anchorRoot
+            // Its status is for whoever adopts it once this call exits (conmon, the shim): a
+            // helper that ends before then is left a zombie for them, never reaped here.
+            newSession: true, parentDeathSignal: parentDeathSignal, keeping: [report[1]], anchorRoot: anchorRoot, handedOver: true
         )
         close(report[1])
         report[1] = -1

@@ -80,5 +80,10 @@ int vmf_open_pty(int *master, int *slave);
 /// close-on-exec; the calling thread is back in its own namespace when it returns. The tap
 /// lives as long as the descriptor. Returns -1 with errno on failure.
 int vmf_open_tap_in_netns(const char *netns, const char *name);
+/// Waits until the child `pid` has ended without reaping it (waitid with WNOWAIT): it stays a
+/// zombie, for the child subreaper that adopts it when the caller exits (conmon, containerd's
+/// shim) to reap, status and all. Sets `*signaled` and `*code` (the exit code or the signal).
+/// Returns 0, or -1 with errno.
+int vmf_wait_leaving_zombie(pid_t pid, int *signaled, int *code);
 
 #endif

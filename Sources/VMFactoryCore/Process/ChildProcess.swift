@@ -54,7 +54,7 @@ public final class ChildProcess: Sendable {
         _ command: Command, environment: [String: String],
         stdin: Stdio = .null, stdout: Stdio, stderr: Stdio,
         newSession: Bool = false, parentDeathSignal: Int32? = nil,
-        identity: ProcessIdentity? = nil, keeping kept: [Int32] = [], anchorRoot: String? = nil
+        identity: ProcessIdentity? = nil, keeping kept: [Int32] = [], anchorRoot: String? = nil, handedOver: Bool = false
     ) async throws -> ChildProcess {
         let path = try resolveExecutable(command.executable, path: environment["PATH"] ?? "/usr/bin:/bin")
         let descriptors = try Descriptors(stdin: stdin, stdout: stdout, stderr: stderr, for: command)
@@ -72,7 +72,7 @@ public final class ChildProcess: Sendable {
             throw failure
         case .success(let pid):
             let child = ChildProcess(pid: pid, command: command, stdin: descriptors.stdin.ours, stdout: descriptors.stdout.ours, stderr: descriptors.stderr.ours)
-            child.startReaping()
+            child.startReaping(leavingZombie: handedOver)
             return child
         }
     }
@@ -182,12 +182,21 @@ public final class ChildProcess: Sendable {
     }
 
     /// Collects the child's exit status on a thread of its own (waitpid blocks).
-    private func startReaping() {
+    /// Waits for the child's end. `leavingZombie`: a child handed over to whoever adopts it
+    /// once we exit (an OCI container's pid, for conmon or containerd's shim) is not reaped, so
+    /// that its status stays for them.
+    private func startReaping(leavingZombie: Bool) {
         let pid = self.pid
         Thread.detachNewThread { [self] in
             var status: Int32 = 0
             var result: pid_t
-            repeat { result = waitpid(pid, &status, 0) } while result < 0 && errno == EINTR
+            if leavingZombie {
+                var signaled: Int32 = 0, code: Int32 = 0
+                result = vmf_wait_leaving_zombie(pid, &signaled, &code) == 0 ? pid : -1
+                status = signaled != 0 ? code & 0x7f : (code & 0xff) << 8
+            } else {
+                repeat { result = waitpid(pid, &status, 0) } while result < 0 && errno == EINTR
+            }
             let termination: CommandResult.Termination
             if result < 0 {
                 termination = .exited(-1)
