@@ -37,7 +37,7 @@ public struct BundleRun: Sendable {
         request.run.process.command = process.args ?? []
         request.run.process.entrypoint = nil
         request.run.process.environment = (process.env ?? []).filter { $0.contains("=") }
-        request.run.process.user = "\(process.user.uid):\(process.user.gid)"
+        request.run.process.user = try Self.user(process.user, root: root)
         request.run.process.workdir = process.cwd.isEmpty ? "/" : process.cwd
         request.run.hostname = config.hostname.flatMap { $0.isEmpty ? nil : $0 }
         request.run.options.tty = process.terminal ?? false
@@ -154,6 +154,21 @@ public struct BundleRun: Sendable {
         default:
             log.debug("mount \(mount.destination) from \(source): only folders and text files of up to \(GuestFile.largest >> 10) KiB reach the VM; skipped")
         }
+    }
+
+    /// The process's `uid:gid`: the config's numbers, or those of the user it names, from the
+    /// image's /etc/passwd (read inside the root, as the guest reads it).
+    static func user(_ user: OCIConfig.User, root: String) throws -> String {
+        guard let name = user.username, !name.isEmpty else { return "\(user.uid):\(user.gid)" }
+        let passwd = RootFolder(root).resolve("/etc/passwd").flatMap { try? FileStore.readText($0) } ?? ""
+        for line in passwd.split(separator: "\n") {
+            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+            if fields.count >= 4, fields[0] == name, let uid = UInt32(fields[2]), let gid = UInt32(fields[3]) { return "\(uid):\(gid)" }
+        }
+        throw VMFactoryError(
+            .invalidArgument, "the process's user \(name) is not in the image's /etc/passwd",
+            hint: "give a user the image has, or numbers (process.user.uid and gid)"
+        )
     }
 
     /// The number of CPUs in a cpuset list such as `0-3,6`.

@@ -27,6 +27,8 @@ public struct OCIConfig: Decodable, Sendable {
     public struct User: Decodable, Sendable {
         public var uid: UInt32
         public var gid: UInt32
+        /// A user named in the image's /etc/passwd, whose uid and gid then replace these.
+        public var username: String?
         public var additionalGids: [UInt32]?
         public var umask: UInt32?
     }

@@ -179,7 +179,7 @@ struct RuntimeBootTests {
         }
     }
 
-    @Test("-d on podman's network with -p and -v: curl reaches busybox httpd in the VM, exec with its status and a pipe, the volume read and written, pause halts the VM and unpause resumes it, exec -it under script(1)", .needsTool("curl"), .needsTool("script"))
+    @Test("-d on podman's network with -p and -v: curl reaches busybox httpd in the VM, exec with its status and a pipe, the volume read and written, pause halts the VM and unpause resumes it, exec -it and run -it under script(1)", .needsTool("curl"), .needsTool("script"))
     func serviceExecVolumePause() async throws {
         try await RuntimeTest.with { test in
             let image = try await test.image()
@@ -239,6 +239,13 @@ struct RuntimeBootTests {
                     environment: test.store.environment
                 )
                 #expect(typed.status == 6 && typed.text.contains("/dev/pts/"), "\(typed.text) \(typed.stderr)")
+                // And the container's own process on a terminal (the console socket of create).
+                let options = test.runOptions.map { "'\($0)'" }.joined(separator: " ")
+                let terminal = try await TestSupport.execute(
+                    "script", ["-qec", "podman --root \(test.store.folder)/podman/storage --runroot \(test.store.folder)/podman/run run --rm -it \(options) --network none \(image) -c 'tty; exit 5'", "/dev/null"],
+                    environment: test.store.environment
+                )
+                #expect(terminal.status == 5 && terminal.text.contains("/dev/pts/"), "\(terminal.text) \(terminal.stderr)")
 
                 let removed = try await test.podman(["rm", "--force", id])
                 #expect(removed.status == 0, "\(removed.stderr)")
@@ -392,6 +399,7 @@ struct RuntimeBootTests {
         case notJSON = "config.json is not JSON"
         case noRoot = "the root folder is missing"
         case newerSpec = "ociVersion 2.0.0"
+        case unknownUser = "the process names a user the image lacks"
     }
 
     @Test("a bad bundle: create exits non-zero, says why in its JSON log (as docker reads it), and leaves no process and no state", arguments: BadBundle.allCases)
@@ -413,6 +421,9 @@ struct RuntimeBootTests {
             case .newerSpec:
                 try TestSupport.write(valid(version: "2.0.0"), to: config)
                 problem = "\(bundle)/config.json is for OCI runtime spec 2.0.0; vmfactory-runtime reads 1.x"
+            case .unknownUser:
+                try TestSupport.write(valid(version: "1.0.2").replacingOccurrences(of: #""gid": 0}"#, with: #""gid": 0, "username": "nosuchuser"}"#), to: config)
+                problem = "the process's user nosuchuser is not in the image's /etc/passwd"
             }
             try FileStore.rename(config, to: bundle + "/config.json")
             if bad != .noRoot { try FileStore.createDirectory(bundle + "/rootfs") }
