@@ -9,7 +9,7 @@ import VMFactoryRun
 
 /// What `vmfactory run` gives VMFactoryRun's preparer: images from the content store and the
 /// rootfs cache, kernels from a recipe's build or a published kernel image, the accelerator
-/// from the probe.
+/// from the probe (`ProbedAccelerators`, VMFactoryRun's).
 
 /// The image's cached disk, converted on first use. Without a platform the host's is asked
 /// for, and an image made for one other platform is taken as it is.
@@ -72,17 +72,5 @@ struct RecipeKernels: RunKernelProvider {
                 ? "rebuild it with this vmfactory: vmfactory build --recipe \(recipe.name) --target \(target)"
                 : "publish the kernel again with this vmfactory, or run it with the vmfactory that published it"
         )
-    }
-}
-
-/// KVM after a probe shows that it works, else TCG; or what was asked for.
-struct ProbedAccelerators: RunAcceleratorProvider {
-    let probe: AcceleratorProbe
-
-    func accelerator(_ choice: AcceleratorProbe.Choice, machine: QEMUMachine, probe run: Bool) async throws -> (QEMUMachine.Accelerator, String?) {
-        if !run, choice == .auto {
-            return (probe.remembered(for: machine.target) == true ? .kvm : .tcg, nil)
-        }
-        return try await probe.resolve(choice, machine: machine, marker: ConsoleMarkers.ready)
     }
 }

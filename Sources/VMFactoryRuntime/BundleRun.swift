@@ -237,12 +237,3 @@ struct NoImages: RunImageProvider {
         throw VMFactoryError(.invalidArgument, "an OCI bundle's run has no image", hint: "this is vmfactory-runtime's error; please report it")
     }
 }
-
-/// KVM after a probe shows that it works, else TCG.
-struct ProbedAccelerator: RunAcceleratorProvider {
-    let probe: AcceleratorProbe
-
-    func accelerator(_ choice: AcceleratorProbe.Choice, machine: QEMUMachine, probe run: Bool) async throws -> (QEMUMachine.Accelerator, String?) {
-        try await probe.resolve(choice, machine: machine, marker: ConsoleMarkers.ready)
-    }
-}

@@ -64,13 +64,7 @@ extension Runtime {
     /// pipe, the process's status as ours.
     func execRelay() async -> Int32 {
         signal(SIGPIPE, SIG_IGN)
-        let report = Int32(line.flag("report-fd") ?? "") ?? -1
-        let reported = Atomic<Bool>(false)
-        @Sendable func say(_ text: String) {
-            guard report >= 0, !reported.exchange(true, ordering: .acquiringAndReleasing) else { return }
-            _ = Array(text.utf8).withUnsafeBytes { try? FileStore.writeAll(report, $0, path: "exec's pipe") }
-            close(report)
-        }
+        let report = ReportPipe(fd: Int32(line.flag("report-fd") ?? "") ?? -1)
         do {
             let id = try line.containerID()
             let process = try Self.loadProcess(line.flag("process") ?? "")
@@ -82,19 +76,17 @@ extension Runtime {
             exec.user = "\(process.user.uid):\(process.user.gid)"
             exec.workdir = process.cwd.isEmpty ? "/" : process.cwd
             exec.privileges = BundleRun.privileges(process, log: log)
-            var st = stat()
-            let stream = fstat(STDIN_FILENO, &st) == 0 && (st.st_mode & S_IFMT == S_IFIFO || st.st_mode & S_IFMT == S_IFSOCK)
             exec.tty = terminal
-            exec.interactive = terminal || stream
+            exec.interactive = terminal || ReportPipe.stdinIsStream
             if terminal { exec.windowSize = RawTerminal.size(of: STDIN_FILENO) }
-            exec.onStarted = { say("started\n") }
-            exec.onStartFailure = { _, message in say("error: " + message) }
+            exec.onStarted = { report.say("started\n") }
+            exec.onStartFailure = { _, message in report.say("error: " + message) }
             let signals = terminal ? SignalForwarding(signals: [SIGWINCH]) : nil
             defer { signals?.cancel() }
             return try RunClient.exec(entry, exec, stdout: .standardOutput, stderr: .standardError, signals: signals)
         } catch {
             let failure = VMFactoryError(error)
-            say("error: " + failure.message)
+            report.say("error: " + failure.message)
             return 125
         }
     }

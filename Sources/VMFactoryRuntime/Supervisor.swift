@@ -20,21 +20,14 @@ struct Supervisor {
     func run() async -> Int32 {
         signal(SIGPIPE, SIG_IGN)
         signal(SIGHUP, SIG_IGN)
-        let report = Int32(line.flag("report-fd") ?? "") ?? -1
-        let reported = Atomic<Bool>(false)
-        @Sendable func say(_ text: String) {
-            guard report >= 0, !reported.exchange(true, ordering: .acquiringAndReleasing) else { return }
-            _ = Array(text.utf8).withUnsafeBytes { try? FileStore.writeAll(report, $0, path: "create's pipe") }
-            close(report)
-        }
+        let report = ReportPipe(fd: Int32(line.flag("report-fd") ?? "") ?? -1)
         do {
-            let code = try await supervise(say)
-            return code
+            return try await supervise(report.say)
         } catch {
             let failure = VMFactoryError(error)
             let text = failure.message + (failure.hint.map { " (\($0))" } ?? "")
-            if !reported.load(ordering: .acquiring) {
-                say("error: " + text)
+            if !report.hasSaid {
+                report.say("error: " + text)
             } else {
                 log.error(text)
                 FileHandle.standardError.write(Data(("vmfactory-runtime: " + text + "\n").utf8))
@@ -53,9 +46,7 @@ struct Supervisor {
         }
         let configuration = try runtime.configuration
         let bundleRun = try BundleRun(bundle: bundle, log: log)
-        var stdinStat = stat()
-        let stdinIsStream = fstat(STDIN_FILENO, &stdinStat) == 0 && (stdinStat.st_mode & S_IFMT == S_IFIFO || stdinStat.st_mode & S_IFMT == S_IFSOCK)
-        let bundleRequest = try bundleRun.request(configuration: configuration, interactive: stdinIsStream || terminal)
+        let bundleRequest = try bundleRun.request(configuration: configuration, interactive: ReportPipe.stdinIsStream || terminal)
         var request = bundleRequest.run
         request.options.tty = request.options.tty && terminal
         if request.options.tty { request.windowSize = RawTerminal.size(of: STDIN_FILENO) }
@@ -82,7 +73,7 @@ struct Supervisor {
         let kernelImage = bundleRun.config.annotations?[BundleRun.kernelAnnotation] ?? configuration.kernelImage
         let preparer = RunPreparer(
             images: NoImages(), kernels: BuiltKernels(factory: factory, recipe: recipe, kernelImage: kernelImage),
-            accelerators: ProbedAccelerator(probe: Booter(factory).acceleratorProbe), console: console
+            accelerators: ProbedAccelerators(probe: Booter(factory).acceleratorProbe), console: console
         )
         let folders = RunFolders(cacheDirectory: runDirectory)
         let runID = RunFolders.newID()

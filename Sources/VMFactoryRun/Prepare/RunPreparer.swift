@@ -59,6 +59,23 @@ public protocol RunAcceleratorProvider: Sendable {
     func accelerator(_ choice: AcceleratorProbe.Choice, machine: QEMUMachine, probe: Bool) async throws -> (QEMUMachine.Accelerator, String?)
 }
 
+/// KVM after a probe shows that it works, else TCG; or what was asked for. Without a probe
+/// (a command only printed), `auto` takes what an earlier probe found.
+public struct ProbedAccelerators: RunAcceleratorProvider {
+    public let probe: AcceleratorProbe
+
+    public init(probe: AcceleratorProbe) {
+        self.probe = probe
+    }
+
+    public func accelerator(_ choice: AcceleratorProbe.Choice, machine: QEMUMachine, probe run: Bool) async throws -> (QEMUMachine.Accelerator, String?) {
+        if !run, choice == .auto {
+            return (probe.remembered(for: machine.target) == true ? .kvm : .tcg, nil)
+        }
+        return try await probe.resolve(choice, machine: machine, marker: ConsoleMarkers.ready)
+    }
+}
+
 /// What a run asks for: the image, the process, the devices, the machine; as the command line
 /// gave them, parsed.
 public struct RunRequest: Sendable {
