@@ -40,17 +40,10 @@ struct EngineBootTests {
         }
     }
 
-    /// A command's status and output, run to its end.
+    /// A command's status and output, run to its end (`TestSupport.execute`).
     static func run(_ executable: String, _ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
-        let command = Command(executable, arguments)
-        let child = try await ChildProcess.spawn(command, environment: command.environment(on: TestSupport.environment), stdout: .pipe, stderr: .pipe)
-        async let out = PipeReader.readAll(child.stdout!)
-        async let err = PipeReader.readAll(child.stderr!)
-        let status: Int32 = switch await child.wait() {
-        case .exited(let code): code
-        case .signaled(let signal): 128 + signal
-        }
-        return (status, String(decoding: await out, as: UTF8.self), String(decoding: await err, as: UTF8.self))
+        let result = try await TestSupport.execute(executable, arguments, environment: TestSupport.environment)
+        return (result.status, result.text, result.stderr)
     }
 
     /// A daemon started for the test, stopped with SIGTERM (then SIGKILL) at the end.
