@@ -56,14 +56,14 @@ public struct ContainerState: Codable, Sendable {
         return supervisorAlive ? status : .stopped
     }
 
-    /// /proc/PID/stat's state and start time.
-    public static func processStat(_ pid: Int32) -> (state: Character, start: UInt64)? {
+    /// /proc/PID/stat's state, parent and start time.
+    public static func processStat(_ pid: Int32) -> (state: Character, parent: Int32, start: UInt64)? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = text.lastIndex(of: ")") else { return nil }
-        // After "pid (comm) ": state is field 3, starttime field 22.
+        // After "pid (comm) ": state is field 3, the parent field 4, starttime field 22.
         let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count > 19, let state = fields[0].first, let start = UInt64(fields[19]) else { return nil }
-        return (state, start)
+        guard fields.count > 19, let state = fields[0].first, let parent = Int32(fields[1]), let start = UInt64(fields[19]) else { return nil }
+        return (state, parent, start)
     }
 
     /// The OCI state document `state` prints.

@@ -311,10 +311,8 @@ public struct Runtime: Sendable {
         if state.supervisorAlive {
             var parents: [Int32: [Int32]] = [:]
             for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-                guard let pid = Int32(name), let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                      let close = text.lastIndex(of: ")") else { continue }
-                let fields = text[text.index(after: close)...].split(separator: " ")
-                if fields.count > 1, let parent = Int32(fields[1]) { parents[parent, default: []].append(pid) }
+                guard let pid = Int32(name), let stat = ContainerState.processStat(pid) else { continue }
+                parents[stat.parent, default: []].append(pid)
             }
             var queue = [state.pid]
             while let pid = queue.popLast() {
