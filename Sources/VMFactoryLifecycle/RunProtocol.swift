@@ -7,7 +7,7 @@ import VMFactoryCore
 public enum RunProtocol {
     /// The version this vmfactory speaks. The init says its own in its hello; the two must be
     /// equal (a kernel and initrd from another vmfactory are refused with both numbers).
-    public static let version: UInt32 = 2
+    public static let version: UInt32 = 3
     /// The virtio-serial port's name.
     public static let port = "vmf.channel"
     /// The word on the kernel command line that puts the init in container mode.

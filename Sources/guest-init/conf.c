@@ -448,6 +448,41 @@ static int parse_process_key(struct vmf_process_spec *spec, const char *key, cha
 	return 0;
 }
 
+/* "seed": 2 to 2 * VMF_MAX_SEED hex digits, an even count. */
+static int parse_seed(struct vmf_run *run, const char *value)
+{
+	size_t length = strlen(value);
+	if (length == 0 || length % 2 != 0 || length / 2 > VMF_MAX_SEED)
+		return -1;
+	for (size_t i = 0; i < length / 2; i++) {
+		unsigned int byte = 0;
+		for (int half = 0; half < 2; half++) {
+			char c = value[2 * i + half];
+			int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+			if (digit < 0)
+				return -1;
+			byte = byte << 4 | (unsigned int)digit;
+		}
+		run->seed[i] = (unsigned char)byte;
+	}
+	run->seed_length = length / 2;
+	return 0;
+}
+
+/* "clock": SECONDS.NANOSECONDS of the host's CLOCK_REALTIME, nine digits after the point. */
+static int parse_clock(struct vmf_run *run, const char *value)
+{
+	const char *at = value;
+	unsigned long long seconds, nanoseconds;
+	if (take_decimal(&at, (1ULL << 62), &seconds) != 0 || *at++ != '.' || strlen(at) != 9 ||
+	    take_decimal(&at, 999999999ULL, &nanoseconds) != 0 || *at != '\0')
+		return -1;
+	run->clock.tv_sec = (time_t)seconds;
+	run->clock.tv_nsec = (long)nanoseconds;
+	run->clock_set = 1;
+	return 0;
+}
+
 static int parse_setting(struct vmf_run *run, const char *key, char *value)
 {
 	int process = parse_process_key(&run->command, key, value);
@@ -495,6 +530,10 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		return parse_number(value, &run->verbose);
 	else if (strcmp(key, "keep") == 0)
 		return parse_number(value, &run->keep);
+	else if (strcmp(key, "seed") == 0)
+		return parse_seed(run, value);
+	else if (strcmp(key, "clock") == 0)
+		return parse_clock(run, value);
 	else
 		return -2;
 	return 0;
@@ -677,6 +716,9 @@ void vmf_run_explain(const struct vmf_run *run)
 		printf("root: /dev/vda\n");
 	printf("readonly: %d\nstop-signal: %d\nshm-size: %llu\npids-limit: %llu\n", run->readonly, run->stop_signal, run->shm_bytes, run->pids_limit);
 	printf("network: %s\n", run->network ? "user" : "none");
+	printf("seed: %zu bytes\n", run->seed_length);
+	if (run->clock_set)
+		printf("clock: %lld.%09ld\n", (long long)run->clock.tv_sec, run->clock.tv_nsec);
 	for (int i = 0; i < run->volume_count; i++)
 		printf("volume: %s %s %s %s\n", run->volumes[i].type, run->volumes[i].tag,
 		       run->volumes[i].readonly ? "ro" : "rw", run->volumes[i].path);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define VMF_MAX_VOLUMES 32
 #define VMF_MAX_TMPFS 32
@@ -138,6 +139,9 @@ struct vmf_process_spec {
 	mode_t umask;
 };
 
+/* The most seed bytes the settings carry. */
+#define VMF_MAX_SEED 64
+
 struct vmf_run {
 	struct vmf_process_spec command;
 	const char *hostname;
@@ -166,6 +170,13 @@ struct vmf_run {
 	struct vmf_tmpfs tmpfs[VMF_MAX_TMPFS];
 	int file_count;
 	struct vmf_file files[VMF_MAX_FILES];
+	/* Host entropy for the guest's random generator (a VM restored from a template shares
+	   the template's generator state until it is reseeded); seed_length 0: none sent. */
+	unsigned char seed[VMF_MAX_SEED];
+	size_t seed_length;
+	/* The host's CLOCK_REALTIME when it sent the settings; clock_set 0: none sent. */
+	struct timespec clock;
+	int clock_set;
 };
 
 /*

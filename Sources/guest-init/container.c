@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/random.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/signalfd.h>
 #include <time.h>
@@ -160,6 +162,38 @@ static int receive_settings(struct run_context *context, struct vmf_error *e)
 	}
 }
 
+/*
+ * What must differ between VMs restored from one template, before anything reads it: the
+ * random generator reseeded from the host's entropy (the kernel then derives boot_id, which
+ * nothing read before the snapshot, from the new state), and the clock set to the host's.
+ */
+static int refresh_clone_state(const struct vmf_run *run, struct vmf_error *e)
+{
+	if (run->seed_length > 0) {
+		struct {
+			struct rand_pool_info info;
+			unsigned char bytes[VMF_MAX_SEED];
+		} entropy;
+		entropy.info.entropy_count = (int)(run->seed_length * 8);
+		entropy.info.buf_size = (int)run->seed_length;
+		memcpy(entropy.bytes, run->seed, run->seed_length);
+		int random = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+		int added = random >= 0 ? ioctl(random, RNDADDENTROPY, &entropy.info) : -1;
+		int saved = errno;
+		/* The new input reaches what get_random_bytes and /dev/urandom give at once. */
+		if (added == 0 && ioctl(random, RNDRESEEDCRNG) != 0)
+			vmf_say(VMF_TAG "cannot reseed the random generator: %s\n", strerror(errno));
+		explicit_bzero(&entropy, sizeof(entropy));
+		if (random >= 0)
+			close(random);
+		if (added != 0)
+			return vmf_fail(e, 125, "cannot add the host's entropy to the random generator: %s", strerror(saved));
+	}
+	if (run->clock_set && clock_settime(CLOCK_REALTIME, &run->clock) != 0)
+		return vmf_fail(e, 125, "cannot set the clock: %s", strerror(errno));
+	return 0;
+}
+
 /* The image's root, its mounts, host files, volumes and network, and docker's defaults. */
 static int set_up(struct vmf_run *run, int *initramfs, struct vmf_error *e)
 {
@@ -226,7 +260,7 @@ void vmf_run_container(void)
 		stop_before_start(&context, &e);
 	struct vmf_run *run = &context.run;
 	step(run, "settings received");
-	if (set_up(run, &initramfs, &e) != 0 || start_command(&context, &e) != 0)
+	if (refresh_clone_state(run, &e) != 0 || set_up(run, &initramfs, &e) != 0 || start_command(&context, &e) != 0)
 		stop_before_start(&context, &e);
 	step(run, "command started");
 	vmf_free_initramfs(initramfs);

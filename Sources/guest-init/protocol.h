@@ -19,7 +19,7 @@
 
 /* The version this init speaks (a test builds an init of another with -D). */
 #ifndef VMF_PROTOCOL_VERSION
-#define VMF_PROTOCOL_VERSION 2
+#define VMF_PROTOCOL_VERSION 3
 #endif
 #define VMF_CHANNEL_PORT "vmf.channel"
 #define VMF_FRAME_HEADER 12

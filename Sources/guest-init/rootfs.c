@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -165,6 +166,19 @@ int vmf_mount_root(const struct vmf_run *run, struct vmf_error *e)
 		return mount_folder_root(run, e);
 	if (vmf_wait_for("/dev/vda", e) != 0)
 		return -1;
+	/*
+	 * A VM restored from a template has the template's cache of /dev/vda: the kernel read
+	 * its first blocks (the partition scan, the ext4 superblock among them) when it probed
+	 * the template's disk. Dropped, so that the mount reads this run's disk.
+	 */
+	int disk = open("/dev/vda", O_RDONLY | O_CLOEXEC);
+	if (disk < 0 || ioctl(disk, BLKFLSBUF, 0) != 0) {
+		int saved = errno;
+		if (disk >= 0)
+			close(disk);
+		return vmf_fail(e, 125, "cannot drop the cached blocks of /dev/vda: %s", strerror(saved));
+	}
+	close(disk);
 	unsigned long flags = run->readonly ? MS_RDONLY : 0;
 	/* A removed run's overlay is thrown away: its writes need no journal. */
 	const char *options = run->keep ? NULL : "noload";

@@ -13,7 +13,7 @@ public struct InitCompiler: Sendable {
 
     /// The run protocol's version the init speaks (VMF_PROTOCOL_VERSION in protocol.h),
     /// recorded in the build's manifest so that `run` refuses another before it boots.
-    public static let runProtocol = 2
+    public static let runProtocol = 3
 
     public var sourceDirectory: String
     public var runner: any ProcessRunner

@@ -28,13 +28,15 @@ public struct InitrdPlan: Sendable {
     public var spec: InitrdSpec { recipe.initrd }
     public var fileName: String { "initrd.cpio" + spec.compression.suffix }
 
-    /// Covers the init's sources, compiler and flags, the target, the time stamp, init's
+    /// Covers the init's sources, compiler and flags, the run protocol's version, the target, the time stamp, init's
     /// settings, the compression and every file's destination, mode and bytes.
     private func computeKey() -> SHA256Digest {
         var builder = KeyBuilder("vmfactory initrd v1")
         builder.add("target", target.rawValue)
         for input in initInputs { builder.add("init-source", "\(input.name) \(input.sha256.hex)") }
         builder.add("compiler", compiler)
+        // The manifest records it: an init of a new version is another initrd.
+        builder.add("run-protocol", String(InitCompiler.runProtocol))
         for flag in InitCompiler.flags { builder.add("flag", flag) }
         builder.add("mtime", String(sourceDateEpoch))
         builder.add("compression", spec.compression.rawValue)

@@ -36,6 +36,12 @@ public struct RunPlan: Sendable {
         public var folder: String? { if case .folder(let path) = self { path } else { nil } }
     }
 
+    /// The virtual size of every run's disk (its overlay), or the image's disk's if larger:
+    /// the same in every run of a machine, so that a VM restored from a template finds the
+    /// disk size its kernel read when it was saved (docs/run.md, "Templates"). Past the
+    /// image's file system the disk reads as zeros and takes no room.
+    public static let overlaySize: UInt64 = 64 << 30
+
     /// The mount tag of a folder root.
     public static let rootTag = "vmf.root"
 
@@ -135,10 +141,24 @@ public struct RunPlan: Sendable {
         return RunProtocol.keyValueText(lines)
     }
 
-    /// The settings as the host sends them, once the init said hello.
+    /// The settings as the host sends them, once the init said hello, with what must be fresh
+    /// in every VM, a restored one above all (docs/security.md): 32 bytes of the host's
+    /// entropy for the guest's random generator, and the host's clock as it is now.
     public var settingsFrame: RunProtocol.Frame {
-        RunProtocol.Frame(.settings, number: RunProtocol.version, text: settings)
+        var seed = [UInt8](repeating: 0, count: Self.seedBytes)
+        var generator = SystemRandomNumberGenerator()
+        for index in seed.indices { seed[index] = generator.next() }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let fresh = RunProtocol.keyValueText([
+            ("seed", seed.map { String(format: "%02x", $0) }.joined()),
+            ("clock", "\(now.tv_sec)." + String(format: "%09ld", now.tv_nsec)),
+        ])
+        return RunProtocol.Frame(.settings, number: RunProtocol.version, text: settings + fresh)
     }
+
+    /// How much of the host's entropy goes to the guest with the settings.
+    public static let seedBytes = 32
 
     /// The recipe's command line with the word that puts the init in container mode, before
     /// any `--` (after which words are the init's arguments).
