@@ -248,7 +248,12 @@ void vmf_signals_default(const int *signals, int count)
 int vmf_send_fd(int socket, int fd)
 {
 	char byte = 0;
-	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+	return vmf_send_with_fd(socket, fd, &byte, 1);
+}
+
+int vmf_send_with_fd(int socket, int fd, const void *data, size_t length)
+{
+	struct iovec iov = {.iov_base = (void *)data, .iov_len = length};
 	union {
 		char buffer[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
@@ -264,7 +269,7 @@ int vmf_send_fd(int socket, int fd)
 	do
 		sent = sendmsg(socket, &message, MSG_NOSIGNAL);
 	while (sent < 0 && errno == EINTR);
-	return sent == 1 ? 0 : -1;
+	return sent == (ssize_t)length ? 0 : -1;
 }
 
 int vmf_open_pty(int *master, int *slave)

@@ -140,6 +140,9 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "TCG with -icount shift=0,sleep=off (deterministic guest time, for measurements).")
     var icount = false
 
+    @Flag(help: "Boot the kernel from its first instruction instead of starting from the template of this machine (the first run of a machine makes it; `vmfactory templates` lists them).")
+    var noSnapshot = false
+
     @Flag(help: "Show the kernel console on stderr too.")
     var console = false
 
@@ -254,6 +257,7 @@ struct Run: AsyncParsableCommand {
         session.stopGrace = stopTimeout.duration
         session.showConsole = self.console
         session.keep = keep
+        if !noSnapshot { session.templates = RunTemplates(cacheDirectory: cache) }
         session.relay = relay.isEmpty ? nil : relay
         session.record = RunRecord(
             id: id, name: name, image: image, command: plan.process.argv, target: plan.target.rawValue, created: Date(), status: .created,

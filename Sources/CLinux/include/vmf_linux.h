@@ -72,6 +72,10 @@ void vmf_signals_default(const int *signals, int count);
 /// Sends `fd` over the connected Unix socket `socket` (SCM_RIGHTS), with one byte of data.
 /// Returns 0, or -1 with errno.
 int vmf_send_fd(int socket, int fd);
+
+/// Sends `length` bytes of `data` with `fd` attached (SCM_RIGHTS) in one message: 0 when all
+/// went, else -1 with errno.
+int vmf_send_with_fd(int socket, int fd, const void *data, size_t length);
 /// A new pseudo-terminal, both ends close-on-exec and neither the caller's controlling
 /// terminal. Returns 0, or -1 with errno.
 int vmf_open_pty(int *master, int *slave);

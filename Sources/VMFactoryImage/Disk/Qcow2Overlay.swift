@@ -38,12 +38,15 @@ public enum Qcow2Overlay {
         return read64(header, 24)
     }
 
-    /// Writes the overlay of `backing` to `path` (through a temporary name). The backing
-    /// file is named as given, as qemu-img records it.
-    public static func create(backing: String, at path: String) throws {
-        let size = try virtualSize(of: backing)
+    /// Writes the overlay of `backing` to `path` (through a temporary name), of the backing
+    /// file's virtual size or `atLeast`, the larger (past the backing file it reads as zeros).
+    /// The backing file is named as given, as qemu-img records it. Returns the virtual size.
+    @discardableResult
+    public static func create(backing: String, at path: String, atLeast: UInt64 = 0) throws -> UInt64 {
+        let size = max(try virtualSize(of: backing), atLeast)
         let bytes = try Self.bytes(backing: backing, virtualSize: size)
         try FileStore.writeAtomically(Data(bytes), to: path)
+        return size
     }
 
     /// The overlay's bytes for a backing file of `virtualSize` bytes.

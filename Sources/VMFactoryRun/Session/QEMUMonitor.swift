@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Synchronization
 import VMFactoryCore
@@ -15,26 +16,48 @@ final class QEMUMonitor: Sendable {
     }
 
     /// Runs `command` (such as "stop" or "cont"); nil when it succeeded, else QEMU's words.
-    func execute(_ command: String) -> String? {
-        state.withLock { state in
-            if !state.ready {
-                // QEMU greets first; commands are refused until capabilities are negotiated.
-                guard let greeting = readMessage(&state.pending), greeting["QMP"] != nil else { return "QEMU's monitor did not greet" }
-                if let failure = run("qmp_capabilities", &state.pending) { return failure }
-                state.ready = true
-            }
-            return run(command, &state.pending)
+    /// `passing` goes with the command (SCM_RIGHTS), for `getfd`.
+    func execute(_ command: String, arguments: [String: any Sendable] = [:], passing descriptor: Int32? = nil) -> String? {
+        switch query(command, arguments: arguments, passing: descriptor) {
+        case .success: nil
+        case .failure(let said): said.message
         }
     }
 
-    private func run(_ command: String, _ pending: inout [UInt8]) -> String? {
-        let line = Array("{\"execute\":\"\(command)\"}\n".utf8)
-        guard line.withUnsafeBytes({ SocketIO.writeAll(fd, $0) }) else { return "QEMU's monitor is gone" }
-        while let message = readMessage(&pending) {
-            if message["return"] != nil { return nil }
-            if let error = message["error"] as? [String: Any] { return error["desc"] as? String ?? "QEMU refused \(command)" }
+    /// What QEMU said to a command, or said against it.
+    struct Refusal: Error {
+        var message: String
+    }
+
+    /// Runs `command` and returns what QEMU answered (the `return` object; an empty one for a
+    /// command that returns nothing or a list).
+    func query(_ command: String, arguments: [String: any Sendable] = [:], passing descriptor: Int32? = nil) -> Result<[String: Any], Refusal> {
+        state.withLock { state in
+            if !state.ready {
+                // QEMU greets first; commands are refused until capabilities are negotiated.
+                guard let greeting = readMessage(&state.pending), greeting["QMP"] != nil else { return .failure(Refusal(message: "QEMU's monitor did not greet")) }
+                if case .failure(let refusal) = run("qmp_capabilities", [:], nil, &state.pending) { return .failure(refusal) }
+                state.ready = true
+            }
+            return run(command, arguments, descriptor, &state.pending)
         }
-        return "QEMU's monitor is gone"
+    }
+
+    private func run(_ command: String, _ arguments: [String: any Sendable], _ descriptor: Int32?, _ pending: inout [UInt8]) -> Result<[String: Any], Refusal> {
+        var message: [String: Any] = ["execute": command]
+        if !arguments.isEmpty { message["arguments"] = arguments }
+        guard var line = try? JSONSerialization.data(withJSONObject: message) else { return .failure(Refusal(message: "cannot encode \(command)")) }
+        line.append(0x0a)
+        let sent = line.withUnsafeBytes { bytes in
+            if let descriptor { return vmf_send_with_fd(fd, descriptor, bytes.baseAddress, bytes.count) == 0 }
+            return SocketIO.writeAll(fd, bytes)
+        }
+        guard sent else { return .failure(Refusal(message: "QEMU's monitor is gone")) }
+        while let answer = readMessage(&pending) {
+            if let returned = answer["return"] { return .success(returned as? [String: Any] ?? [:]) }
+            if let error = answer["error"] as? [String: Any] { return .failure(Refusal(message: error["desc"] as? String ?? "QEMU refused \(command)")) }
+        }
+        return .failure(Refusal(message: "QEMU's monitor is gone"))
     }
 
     /// The next JSON object QEMU wrote (one a line); nil at the end or past 1 MiB.

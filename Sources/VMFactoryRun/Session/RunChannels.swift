@@ -46,6 +46,9 @@ final class RunChannels: Sendable {
     let onStarted: (@Sendable () -> Void)?
     /// Called once the VM is up and waits for `start` (with `waitsForStart`).
     let onBooted: (@Sendable () -> Void)?
+    /// Saves the VM as its machine's template (pause, save, resume), when the init says
+    /// hello; nil for a run that makes none.
+    let saveTemplate: (@Sendable () -> Void)?
     /// Signalled when the command started (or the channel ended): stdin goes only to a process.
     private let commandStarted = DispatchSemaphore(value: 0)
     private let readerEnded = DispatchSemaphore(value: 0)
@@ -56,8 +59,9 @@ final class RunChannels: Sendable {
 
     init(
         plan: RunPlan, qemu: ChildProcess, channel: Int32, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration, waitsForStart: Bool = false,
-        onBooted: (@Sendable () -> Void)? = nil, onStarted: (@Sendable () -> Void)? = nil
+        saveTemplate: (@Sendable () -> Void)? = nil, onBooted: (@Sendable () -> Void)? = nil, onStarted: (@Sendable () -> Void)? = nil
     ) {
+        self.saveTemplate = saveTemplate
         self.onStarted = onStarted
         self.onBooted = onBooted
         self.plan = plan
@@ -66,7 +70,7 @@ final class RunChannels: Sendable {
         self.stdout = stdout
         self.stderr = stderr
         self.stopGrace = stopGrace
-        state = Mutex(State(machine: RunStateMachine(stopGrace: stopGrace, tty: plan.tty, waitsForStart: waitsForStart)))
+        state = Mutex(State(machine: RunStateMachine(stopGrace: stopGrace, tty: plan.tty, waitsForStart: waitsForStart, makesTemplate: saveTemplate != nil)))
     }
 
     /// Moves the run's state machine and carries out what it says; returns that.
@@ -86,6 +90,12 @@ final class RunChannels: Sendable {
         case .sendSettings:
             let settings = plan.settingsFrame
             answers.async { [self] in send(settings) }
+        case .saveTemplate:
+            // Off the channel's reader: the monitor waits for QEMU, and frames keep coming.
+            Thread.detachNewThread { [self] in
+                saveTemplate?()
+                post(.templateSaved)
+            }
         case .reportBooted:
             onBooted?()
         case .reportStarted:

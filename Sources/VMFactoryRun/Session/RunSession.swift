@@ -53,6 +53,9 @@ public struct RunSession: Sendable {
     /// before the command's settings go; `onBooted` says when it is waiting.
     public var waitForStart = false
     public var onBooted: (@Sendable () -> Void)?
+    /// Where the run starts from a template of its machine, or makes one (docs/run.md);
+    /// nil: it boots cold (`--no-snapshot`).
+    public var templates: RunTemplates?
 
     public init(id: String, plan: RunPlan, folders: RunFolders, console: Console, baseEnvironment: [String: String], stdout: TextOutput, stderr: TextOutput) {
         self.id = id
@@ -77,11 +80,22 @@ public struct RunSession: Sendable {
         do {
             try records?.write()
             let started = ContinuousClock.now
+            var diskSize: UInt64?
             if let disk = plan.root.disk {
-                try Qcow2Overlay.create(backing: disk, at: files.overlay)
+                // One virtual size for every run's disk, whatever the image's: the size the
+                // guest's kernel read when a template was saved is this run's too.
+                diskSize = try Qcow2Overlay.create(backing: disk, at: files.overlay, atLeast: RunPlan.overlaySize)
                 console.debug(String(format: "run: the overlay took %.3f s", (ContinuousClock.now - started).seconds))
             }
-            let outcome = try await boot(files, folder: folder, records: records)
+            let outcome: (exitCode: Int32, message: String?)
+            do {
+                outcome = try await boot(files, folder: folder, records: records, diskSize: diskSize, restoring: true)
+            } catch let failure as TemplateFailure {
+                // Nothing of the guest ran: the same overlay, a cold boot, a new template.
+                console.warning("the template \(failure.key.short) did not load (\(failure.message)); booting cold and making it again")
+                templates?.discard(failure.key)
+                outcome = try await boot(files, folder: folder, records: records, diskSize: diskSize, restoring: false)
+            }
             try records?.ended(code: outcome.exitCode, message: outcome.message)
             if keep {
                 try folder.markKept()
@@ -189,8 +203,112 @@ public struct RunSession: Sendable {
     /// The most of the guest's console that a run's console.log keeps.
     static let consoleLogLimit = 16 << 20
 
-    /// Boots, streams and ends the VM; decides the exit status.
-    func boot(_ files: RunPlan.Files, folder: RunFolders.Folder, records: RecordKeeper?) async throws -> (exitCode: Int32, message: String?) {
+    /// How the VM starts.
+    enum Start {
+        /// From its first instruction.
+        case cold
+        /// From its first instruction, saved as a template when the init says hello.
+        case making(RunTemplates.Maker)
+        /// From a template: QEMU loads it, and the init waits for the settings.
+        case restoring(RunTemplates.Template, RunTemplates.Key)
+    }
+
+    /// A template that QEMU could not load; nothing of the guest ran.
+    struct TemplateFailure: Error {
+        var key: RunTemplates.Key
+        var message: String
+    }
+
+    /// How this run's machine starts: from its template if there is a sound one (and
+    /// `restoring`), else cold, making the template unless another run is making it.
+    func start(for command: Command, diskSize: UInt64?, restoring: Bool) -> Start {
+        guard let templates else { return .cold }
+        if let why = RunTemplates.ineligibility(of: plan) {
+            console.debug("run: boots cold: " + why)
+            return .cold
+        }
+        guard let key = RunTemplates.key(plan: plan, command: command, diskSize: diskSize, environment: baseEnvironment) else { return .cold }
+        if restoring, let template = templates.lookup(key, console: console) { return .restoring(template, key) }
+        do {
+            guard let maker = try templates.startMaking(key) else {
+                console.debug("run: another run is making the template \(key.short); this one boots cold")
+                return .cold
+            }
+            return .making(maker)
+        } catch {
+            console.warning("cannot make a template for this machine (\(VMFactoryError(error).description)); booting cold")
+            return .cold
+        }
+    }
+
+    /// Pauses the VM, saves it into the template being made, resumes it. A failure to save
+    /// costs the template, never the run.
+    static func save(_ maker: RunTemplates.Maker, monitor: QEMUMonitor, plan: RunPlan, console: Console) {
+        let began = ContinuousClock.now
+        var failure = monitor.execute("stop")
+        // QEMU's default bandwidth for a migration is 128 MiB/s: a file takes it faster.
+        if failure == nil { failure = monitor.execute("migrate-set-parameters", arguments: ["max-bandwidth": Int64(1) << 40]) }
+        if failure == nil { failure = monitor.execute("getfd", arguments: ["fdname": "template"], passing: maker.state) }
+        if failure == nil { failure = monitor.execute("migrate", arguments: ["uri": "fd:template"]) }
+        while failure == nil {
+            switch monitor.query("query-migrate") {
+            case .failure(let refusal):
+                failure = refusal.message
+            case .success(let answer):
+                let status = answer["status"] as? String ?? "none"
+                if status == "completed" { break }
+                if ["failed", "cancelled"].contains(status) { failure = answer["error-desc"] as? String ?? "the migration \(status)" }
+                usleep(2000)
+                continue
+            }
+            break
+        }
+        // After a migration QEMU has let go of the disk; `cont` takes it back.
+        let resumed = monitor.execute("cont")
+        let seconds = (ContinuousClock.now - began).seconds
+        if let failure {
+            maker.abandon()
+            console.warning("could not save this machine as a template (QEMU: \(failure)); the run goes on, and the next one boots cold again")
+        } else {
+            do {
+                let size = ByteCount.format(FileStore.fileSize(maker.statePath) ?? 0)
+                try maker.commit(plan: plan, protocolVersion: RunProtocol.version, saveSeconds: seconds)
+                console.debug(String(format: "run: saved the template %@ (%@) in %.3f s", maker.key.short, size, seconds))
+            } catch {
+                console.warning("could not keep the template: \(VMFactoryError(error).description)")
+            }
+        }
+        if let resumed { console.warning("QEMU did not resume the VM after saving it: \(resumed)") }
+    }
+
+    /// Waits until QEMU has loaded the template, then starts the VM. nil when it runs; else
+    /// why not.
+    static func resume(_ monitor: QEMUMonitor, qemu: ChildProcess, patience: Duration = .seconds(120)) -> String? {
+        let deadline = ContinuousClock.now + patience
+        while true {
+            switch monitor.query("query-status") {
+            case .failure(let refusal):
+                return refusal.message
+            case .success(let answer):
+                switch answer["status"] as? String ?? "" {
+                case "inmigrate":
+                    if ContinuousClock.now > deadline { return "QEMU did not load it within \(Elapsed.format(patience))" }
+                    usleep(1000)
+                case "running":
+                    return nil
+                case "paused", "postmigrate", "prelaunch":
+                    // It was saved paused, and so comes back.
+                    return monitor.execute("cont")
+                case let other:
+                    return "QEMU's VM is \(other) after loading it"
+                }
+            }
+        }
+    }
+
+    /// Boots, streams and ends the VM; decides the exit status. Throws `TemplateFailure` when
+    /// a template did not load.
+    func boot(_ files: RunPlan.Files, folder: RunFolders.Folder, records: RecordKeeper?, diskSize: UInt64?, restoring: Bool) async throws -> (exitCode: Int32, message: String?) {
         if let identity = plan.vmmIdentity {
             for volume in plan.volumes where volume.kind == .ninep {
                 try await VMMDescriptors.checkAccess(volume, identity: identity, environment: baseEnvironment)
@@ -225,7 +343,20 @@ public struct RunSession: Sendable {
         var files = files
         files.inherited = descriptors.inherited
 
-        let command = plan.qemu(files)
+        var command = plan.qemu(files)
+        let start = start(for: command, diskSize: diskSize, restoring: restoring)
+        var keeping = descriptors.inherited.all
+        var stateFD: Int32 = -1
+        defer { if stateFD >= 0 { close(stateFD) } }
+        if case .restoring(let template, _) = start {
+            stateFD = open(template.statePath, O_RDONLY | O_CLOEXEC)
+            guard stateFD >= 0 else { throw VMFactoryError.io("cannot open the template", path: template.statePath) }
+            // QEMU announces a migrated NIC with RARP frames of its own: no switch here needs them.
+            command.arguments += ["-global", "migration.announce-rounds=0", "-incoming", "fd:\(stateFD)"]
+            keeping.append(stateFD)
+        }
+        // A maker that never got to save (QEMU failed, the run was stopped first) gives up.
+        defer { if case .making(let maker) = start { maker.abandon() } }
         try FileStore.writeAtomically(command.description + "\n", to: folder.path + "/qemu.sh")
         let consoleLog = open(folder.path + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         defer { if consoleLog >= 0 { close(consoleLog) } }
@@ -233,9 +364,23 @@ public struct RunSession: Sendable {
         let qemu = try await ChildProcess.spawn(
             command, environment: command.environment(on: baseEnvironment), stdin: .null, stdout: .pipe, stderr: .pipe,
             // A session of its own: no controlling terminal to type into (TIOCSTI) or write to.
-            newSession: true, identity: plan.vmmIdentity, keeping: descriptors.inherited.all
+            newSession: true, identity: plan.vmmIdentity, keeping: keeping
         )
         descriptors.closeChildEnds()
+        let monitor = QEMUMonitor(fd: descriptors.monitor)
+        var restoredVersion: UInt32?
+        if case .restoring(let template, let key) = start {
+            let restoreBegan = ContinuousClock.now
+            if let failure = await Self.onThread({ Self.resume(monitor, qemu: qemu) }) {
+                qemu.terminate(grace: .milliseconds(200))
+                _ = await qemu.wait()
+                let said = String(decoding: await PipeReader.readAll(qemu.stderr!, limit: 1 << 16), as: UTF8.self)
+                let last = said.split(separator: "\n").last.map(String.init)
+                throw TemplateFailure(key: key, message: last.map { "QEMU: " + $0 } ?? failure)
+            }
+            restoredVersion = template.record.protocolVersion
+            console.debug(String(format: "run: started from the template %@ in %.3f s", key.short, (ContinuousClock.now - restoreBegan).seconds))
+        }
         // passt ends by itself once QEMU is gone; before that, its end is the network's.
         let passtWatch = passt.map { passt in
             Task.detached { [stderr] in
@@ -253,7 +398,10 @@ public struct RunSession: Sendable {
         let controlHolder = Mutex<RunControl?>(nil)
         let channels = RunChannels(
             plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace,
-            waitsForStart: waitForStart, onBooted: onBooted
+            waitsForStart: waitForStart, saveTemplate: { [plan, console] () -> (@Sendable () -> Void)? in
+                guard case .making(let maker) = start else { return nil }
+                return { Self.save(maker, monitor: monitor, plan: plan, console: console) }
+            }(), onBooted: onBooted
         ) {
             // The record and the caller's state first: whoever `start` answers reads them next.
             try? records?.started()
@@ -261,7 +409,7 @@ public struct RunSession: Sendable {
             controlHolder.withLock { $0 }?.commandStarted()
         }
         // exec, start, stop, kill, wait and rm -f reach the run here, foreground or detached.
-        let control = try RunControl(path: files.controlSocket, channels: channels, process: plan.process, monitor: QEMUMonitor(fd: descriptors.monitor))
+        let control = try RunControl(path: files.controlSocket, channels: channels, process: plan.process, monitor: monitor)
         controlHolder.withLock { $0 = control }
         control.start()
         relay?.start()
@@ -289,6 +437,8 @@ public struct RunSession: Sendable {
         let raw = plan.tty && plan.interactive ? RawTerminal(fd: STDIN_FILENO) : nil
         defer { raw?.restore() }
         channels.post(.spawned)
+        // A restored init said hello before it was saved, and waits for the settings.
+        if let restoredVersion { channels.post(.hello(restoredVersion)) }
         channels.connect()
         channelsOwnChannel = true
         if let signals {
@@ -326,6 +476,13 @@ public struct RunSession: Sendable {
 }
 
 extension RunSession {
+    /// Runs blocking work (the monitor's) on a thread of its own, not the tasks' pool.
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: body()) }
+        }
+    }
+
     /// Makes a session with `prepare` (the image, the kernel, the plan), taking `signals` over
     /// for good: while it prepares, SIGINT or SIGTERM cancels the work (exit 130); the session
     /// it makes hands them to its state machine.

@@ -46,6 +46,8 @@ struct RunStateMachine: Sendable {
         case hello(UInt32?)
         /// `start` (the OCI runtime's): the held settings may go.
         case start
+        /// The template asked for by `saveTemplate` was saved, or could not be: the run goes on.
+        case templateSaved
         /// The init started the command.
         case started
         /// The init's report of the command's exit.
@@ -76,6 +78,9 @@ struct RunStateMachine: Sendable {
     enum Action: Sendable, Equatable {
         /// The run's settings to the init.
         case sendSettings
+        /// Pause the VM, save it as the template of its machine, resume it; then
+        /// `templateSaved`. The settings wait: the template holds no run's.
+        case saveTemplate
         /// The VM is up and waits for `start` (the OCI runtime's `create` returns).
         case reportBooted
         /// The command has started: say so (record, the waiting parent, stdin).
@@ -107,6 +112,8 @@ struct RunStateMachine: Sendable {
     /// The OCI runtime's create: the VM boots, and the settings (so the command) wait for
     /// `start`.
     let waitsForStart: Bool
+    /// The run makes its machine's template when the init says hello.
+    let makesTemplate: Bool
 
     private(set) var phase: Phase = .preparing
     private(set) var ending: Ending?
@@ -117,11 +124,15 @@ struct RunStateMachine: Sendable {
     private var helloed = false
     private var startAsked = false
     private var settingsSent = false
+    /// The template is being saved: nothing goes to the init until it is.
+    private var saving = false
+    private var templateHandled = false
     /// SIGINT and SIGTERM so far: the second ends the VM at once.
     private var stops = 0
     private var draining = false
 
-    init(version: UInt32 = RunProtocol.version, stopGrace: Duration, tty: Bool, waitsForStart: Bool = false) {
+    init(version: UInt32 = RunProtocol.version, stopGrace: Duration, tty: Bool, waitsForStart: Bool = false, makesTemplate: Bool = false) {
+        self.makesTemplate = makesTemplate
         self.version = version
         self.stopGrace = stopGrace
         self.tty = tty
@@ -144,12 +155,21 @@ struct RunStateMachine: Sendable {
                     "the initrd speaks run protocol version \(said), and this vmfactory speaks version \(version); build the kernel and initrd with this vmfactory (vmfactory build --recipe container), or use the vmfactory that made them"
                 )
             }
-            if waitsForStart && !startAsked { return [.reportBooted] }
-            settingsSent = true
-            return [.sendSettings]
+            if makesTemplate && !templateHandled {
+                saving = true
+                return [.saveTemplate]
+            }
+            return afterHello()
+        case .templateSaved:
+            guard saving else { return [] }
+            saving = false
+            templateHandled = true
+            // A stop or a failure while it was saved: the VM is on its way out.
+            guard failure == nil, phase == .booting else { return [] }
+            return afterHello()
         case .start:
             startAsked = true
-            guard helloed, !settingsSent, failure == nil, phase == .booting else { return [] }
+            guard helloed, !saving, !settingsSent, failure == nil, phase == .booting else { return [] }
             settingsSent = true
             return [.sendSettings]
         case .started:
@@ -202,6 +222,14 @@ struct RunStateMachine: Sendable {
             phase = .exited
             return []
         }
+    }
+
+    /// What follows the hello: the settings, or for the OCI runtime's create the report that
+    /// the VM waits for `start`.
+    private mutating func afterHello() -> [Action] {
+        if waitsForStart && !startAsked { return [.reportBooted] }
+        settingsSent = true
+        return [.sendSettings]
     }
 
     /// The command's stop signal (the init turns SIGTERM into the image's StopSignal), and the
