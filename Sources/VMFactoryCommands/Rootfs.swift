@@ -16,8 +16,9 @@ struct Rootfs: AsyncParsableCommand {
               tar:FILE                              a root file system tarball (docker export, mmdebstrap), with --config
 
             The disk, its image.json (the image config, manifest digest, platform, disk sha256) and the image's \
-            blobs are cached: converting the same image with the same options again is a cache hit. The image is \
-            not changed: no init is copied into it.
+            blobs are cached: converting the same image with the same options again is a cache hit, which reads \
+            the disk only when its file changed since its bytes were last checked. The image is not changed: no \
+            init is copied into it.
             """
     )
 

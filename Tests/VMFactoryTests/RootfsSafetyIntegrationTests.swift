@@ -221,6 +221,80 @@ struct RootfsSafetyIntegrationTests {
         Self.expectNothingCached(cache)
     }
 
+    /// What this process has read through read(2) and its kin (`rchar` of /proc/self/io, every
+    /// thread's, holes of sparse files included), so a test can tell whether a disk was read
+    /// without a hook in the code it tests. Tests running beside it add their reads.
+    static func bytesRead() throws -> Int64 {
+        let io = try String(contentsOfFile: "/proc/self/io", encoding: .utf8)
+        let line = try #require(io.split(separator: "\n").first { $0.hasPrefix("rchar:") })
+        return try #require(Int64(line.dropFirst("rchar:".count).trimmingCharacters(in: .whitespaces)))
+    }
+
+    /// `vmfactory rootfs ARGUMENTS`, and how many bytes it read.
+    static func convertReading(_ arguments: [String], cache: String) async throws -> (RootfsConverter.Result, Int64) {
+        let before = try bytesRead()
+        let result = try await Rootfs.convert(arguments, cache: cache)
+        return (result, try bytesRead() - before)
+    }
+
+    @Test("a cached disk is read in full once: an unchanged one is then a hit without reading it, a touched one is read again and kept, one written with its mtime put back is refused")
+    func verifiedOnce() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let image = try await ImageFixtures.busyboxImage(in: dir)
+        let cache = try TestSupport.temporaryDirectory("cache")
+        // A sparse 1 GiB raw disk: reading it all is what a hit must not do.
+        let gib: Int64 = 1 << 30
+        let arguments = [image.reference, "--disk-format", "raw", "--size", "1G"]
+        let made = try await Rootfs.convert(arguments, cache: cache)
+        #expect(!made.cached && FileStore.fileSize(made.disk) == gib)
+        var st = stat()
+        #expect(stat(made.disk, &st) == 0 && st.st_mode & 0o777 == 0o444, "the cached disk is read-only: \(String(st.st_mode & 0o777, radix: 8))")
+        let entries = RootfsCache(cacheDirectory: cache)
+        let folder = URL(fileURLWithPath: made.disk).deletingLastPathComponent().path
+        #expect(entries.verifiedIdentity(folder) == FileIdentity.of(made.disk), "the conversion records the disk it checked")
+
+        // An entry from before verified.json is read in full once, then trusted.
+        try FileManager.default.removeItem(atPath: folder + "/" + RootfsCache.verifiedFile)
+        var started = ContinuousClock.now
+        let (checked, checkedBytes) = try await Self.convertReading(arguments, cache: cache)
+        let checking = ContinuousClock.now - started
+        #expect(checked.cached && checkedBytes >= gib, "read \(checkedBytes) bytes")
+        #expect(entries.verifiedIdentity(folder) == FileIdentity.of(made.disk))
+        started = ContinuousClock.now
+        let (hit, hitBytes) = try await Self.convertReading(arguments, cache: cache)
+        let hitting = ContinuousClock.now - started
+        #expect(hit.cached && hit.disk == made.disk)
+        #expect(hitBytes < gib / 2, "a hit read \(hitBytes) bytes in \(hitting) (the full check took \(checking))")
+
+        // Touched: another identity, the same bytes; read again, kept, its new identity recorded.
+        let old = try #require(FileIdentity.of(made.disk))
+        try await ImageFixtures.run("touch", [made.disk])
+        let (touched, touchedBytes) = try await Self.convertReading(arguments, cache: cache)
+        #expect(touched.cached && touchedBytes >= gib, "read \(touchedBytes) bytes")
+        let now = try #require(FileIdentity.of(made.disk))
+        #expect(now != old && entries.verifiedIdentity(folder) == now)
+
+        // Written in place, made read-only again and given back its mtime: the same size, mtime
+        // and inode; only ctime tells, and the disk is refused.
+        chmod(made.disk, 0o644)
+        let fd = open(made.disk, O_RDWR)
+        var byte: UInt8 = 0
+        #expect(pread(fd, &byte, 1, 70_000) == 1)
+        byte ^= 0xff
+        #expect(pwrite(fd, &byte, 1, 70_000) == 1)
+        close(fd)
+        chmod(made.disk, 0o444)
+        let mtime = "@\(now.modified / 1_000_000_000).\(String(format: "%09lld", now.modified % 1_000_000_000))"
+        try await ImageFixtures.run("touch", ["-m", "-d", mtime, made.disk])
+        let written = try #require(FileIdentity.of(made.disk))
+        #expect(written.modified == now.modified && written.size == now.size && written.inode == now.inode && written.changed != now.changed, "\(written) against \(now)")
+        let again = await Rootfs.run(arguments, cache: cache)
+        #expect(again.stderr.contains("changed since it was made (from byte 0 on)"), "\(again.stderr)")
+        let remade = try JSONDecoder().decode(RootfsConverter.Result.self, from: Data(again.stdout.utf8))
+        #expect(!remade.cached && remade.record.disk.sha256 == made.record.disk.sha256)
+        #expect(entries.verifiedIdentity(folder) == FileIdentity.of(remade.disk))
+    }
+
     @Test("a conversion killed with SIGKILL leaves no entry and no child; the next run converts and removes what was left")
     func killedConversion() async throws {
         let dir = try TestSupport.temporaryDirectory()

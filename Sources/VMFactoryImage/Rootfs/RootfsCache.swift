@@ -37,10 +37,10 @@ public struct RootfsRecord: Codable, Sendable, Equatable {
     public var qemuImg: String?
 }
 
-/// Converted disks: `<cache>/rootfs/<key>/{disk.qcow2|disk.raw, image.json, last-used}`, the key
-/// made of the manifest digest, the options and the converter. An entry is made in a temporary
-/// folder and renamed into place whole, so that a killed conversion leaves nothing a later run
-/// takes for a disk.
+/// Converted disks: `<cache>/rootfs/<key>/{disk.qcow2|disk.raw, image.json, verified.json,
+/// last-used}`, the key made of the manifest digest, the options and the converter. An entry is
+/// made in a temporary folder and renamed into place whole, so that a killed conversion leaves
+/// nothing a later run takes for a disk.
 public struct RootfsCache: Sendable {
     public let root: String
 
@@ -91,12 +91,19 @@ public struct RootfsCache: Sendable {
         }
     }
 
-    /// The entry for `key` if its disk is still the one recorded: every byte is read and
-    /// checked against the sha256 of its piece. An entry whose disk changed is removed and
-    /// reported.
+    /// The entry for `key` if its disk is still the one recorded. The disk is read in full once,
+    /// every byte checked against the sha256 of its piece, and what stat(2) says of its file
+    /// then is kept in `verified.json`; while stat says the same, the disk is taken without
+    /// reading a byte of it, so that a hit costs as little for a 1 GiB disk as for a 2 MiB one.
+    /// A disk whose file differs (touched, copied, restored from a backup, or written to: the
+    /// disk is read-only, but root and a chmod get past that) is read in full again: kept, with
+    /// its new identity, if its bytes are still the recorded ones; removed and reported if not.
     func lookup(_ key: SHA256Digest, console: Console) async throws -> Entry? {
         let folder = self.folder(key)
         guard let entry = read(folder) else { return nil }
+        let identity = FileIdentity.of(entry.diskPath)
+        if let identity, identity == verifiedIdentity(folder) { return entry }
+        console.debug("rootfs: reading all of \(FileStore.displayPath(entry.diskPath)) to check it: \(FileStore.exists(folder + "/" + Self.verifiedFile) ? "its file changed since it was last checked" : "it was never checked by this vmfactory")")
         let recorded = entry.record.disk.pieces
         let actual = try await PieceDigests.of(file: entry.diskPath, pieceSize: recorded.pieceSize)
         guard actual == recorded, FileStore.fileSize(entry.diskPath) == entry.record.disk.size else {
@@ -105,7 +112,31 @@ public struct RootfsCache: Sendable {
             try await BlockingWork.run("removing \(folder)") { _ in try FileStore.removeTree(folder) }
             return nil
         }
+        // Only an identity that held from before the first byte was read to after the last
+        // vouches for what was read; a file written meanwhile is checked again next time.
+        if let identity, identity == FileIdentity.of(entry.diskPath) {
+            try recordVerified(identity, in: folder)
+        }
         return entry
+    }
+
+    /// Where an entry keeps the identity of its disk file when its pieces last checked out.
+    ///
+    /// A file of its own rather than a field of `image.json`: `image.json` says what the disk
+    /// is (and `vmfactory rootfs --format json` prints it), the same in any cache, while this
+    /// says where and when one copy of it was last read, which a copy or a restore makes
+    /// stale; it is rewritten after such a check without touching the record, and an entry
+    /// without one (made before it existed) is simply read in full once.
+    static let verifiedFile = "verified.json"
+
+    /// The identity recorded in `folder`, if any.
+    func verifiedIdentity(_ folder: String) -> FileIdentity? {
+        guard let data = try? FileStore.readData(folder + "/" + Self.verifiedFile) else { return nil }
+        return try? JSON.decode(FileIdentity.self, from: data, what: folder + "/" + Self.verifiedFile)
+    }
+
+    func recordVerified(_ identity: FileIdentity, in folder: String) throws {
+        try FileStore.writeAtomically(try JSON.encode(identity), to: folder + "/" + Self.verifiedFile)
     }
 
     /// The entry in `folder`, if it holds a complete one.
@@ -142,6 +173,11 @@ public struct RootfsCache: Sendable {
         do {
             let record = try await make(temporary)
             try FileStore.writeAtomically(try JSON.encode(record), to: temporary + "/image.json")
+            // `make` hashed the pieces of the disk it wrote, read-only by then, so the disk as
+            // it stands is verified. Renaming the folder changes the folder, not the file.
+            if let identity = FileIdentity.of(temporary + "/" + record.disk.file) {
+                try recordVerified(identity, in: temporary)
+            }
             try FileStore.writeAtomically(Data(), to: temporary + "/last-used")
             if FileStore.exists(final) { try FileStore.removeTree(final) }
             try FileStore.rename(temporary, to: final)
