@@ -36,35 +36,13 @@ public struct RunTemplates: Sendable {
         public var short: String { String(digest.prefix(12)) }
     }
 
-    /// A file as the key and the checks see it: where it is and which file it is. A rebuilt
-    /// kernel or initrd, an upgraded QEMU, are other files (another inode or size or time).
-    public struct FileIdentity: Sendable, Codable, Equatable {
-        public var path: String
-        public var device: UInt64
-        public var inode: UInt64
-        public var size: Int64
-        public var modified: Int64
-        public var changed: Int64
-
-        public init?(path: String) {
-            var info = stat()
-            guard stat(path, &info) == 0 else { return nil }
-            self.path = path
-            device = UInt64(info.st_dev)
-            inode = UInt64(info.st_ino)
-            size = Int64(info.st_size)
-            modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
-            changed = Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)
-        }
-
-        /// The same file, unchanged, wherever it is now (its folder was renamed into place).
-        public func isSameFile(as other: FileIdentity) -> Bool {
-            device == other.device && inode == other.inode && size == other.size && modified == other.modified && changed == other.changed
-        }
-
-        /// The line of a key: what makes it this file (the change time is left out: a
-        /// kernel's hard link or a chmod is the same kernel).
-        var keyLine: String { "\(path) dev=\(device) ino=\(inode) size=\(size) mtime=\(modified)" }
+    /// A key's line for the file at `path`: where it is and which file it is. A rebuilt
+    /// kernel or initrd, an upgraded QEMU, are other files (another inode, size or mtime; the
+    /// change time is left out: a chmod or a hard link is the same kernel).
+    static func keyLine(_ path: String) -> String? {
+        let resolved = FileStore.realPath(path) ?? path
+        guard let file = FileIdentity.of(resolved) else { return nil }
+        return "\(resolved) dev=\(file.device) ino=\(file.inode) size=\(file.size) mtime=\(file.modified)"
     }
 
     /// `template.json`.
@@ -113,12 +91,10 @@ public struct RunTemplates: Sendable {
     /// found (the run's own error says so).
     public static func key(plan: RunPlan, command: Command, diskSize: UInt64?, environment: [String: String]) -> Key? {
         guard let qemu = try? ChildProcess.resolveExecutable(command.executable, path: environment["PATH"] ?? "/usr/bin:/bin"),
-              let qemuFile = FileIdentity(path: FileStore.realPath(qemu) ?? qemu),
-              let kernel = FileIdentity(path: FileStore.realPath(plan.kernel) ?? plan.kernel),
-              let initrd = FileIdentity(path: FileStore.realPath(plan.initrd) ?? plan.initrd) else { return nil }
+              let qemuLine = keyLine(qemu), let kernel = keyLine(plan.kernel), let initrd = keyLine(plan.initrd) else { return nil }
         var lines = [
             "vmfactory template 1", "protocol \(RunProtocol.version)", "target \(plan.target.rawValue)",
-            "qemu " + qemuFile.keyLine, "kernel " + kernel.keyLine, "initrd " + initrd.keyLine,
+            "qemu " + qemuLine, "kernel " + kernel, "initrd " + initrd,
         ]
         if let diskSize { lines.append("disk \(diskSize)") }
         lines.append("arguments " + shape(of: command.arguments).joined(separator: " "))
@@ -175,7 +151,7 @@ public struct RunTemplates: Sendable {
             return nil
         }
         let template = Template(folder: folder, record: record)
-        guard let state = FileIdentity(path: template.statePath), state.isSameFile(as: record.state) else {
+        guard let state = FileIdentity.of(template.statePath), state == record.state else {
             let size = FileStore.fileSize(template.statePath).map { ByteCount.format($0) } ?? "missing"
             console.warning("the template \(key.short) changed since it was made (its state is \(size), was \(ByteCount.format(record.state.size))); booting cold and making it again")
             discard(key)
@@ -223,7 +199,7 @@ public struct RunTemplates: Sendable {
             guard take() else { return }
             defer { finish() }
             guard fsync(state) == 0 else { throw VMFactoryError.io("cannot sync the template's state", path: partial + "/state") }
-            guard let identity = FileIdentity(path: partial + "/state"), identity.size > 0 else {
+            guard let identity = FileIdentity.of(partial + "/state"), identity.size > 0 else {
                 throw VMFactoryError(.processFailed, "QEMU wrote no state for the template \(key.short)")
             }
             let record = Record(
@@ -233,8 +209,8 @@ public struct RunTemplates: Sendable {
             try FileStore.writeDurably(try JSONEncoder.templates.encode(record), to: partial + "/template.json")
             let folder = templates.folder(key)
             if FileStore.exists(folder) { try FileStore.removeTree(folder) }
+            // The folder's rename leaves the state file's inode, times and all, as it is.
             try FileStore.rename(partial, to: folder)
-            // A rename moves the file: its identity (device, inode) stays.
         }
 
         /// Gives up: the partial folder goes, the lock is released. Nothing once committed.
