@@ -44,7 +44,9 @@ public enum CacheCleaner {
         return try await remove([rootfs, cacheDirectory + "/oci", cacheDirectory + "/kernel-images", cacheDirectory + "/tmp"], console: console, checkingLocks: false)
     }
 
-    static func remove(_ candidates: [String], console: Console, checkingLocks: Bool = true) async throws -> Report {
+    /// Removes each of `candidates` that exists, unless another vmfactory holds a lock file in
+    /// it (then it stays, with a warning).
+    public static func remove(_ candidates: [String], console: Console, checkingLocks: Bool = true) async throws -> Report {
         var report = Report(removed: [], bytes: 0)
         for path in candidates where FileStore.exists(path) {
             var held: [FileLock] = []

@@ -73,7 +73,6 @@ public struct RunTemplates: Sendable {
     }
 
     public func folder(_ key: Key) -> String { directory + "/" + key.digest }
-    func lockPath(_ key: Key) -> String { directory + "/" + key.digest + ".lock" }
 
     /// Why a plan cannot start from a template (it then boots cold), or nil.
     public static func ineligibility(of plan: RunPlan) -> String? {
@@ -162,14 +161,25 @@ public struct RunTemplates: Sendable {
 
     /// Removes the template of `key`, unless a run is making it.
     public func discard(_ key: Key) {
-        guard let lock = try? lockFile(key) else { return }
+        _ = remove(key: key.digest)
+    }
+
+    /// Removes the template whose key is `digest` with its lock file; false when a run is
+    /// making it (it is left alone).
+    public func remove(key digest: String) -> Bool {
+        guard let lock = try? lockFile(digest) else { return false }
         defer { lock.release() }
-        try? FileStore.removeTree(folder(key))
+        try? FileStore.removeTree(directory + "/" + digest)
+        return true
     }
 
     private func lockFile(_ key: Key) throws -> FileLock? {
+        try lockFile(key.digest)
+    }
+
+    private func lockFile(_ digest: String) throws -> FileLock? {
         try FileStore.createDirectory(directory)
-        let path = lockPath(key)
+        let path = directory + "/" + digest + ".lock"
         if !FileStore.exists(path) { _ = try? FileStore.writeAtomically(Data(), to: path) }
         return FileLock.tryAcquire(path)
     }
