@@ -530,6 +530,8 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		return parse_number(value, &run->verbose);
 	else if (strcmp(key, "keep") == 0)
 		return parse_number(value, &run->keep);
+	else if (strcmp(key, "disksize") == 0)
+		return parse_size(value, &run->disk_size);
 	else if (strcmp(key, "seed") == 0)
 		return parse_seed(run, value);
 	else if (strcmp(key, "clock") == 0)
@@ -716,7 +718,7 @@ void vmf_run_explain(const struct vmf_run *run)
 		printf("root: /dev/vda\n");
 	printf("readonly: %d\nstop-signal: %d\nshm-size: %llu\npids-limit: %llu\n", run->readonly, run->stop_signal, run->shm_bytes, run->pids_limit);
 	printf("network: %s\n", run->network ? "user" : "none");
-	printf("seed: %zu bytes\n", run->seed_length);
+	printf("disk-size: %llu\nseed: %zu bytes\n", run->disk_size, run->seed_length);
 	if (run->clock_set)
 		printf("clock: %lld.%09ld\n", (long long)run->clock.tv_sec, run->clock.tv_nsec);
 	for (int i = 0; i < run->volume_count; i++)

@@ -174,6 +174,9 @@ struct vmf_run {
 	   the template's generator state until it is reseeded); seed_length 0: none sent. */
 	unsigned char seed[VMF_MAX_SEED];
 	size_t seed_length;
+	/* The size in bytes of the run's disk, /dev/vda, which the kernel may not know yet in a
+	   VM restored from a template; 0: not said. */
+	unsigned long long disk_size;
 	/* The host's CLOCK_REALTIME when it sent the settings; clock_set 0: none sent. */
 	struct timespec clock;
 	int clock_set;

@@ -158,6 +158,27 @@ static int mount_folder_root(const struct vmf_run *run, struct vmf_error *e)
 	return 0;
 }
 
+/* Waits until the kernel's size of /dev/vda is `bytes` (the run's disk, not a template's). */
+static int wait_for_disk_size(unsigned long long bytes, struct vmf_error *e)
+{
+	struct timespec start;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	unsigned long long sectors = 0;
+	for (;;) {
+		FILE *size = fopen("/sys/block/vda/size", "re");
+		if (size) {
+			if (fscanf(size, "%llu", &sectors) != 1)
+				sectors = 0;
+			fclose(size);
+		}
+		if (sectors * 512 == bytes)
+			return 0;
+		if (vmf_elapsed_ms(&start) > VMF_DEVICE_WAIT_MS)
+			return vmf_fail(e, 125, "/dev/vda has %llu bytes, not the run's %llu, after %d s", sectors * 512, bytes, VMF_DEVICE_WAIT_MS / 1000);
+		vmf_pause_ms(1);
+	}
+}
+
 int vmf_mount_root(const struct vmf_run *run, struct vmf_error *e)
 {
 	if (mkdir(NEWROOT, 0755) != 0 && errno != EEXIST)
@@ -167,10 +188,14 @@ int vmf_mount_root(const struct vmf_run *run, struct vmf_error *e)
 	if (vmf_wait_for("/dev/vda", e) != 0)
 		return -1;
 	/*
-	 * A VM restored from a template has the template's cache of /dev/vda: the kernel read
-	 * its first blocks (the partition scan, the ext4 superblock among them) when it probed
-	 * the template's disk. Dropped, so that the mount reads this run's disk.
+	 * A VM restored from a template has the template's view of /dev/vda. Its size: the host
+	 * told the device to say that it changed, and the kernel reads the new one in a moment.
+	 * Its cache: the kernel read the first blocks (the partition scan, the ext4 superblock
+	 * among them) when it probed the template's disk; they are dropped, so that the mount
+	 * reads this run's disk.
 	 */
+	if (run->disk_size && wait_for_disk_size(run->disk_size, e) != 0)
+		return -1;
 	int disk = open("/dev/vda", O_RDONLY | O_CLOEXEC);
 	if (disk < 0 || ioctl(disk, BLKFLSBUF, 0) != 0) {
 		int saved = errno;

@@ -39,11 +39,11 @@ public enum Qcow2Overlay {
     }
 
     /// Writes the overlay of `backing` to `path` (through a temporary name), of the backing
-    /// file's virtual size or `atLeast`, the larger (past the backing file it reads as zeros).
-    /// The backing file is named as given, as qemu-img records it. Returns the virtual size.
+    /// file's virtual size. The backing file is named as given, as qemu-img records it.
+    /// Returns the virtual size.
     @discardableResult
-    public static func create(backing: String, at path: String, atLeast: UInt64 = 0) throws -> UInt64 {
-        let size = max(try virtualSize(of: backing), atLeast)
+    public static func create(backing: String, at path: String) throws -> UInt64 {
+        let size = try virtualSize(of: backing)
         let bytes = try Self.bytes(backing: backing, virtualSize: size)
         try FileStore.writeAtomically(Data(bytes), to: path)
         return size

@@ -1,6 +1,7 @@
 import Foundation
 import VMFactoryBoot
 import VMFactoryCore
+import VMFactoryImage
 import VMFactoryLifecycle
 
 /// Everything one `vmfactory run` boots, decided before anything starts: the kernel and
@@ -35,12 +36,6 @@ public struct RunPlan: Sendable {
         public var disk: String? { if case .disk(let path) = self { path } else { nil } }
         public var folder: String? { if case .folder(let path) = self { path } else { nil } }
     }
-
-    /// The virtual size of every run's disk (its overlay), or the image's disk's if larger:
-    /// the same in every run of a machine, so that a VM restored from a template finds the
-    /// disk size its kernel read when it was saved (docs/run.md, "Templates"). Past the
-    /// image's file system the disk reads as zeros and takes no room.
-    public static let overlaySize: UInt64 = 64 << 30
 
     /// The mount tag of a folder root.
     public static let rootTag = "vmf.root"
@@ -123,6 +118,8 @@ public struct RunPlan: Sendable {
             ("network", options.network.hasDevice || options.namespaceNetwork != nil ? "user" : "none"), ("shmsize", String(options.shmBytes)),
         ]
         lines += process.privileges.settings
+        // The disk's size: a VM restored from a template may still have the template's.
+        if let disk = root.disk, let size = try? Qcow2Overlay.virtualSize(of: disk) { lines.append(("disksize", String(size))) }
         if root.folder != nil { lines.append(("root", "\(rootShare.rawValue) \(Self.rootTag)")) }
         if let pidsLimit = options.pidsLimit { lines.append(("pidslimit", String(pidsLimit))) }
         if let windowSize, options.tty { lines += [("rows", String(windowSize.rows)), ("cols", String(windowSize.cols))] }

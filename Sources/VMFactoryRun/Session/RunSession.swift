@@ -82,9 +82,7 @@ public struct RunSession: Sendable {
             let started = ContinuousClock.now
             var diskSize: UInt64?
             if let disk = plan.root.disk {
-                // One virtual size for every run's disk, whatever the image's: the size the
-                // guest's kernel read when a template was saved is this run's too.
-                diskSize = try Qcow2Overlay.create(backing: disk, at: files.overlay, atLeast: RunPlan.overlaySize)
+                diskSize = try Qcow2Overlay.create(backing: disk, at: files.overlay)
                 console.debug(String(format: "run: the overlay took %.3f s", (ContinuousClock.now - started).seconds))
             }
             let outcome: (exitCode: Int32, message: String?)
@@ -243,7 +241,7 @@ public struct RunSession: Sendable {
 
     /// Pauses the VM, saves it into the template being made, resumes it. A failure to save
     /// costs the template, never the run.
-    static func save(_ maker: RunTemplates.Maker, monitor: QEMUMonitor, plan: RunPlan, console: Console) {
+    static func save(_ maker: RunTemplates.Maker, monitor: QEMUMonitor, plan: RunPlan, diskSize: UInt64?, console: Console) {
         let began = ContinuousClock.now
         var failure = monitor.execute("stop")
         // QEMU's default bandwidth for a migration is 128 MiB/s: a file takes it faster.
@@ -272,7 +270,7 @@ public struct RunSession: Sendable {
         } else {
             do {
                 let size = ByteCount.format(FileStore.fileSize(maker.statePath) ?? 0)
-                try maker.commit(plan: plan, protocolVersion: RunProtocol.version, saveSeconds: seconds)
+                try maker.commit(plan: plan, diskSize: diskSize, protocolVersion: RunProtocol.version, saveSeconds: seconds)
                 console.debug(String(format: "run: saved the template %@ (%@) in %.3f s", maker.key.short, size, seconds))
             } catch {
                 console.warning("could not keep the template: \(VMFactoryError(error).description)")
@@ -283,7 +281,7 @@ public struct RunSession: Sendable {
 
     /// Waits until QEMU has loaded the template, then starts the VM. nil when it runs; else
     /// why not.
-    static func resume(_ monitor: QEMUMonitor, qemu: ChildProcess, patience: Duration = .seconds(120)) -> String? {
+    static func resume(_ monitor: QEMUMonitor, template: RunTemplates.Record, diskSize: UInt64?, patience: Duration = .seconds(120)) -> String? {
         let deadline = ContinuousClock.now + patience
         while true {
             switch monitor.query("query-status") {
@@ -297,6 +295,11 @@ public struct RunSession: Sendable {
                 case "running":
                     return nil
                 case "paused", "postmigrate", "prelaunch":
+                    // The template's kernel knows the template's disk size: the device says
+                    // that it changed (the init waits for the run's size before it mounts).
+                    if let diskSize, diskSize != template.diskSize, let failure = monitor.execute("block_resize", arguments: ["device": "root", "size": diskSize]) {
+                        return "QEMU did not give the disk its size: \(failure)"
+                    }
                     // It was saved paused, and so comes back.
                     return monitor.execute("cont")
                 case let other:
@@ -371,7 +374,7 @@ public struct RunSession: Sendable {
         var restoredVersion: UInt32?
         if case .restoring(let template, let key) = start {
             let restoreBegan = ContinuousClock.now
-            if let failure = await Self.onThread({ Self.resume(monitor, qemu: qemu) }) {
+            if let failure = await Self.onThread({ Self.resume(monitor, template: template.record, diskSize: diskSize) }) {
                 qemu.terminate(grace: .milliseconds(200))
                 _ = await qemu.wait()
                 let said = String(decoding: await PipeReader.readAll(qemu.stderr!, limit: 1 << 16), as: UTF8.self)
@@ -400,7 +403,7 @@ public struct RunSession: Sendable {
             plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace,
             waitsForStart: waitForStart, saveTemplate: { [plan, console] () -> (@Sendable () -> Void)? in
                 guard case .making(let maker) = start else { return nil }
-                return { Self.save(maker, monitor: monitor, plan: plan, console: console) }
+                return { Self.save(maker, monitor: monitor, plan: plan, diskSize: diskSize, console: console) }
             }(), onBooted: onBooted
         ) {
             // The record and the caller's state first: whoever `start` answers reads them next.

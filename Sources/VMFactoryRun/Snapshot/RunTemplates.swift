@@ -56,6 +56,9 @@ public struct RunTemplates: Sendable {
         /// restored VM does not say it again.
         public var protocolVersion: UInt32
         public var created: Date
+        /// The size of the disk the template's kernel knows (nil: a folder root). A run's
+        /// disk of another size is resized on QEMU's side, so that the guest reads it anew.
+        public var diskSize: UInt64?
         /// The state file as it was written: a template whose state is not this file (cut
         /// short, written over, copied) is not loaded.
         public var state: FileIdentity
@@ -95,7 +98,9 @@ public struct RunTemplates: Sendable {
             "vmfactory template 1", "protocol \(RunProtocol.version)", "target \(plan.target.rawValue)",
             "qemu " + qemuLine, "kernel " + kernel, "initrd " + initrd,
         ]
-        if let diskSize { lines.append("disk \(diskSize)") }
+        // A run's disk may differ in size from the template's: QEMU tells the guest of the
+        // new size (block_resize). Not a read-only disk's, which QEMU does not resize.
+        if let diskSize, plan.readOnly { lines.append("disk \(diskSize)") }
         lines.append("arguments " + shape(of: command.arguments).joined(separator: " "))
         return Key(text: lines.joined(separator: "\n") + "\n")
     }
@@ -205,7 +210,7 @@ public struct RunTemplates: Sendable {
         }
 
         /// The state written: synced, recorded, renamed into place. The lock goes with it.
-        public func commit(plan: RunPlan, protocolVersion: UInt32, saveSeconds: Double) throws {
+        public func commit(plan: RunPlan, diskSize: UInt64?, protocolVersion: UInt32, saveSeconds: Double) throws {
             guard take() else { return }
             defer { finish() }
             guard fsync(state) == 0 else { throw VMFactoryError.io("cannot sync the template's state", path: partial + "/state") }
@@ -214,7 +219,7 @@ public struct RunTemplates: Sendable {
             }
             let record = Record(
                 key: key.digest, target: plan.target.rawValue, memoryMiB: plan.memoryMiB, cpus: plan.cpus, accelerator: plan.accelerator.rawValue,
-                protocolVersion: protocolVersion, created: Date(), state: identity, saveSeconds: saveSeconds, description: key.text
+                protocolVersion: protocolVersion, created: Date(), diskSize: diskSize, state: identity, saveSeconds: saveSeconds, description: key.text
             )
             try FileStore.writeDurably(try JSONEncoder.templates.encode(record), to: partial + "/template.json")
             let folder = templates.folder(key)
