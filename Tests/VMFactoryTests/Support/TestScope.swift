@@ -62,8 +62,10 @@ extension TestSupport {
     /// trees (read-only, content-addressed) and its ccache folder (a hit is the object a
     /// compile makes: a test's build of the shared build's objects costs little), and holds
     /// copies of `copying` (paths below the cache, such as `builds/container/x86_64` or
-    /// `configs`) so that the test can change them.
+    /// `configs`) so that the test can change them. It waits for the shared source tree
+    /// (SharedTree): a cache made before it is there would extract a tree of its own.
     static func scopedCache(copying: [String] = [], at location: String? = nil) async throws -> String {
+        try await SharedTree.shared.get()
         let cache = try location ?? temporaryDirectory("cache")
         try FileStore.createDirectory(cache)
         try FileStore.createDirectory(sharedCache + "/ccache")
@@ -80,6 +82,29 @@ extension TestSupport {
             try await runner.runChecked(Command("cp", ["-a", "--reflink=auto", sharedCache + "/" + path, cache + "/" + path]), what: "copying \(path) of the shared cache")
         }
         return cache
+    }
+}
+
+/// The pinned source with the container recipe's patches, extracted once into the shared test
+/// cache by the real command line (`vmfactory prepare`). Scoped caches link it: on a cold
+/// cache, a test that starts before the shared build has made it would otherwise extract a
+/// 1.3 GB tree of its own while the shared build extracts the same one, and a CI machine's
+/// small disk fills up. The minimal recipe and the tests' own recipes use the same source and
+/// series, so the same tree; the shared build waits on the tree's lock, or finds it made.
+actor SharedTree {
+    static let shared = SharedTree()
+
+    private var task: Task<Void, any Error>?
+
+    func get() async throws {
+        if task == nil {
+            task = Task {
+                let arguments = ["prepare", "--recipe", SharedBuild.recipe, "--offline", "--cache-dir", TestSupport.sharedCache] + (try TestSupport.sourceDirArguments())
+                let run = try await TestSupport.runCLI(arguments)
+                guard run.status == 0 else { throw VMFactoryError(.processFailed, "vmfactory prepare failed: \(run.stderr)") }
+            }
+        }
+        try await task!.value
     }
 }
 
