@@ -143,6 +143,9 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Boot the kernel from its first instruction instead of starting from the template of this machine (the first run of a machine makes it; `vmfactory templates` lists them).")
     var noSnapshot = false
 
+    @Option(help: "Where the templates are kept (default: templates in the cache), for runs with caches of their own that share their machines' templates.")
+    var templateDir: String?
+
     @Flag(help: "Show the kernel console on stderr too.")
     var console = false
 
@@ -257,7 +260,9 @@ struct Run: AsyncParsableCommand {
         session.stopGrace = stopTimeout.duration
         session.showConsole = self.console
         session.keep = keep
-        if !noSnapshot { session.templates = RunTemplates(cacheDirectory: cache) }
+        if !noSnapshot {
+            session.templates = templateDir.map { RunTemplates(directory: FileStore.absolute($0, relativeTo: context.currentDirectory)) } ?? RunTemplates(cacheDirectory: cache)
+        }
         session.relay = relay.isEmpty ? nil : relay
         session.record = RunRecord(
             id: id, name: name, image: image, command: plan.process.argv, target: plan.target.rawValue, created: Date(), status: .created,

@@ -82,7 +82,12 @@ struct RunVM {
         var text: String { String(decoding: stdout, as: UTF8.self) }
     }
 
-    var prefix: [String] { ["run", "--cache-dir", cache, "--output-dir", output, "--offline", "--accel", "tcg"] }
+    /// The templates every run suite's runs share: each machine boots cold once per test
+    /// process, and its other runs start from its template.
+    static let sharedTemplates = TestScope.processRoot + "/templates"
+    var templates = RunVM.sharedTemplates
+
+    var prefix: [String] { ["run", "--cache-dir", cache, "--output-dir", output, "--offline", "--accel", "tcg", "--template-dir", templates] }
 
     /// What a run has printed on stdout so far.
     final class Live: Sendable {

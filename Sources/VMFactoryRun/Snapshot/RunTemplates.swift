@@ -19,6 +19,10 @@ public struct RunTemplates: Sendable {
         directory = cacheDirectory + "/templates"
     }
 
+    public init(directory: String) {
+        self.directory = directory
+    }
+
     /// What names a template: everything the saved state depends on. A digest of `text`.
     public struct Key: Sendable, Equatable {
         public var digest: String
