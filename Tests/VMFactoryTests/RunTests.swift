@@ -336,12 +336,22 @@ struct RunTests {
             shm-size: 268435456
             pids-limit: 64
             network: user
+            disk-size: 0
+            seed: 0 bytes
             volume: 9p vmf.v0 ro /data
             volume: virtiofs vmf.v1 rw /with space
             tmpfs: rw,noexec,nosuid,nodev [] /run
             tmpfs: rw,nosuid,nodev [size=64m,mode=1777,uid=1000] /data/scratch
 
             """)
+        // What the frame adds for every VM: 32 bytes of entropy and the host's clock now.
+        let frame = plan.settingsFrame
+        try TestSupport.write(String(decoding: frame.payload.dropFirst(4), as: UTF8.self), to: dir + "/fresh.conf")
+        let fresh = try await TestSupport.run(dir + "/init", ["--explain-run", dir + "/fresh.conf"])
+        #expect(fresh.output.contains("seed: 32 bytes\n"), "\(fresh.output)")
+        let clock = try #require(fresh.output.split(separator: "\n").first { $0.hasPrefix("clock: ") }.flatMap { Double($0.dropFirst(7)) }, "\(fresh.output)")
+        #expect(abs(clock - Date().timeIntervalSince1970) < 5)
+        #expect(frame.payload != plan.settingsFrame.payload, "every frame has its own seed")
         // A folder root: virtio-fs for a guest of the host's byte order, 9p through the proxy
         // helper for the other; the init takes both, and refuses another kind.
         for target in Target.allCases {
