@@ -91,6 +91,11 @@ struct Images: AsyncParsableCommand {
                 ByteCount.format(entry.diskSize), entry.lastUsed.map { formatter.string(from: $0) } ?? "-",
             ]
         }
+        return columns(rows)
+    }
+
+    /// `rows` as aligned columns, two spaces apart (the first row the heading).
+    static func columns(_ rows: [[String]]) -> String {
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
             zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)

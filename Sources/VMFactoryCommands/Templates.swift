@@ -99,9 +99,6 @@ struct Templates: AsyncParsableCommand {
                 ByteCount.format(listing.bytes), formatter.string(from: listing.created),
             ]
         }
-        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        return rows.map { row in
-            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
-        }.joined(separator: "\n")
+        return Images.columns(rows)
     }
 }
