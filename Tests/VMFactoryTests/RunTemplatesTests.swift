@@ -119,6 +119,17 @@ struct RunTemplatesTests {
         let third = try #require(try templates.startMaking(key))
         third.abandon()
         #expect(templates.remove(key: key.digest))
+
+        // Made from an initrd that is then rebuilt: pruned; one still current stays.
+        let machine = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 10, folder: "/c"), diskSize: nil, environment: Self.environment))
+        let current = try #require(try templates.startMaking(machine))
+        #expect(write(current.state, "state", 5) == 5)
+        try current.commit(plan: plan, diskSize: nil, protocolVersion: RunProtocol.version, saveSeconds: 0.1)
+        #expect(templates.pruneStale().isEmpty)
+        try TestSupport.write("initrd 2", to: dir + "/initrd.new")
+        #expect(rename(dir + "/initrd.new", plan.initrd) == 0)
+        #expect(templates.pruneStale() == [machine.digest])
+        #expect(templates.list().isEmpty)
     }
 
     @Test("while a template is saved the settings wait, start included; then they go, or the VM reports it is booted")

@@ -272,6 +272,9 @@ public struct RunSession: Sendable {
                 let size = ByteCount.format(FileStore.fileSize(maker.statePath) ?? 0)
                 try maker.commit(plan: plan, diskSize: diskSize, protocolVersion: RunProtocol.version, saveSeconds: seconds)
                 console.debug(String(format: "run: saved the template %@ (%@) in %.3f s", maker.key.short, size, seconds))
+                for stale in maker.templates.pruneStale() {
+                    console.debug("run: removed the template \(stale.prefix(12)), whose QEMU, kernel or initrd changed since")
+                }
             } catch {
                 console.warning("could not keep the template: \(VMFactoryError(error).description)")
             }

@@ -195,7 +195,7 @@ public struct RunTemplates: Sendable {
 
     /// A template being made: its folder's temporary name and the state file QEMU writes.
     public final class Maker: Sendable {
-        let templates: RunTemplates
+        public let templates: RunTemplates
         public let key: Key
         let lock: FileLock
         let partial: String
@@ -272,6 +272,24 @@ public struct RunTemplates: Sendable {
             lock.release()
             throw error
         }
+    }
+
+    /// Removes the templates made from a QEMU, kernel or initrd that is no longer the file it
+    /// was (rebuilt, upgraded, gone): no run can use them again. A maker calls it once its own
+    /// template is in place. Returns the keys removed.
+    @discardableResult
+    public func pruneStale() -> [String] {
+        var removed: [String] = []
+        for (template, _) in list() {
+            let stale = template.record.description.split(separator: "\n").contains { line in
+                let words = line.split(separator: " ", maxSplits: 1)
+                guard words.count == 2, ["qemu", "kernel", "initrd"].contains(String(words[0])) else { return false }
+                let path = String(words[1].prefix { $0 != " " })
+                return Self.keyLine(path) != String(words[1])
+            }
+            if stale, remove(key: template.record.key) { removed.append(template.record.key) }
+        }
+        return removed
     }
 
     /// Every complete template, newest first, with the size of its folder.
