@@ -7,8 +7,11 @@ import Testing
 /// Templates without a VM: the key, the store, and the state machine's hold of the settings.
 @Suite("Templates: keys, the store and the settings held while one is saved", .tags(.unit), .scoped)
 struct RunTemplatesTests {
-    /// A plan whose kernel and initrd are real files (the key reads their identity).
+    /// A plan whose kernel and initrd are real files (the key reads their identity), with a
+    /// QEMU on `bin` (a file the key reads the identity of, never run).
     static func plan(in dir: String) throws -> RunPlan {
+        try FileStore.createDirectory(dir + "/bin")
+        try TestSupport.write("#!/bin/false\n", to: dir + "/bin/qemu-system-x86_64", mode: 0o755)
         try TestSupport.write("kernel", to: dir + "/vmlinux")
         try TestSupport.write("initrd", to: dir + "/initrd.cpio")
         var plan = try RunTests.plan(.x86_64)
@@ -29,17 +32,16 @@ struct RunTemplatesTests {
         return plan.qemu(files)
     }
 
-    static let environment = ["PATH": "/usr/bin:/bin"]
 
     @Test("the key leaves out the run's descriptors and name, and changes with memory, devices, the initrd's file and, for a read-only disk, its size")
     func keys() throws {
         let dir = try TestSupport.temporaryDirectory()
         let plan = try Self.plan(in: dir)
-        let one = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 10, folder: "/cache/runs/aaa"), diskSize: 1 << 28, environment: Self.environment))
-        let two = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 37, folder: "/cache/runs/bbb"), diskSize: 1 << 29, environment: Self.environment))
+        let one = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 10, folder: "/cache/runs/aaa"), diskSize: 1 << 28, environment: ["PATH": dir + "/bin"]))
+        let two = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 37, folder: "/cache/runs/bbb"), diskSize: 1 << 29, environment: ["PATH": dir + "/bin"]))
         #expect(one == two, "another run of the same machine, with a disk of another size:\n\(one.text)\n\(two.text)")
         #expect(!one.text.contains("/cache/runs") && one.text.contains("/proc/self/fd/N") && one.text.contains("fd=N"), "\(one.text)")
-        #expect(one.text.contains("qemu /usr/bin/qemu-system-x86_64") || one.text.contains("qemu /usr/"), "the QEMU binary by its resolved path: \(one.text)")
+        #expect(one.text.contains("qemu \(FileStore.realPath(dir + "/bin/qemu-system-x86_64") ?? "?") dev="), "the QEMU binary by its resolved path: \(one.text)")
 
         var bigger = plan
         bigger.memoryMiB = 1024
@@ -51,20 +53,20 @@ struct RunTemplatesTests {
         readOnly.readOnly = true
         var keys = [one]
         for changed in [bigger, volume, silent, readOnly] {
-            keys.append(try #require(RunTemplates.key(plan: changed, command: Self.command(changed, base: 10, folder: "/c"), diskSize: 1 << 28, environment: Self.environment)))
+            keys.append(try #require(RunTemplates.key(plan: changed, command: Self.command(changed, base: 10, folder: "/c"), diskSize: 1 << 28, environment: ["PATH": dir + "/bin"])))
         }
         #expect(Set(keys.map(\.digest)).count == keys.count, "memory, a volume, no network and a read-only disk are other machines")
-        let readOnlyLarger = try #require(RunTemplates.key(plan: readOnly, command: Self.command(readOnly, base: 10, folder: "/c"), diskSize: 1 << 29, environment: Self.environment))
+        let readOnlyLarger = try #require(RunTemplates.key(plan: readOnly, command: Self.command(readOnly, base: 10, folder: "/c"), diskSize: 1 << 29, environment: ["PATH": dir + "/bin"]))
         #expect(readOnlyLarger != keys[4], "a read-only disk's size is in its key")
 
         // A rebuilt initrd is another file: a new one renamed over the old.
         try TestSupport.write("initrd", to: dir + "/initrd.new")
         #expect(rename(dir + "/initrd.new", dir + "/initrd.cpio") == 0)
-        let rebuilt = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 10, folder: "/c"), diskSize: 1 << 28, environment: Self.environment))
+        let rebuilt = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 10, folder: "/c"), diskSize: 1 << 28, environment: ["PATH": dir + "/bin"]))
         #expect(rebuilt != one)
         var missing = plan
         missing.kernel = dir + "/no-such-kernel"
-        #expect(RunTemplates.key(plan: missing, command: Self.command(missing, base: 10, folder: "/c"), diskSize: nil, environment: Self.environment) == nil)
+        #expect(RunTemplates.key(plan: missing, command: Self.command(missing, base: 10, folder: "/c"), diskSize: nil, environment: ["PATH": dir + "/bin"]) == nil)
     }
 
     @Test("shape: -name's value and descriptor numbers go, everything else stays")
@@ -121,7 +123,7 @@ struct RunTemplatesTests {
         #expect(templates.remove(key: key.digest))
 
         // Made from an initrd that is then rebuilt: pruned; one still current stays.
-        let machine = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 10, folder: "/c"), diskSize: nil, environment: Self.environment))
+        let machine = try #require(RunTemplates.key(plan: plan, command: Self.command(plan, base: 10, folder: "/c"), diskSize: nil, environment: ["PATH": dir + "/bin"]))
         let current = try #require(try templates.startMaking(machine))
         #expect(write(current.state, "state", 5) == 5)
         try current.commit(plan: plan, diskSize: nil, protocolVersion: RunProtocol.version, saveSeconds: 0.1)
