@@ -20,7 +20,8 @@ struct Templates: AsyncParsableCommand {
         var cpus: Int
         var accelerator: String
         var bytes: Int64
-        var created: Date
+        /// ISO 8601, as `ps --format json` writes its times.
+        var created: String
         var saveSeconds: Double
         var folder: String
         /// What the key covers, a fact a line.
@@ -34,7 +35,7 @@ struct Templates: AsyncParsableCommand {
             cpus = record.cpus
             accelerator = record.accelerator
             bytes = found.bytes
-            created = record.created
+            created = ISO8601DateFormatter().string(from: record.created)
             saveSeconds = record.saveSeconds
             folder = found.template.folder
             description = record.description
@@ -92,11 +93,10 @@ struct Templates: AsyncParsableCommand {
 
     static func table(_ listings: [Listing]) -> String {
         guard !listings.isEmpty else { return "no templates (the first run of a machine makes its own)" }
-        let formatter = ISO8601DateFormatter()
         let rows = [["KEY", "TARGET", "MEMORY", "CPUS", "ACCEL", "SIZE", "CREATED"]] + listings.map { listing in
             [
                 String(listing.key.prefix(12)), listing.target, "\(listing.memoryMiB) MiB", String(listing.cpus), listing.accelerator,
-                ByteCount.format(listing.bytes), formatter.string(from: listing.created),
+                ByteCount.format(listing.bytes), listing.created,
             ]
         }
         return Images.columns(rows)

@@ -376,7 +376,6 @@ public struct RunSession: Sendable {
         let monitor = QEMUMonitor(fd: descriptors.monitor)
         var restoredVersion: UInt32?
         if case .restoring(let template, let key) = start {
-            let restoreBegan = ContinuousClock.now
             if let failure = await Self.onThread({ Self.resume(monitor, template: template.record, diskSize: diskSize) }) {
                 qemu.terminate(grace: .milliseconds(200))
                 _ = await qemu.wait()
@@ -385,7 +384,7 @@ public struct RunSession: Sendable {
                 throw TemplateFailure(key: key, message: last.map { "QEMU: " + $0 } ?? failure)
             }
             restoredVersion = template.record.protocolVersion
-            console.debug(String(format: "run: started from the template %@ in %.3f s", key.short, (ContinuousClock.now - restoreBegan).seconds))
+            console.debug(String(format: "run: started from the template %@ in %.3f s", key.short, (ContinuousClock.now - spawned).seconds))
         }
         // passt ends by itself once QEMU is gone; before that, its end is the network's.
         let passtWatch = passt.map { passt in
