@@ -93,12 +93,15 @@ struct RunTemplatesTests {
         let templates = RunTemplates(cacheDirectory: dir + "/cache")
         let key = RunTemplates.Key(text: "a machine\n")
         let console = Console.recording()
-        #expect(templates.lookup(key, console: console) == nil)
+        #expect(templates.find(key, console: console) == nil)
         let maker = try #require(try templates.startMaking(key))
         #expect(try templates.startMaking(key) == nil, "a second maker of the same key")
         #expect(write(maker.state, "saved state", 11) == 11)
         try maker.commit(plan: plan, diskSize: 1 << 28, protocolVersion: RunProtocol.version, saveSeconds: 0.1)
-        let found = try #require(templates.lookup(key, console: console))
+        let (found, state) = try #require(templates.find(key, console: console))
+        var readBack = [UInt8](repeating: 0, count: 16)
+        #expect(read(state, &readBack, 16) == 11, "the state, open")
+        close(state)
         #expect(found.record.diskSize == 1 << 28 && found.record.protocolVersion == RunProtocol.version && found.record.description == "a machine\n")
         #expect(templates.list().map(\.template.record.key) == [key.digest])
         #expect(console.recordedLines.isEmpty)
@@ -108,7 +111,7 @@ struct RunTemplatesTests {
         handle.seekToEndOfFile()
         handle.write(Data("more".utf8))
         try handle.close()
-        #expect(templates.lookup(key, console: console) == nil)
+        #expect(templates.find(key, console: console) == nil)
         #expect(console.recordedLines.contains { $0.contains("changed since it was made") }, "\(console.recordedLines)")
         #expect(!FileStore.exists(found.folder))
 
@@ -132,6 +135,16 @@ struct RunTemplatesTests {
         #expect(rename(dir + "/initrd.new", plan.initrd) == 0)
         #expect(templates.pruneStale() == [machine.digest])
         #expect(templates.list().isEmpty)
+
+        // A maker killed in its save left its partial folder: pruned once nobody holds its lock.
+        let killed = templates.directory + "/.\(key.digest).999999.partial"
+        let held = try #require(try templates.startMaking(key))
+        try FileStore.createDirectory(killed)
+        templates.pruneStale()
+        #expect(FileStore.exists(killed), "its key's lock is held")
+        held.abandon()
+        templates.pruneStale()
+        #expect(!FileStore.exists(killed))
     }
 
     @Test("while a template is saved the settings wait, start included; then they go, or the VM reports it is booted")

@@ -34,7 +34,18 @@ public struct FileIdentity: Codable, Sendable, Equatable {
     public static func of(_ path: String) -> FileIdentity? {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
-        return FileIdentity(
+        return FileIdentity(st)
+    }
+
+    /// The identity of the file open on `fd`.
+    public static func of(descriptor fd: Int32) -> FileIdentity? {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        return FileIdentity(st)
+    }
+
+    private init(_ st: stat) {
+        self.init(
             device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size),
             modified: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
             changed: Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)

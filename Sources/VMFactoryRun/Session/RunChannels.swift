@@ -47,8 +47,10 @@ final class RunChannels: Sendable {
     /// Called once the VM is up and waits for `start` (with `waitsForStart`).
     let onBooted: (@Sendable () -> Void)?
     /// Saves the VM as its machine's template (pause, save, resume), when the init says
-    /// hello; nil for a run that makes none.
-    let saveTemplate: (@Sendable () -> Void)?
+    /// hello; nil for a run that makes none. Returns why the VM cannot go on, if it cannot.
+    let saveTemplate: (@Sendable () -> String?)?
+    /// The save in progress: the session's end waits for it (it uses QEMU's monitor).
+    private let saves = DispatchGroup()
     /// Signalled when the command started (or the channel ended): stdin goes only to a process.
     private let commandStarted = DispatchSemaphore(value: 0)
     private let readerEnded = DispatchSemaphore(value: 0)
@@ -59,7 +61,7 @@ final class RunChannels: Sendable {
 
     init(
         plan: RunPlan, qemu: ChildProcess, channel: Int32, stdout: TextOutput, stderr: TextOutput, stopGrace: Duration, waitsForStart: Bool = false,
-        saveTemplate: (@Sendable () -> Void)? = nil, onBooted: (@Sendable () -> Void)? = nil, onStarted: (@Sendable () -> Void)? = nil
+        saveTemplate: (@Sendable () -> String?)? = nil, onBooted: (@Sendable () -> Void)? = nil, onStarted: (@Sendable () -> Void)? = nil
     ) {
         self.saveTemplate = saveTemplate
         self.onStarted = onStarted
@@ -92,9 +94,14 @@ final class RunChannels: Sendable {
             answers.async { [self] in send(settings) }
         case .saveTemplate:
             // Off the channel's reader: the monitor waits for QEMU, and frames keep coming.
+            saves.enter()
             Thread.detachNewThread { [self] in
-                saveTemplate?()
-                post(.templateSaved)
+                defer { saves.leave() }
+                if let failure = saveTemplate?() {
+                    post(.protocolBroken(failure))
+                } else {
+                    post(.templateSaved)
+                }
             }
         case .reportBooted:
             onBooted?()
@@ -261,6 +268,9 @@ final class RunChannels: Sendable {
         send(RunProtocol.Frame(.stdin, stream: RunProtocol.commandStream))
     }
 
+    /// Whether the VM is being saved as a template now (pause and resume wait for it).
+    var savingTemplate: Bool { state.withLock { $0.machine.savingTemplate } }
+
     /// When the init said the command started.
     var startedAfter: ContinuousClock.Instant? { state.withLock { $0.started } }
 
@@ -276,9 +286,12 @@ final class RunChannels: Sendable {
     func finish() async {
         let ended = readerEnded
         let outputs = outputs
+        let saves = saves
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             Thread.detachNewThread {
                 _ = ended.wait(timeout: .now() + 10)
+                // QEMU has exited: a save still asking its monitor hears so at once.
+                saves.wait()
                 outputs.stdout.sync {}
                 outputs.stderr.sync {}
                 continuation.resume()

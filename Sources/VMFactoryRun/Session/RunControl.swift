@@ -108,6 +108,8 @@ final class RunControl: Sendable {
         case "pause", "resume":
             // QEMU's stop and cont: the vCPUs halt, the guest's clock with them.
             guard let monitor else { return answer(fd, 2, "\(verb): this run has no monitor") }
+            // The save pauses and resumes the VM itself: a pause now would be undone by it.
+            guard !channels.savingTemplate else { return answer(fd, 1, "\(verb): the VM is being saved as a template; try again in a moment") }
             let failure = monitor.execute(verb == "pause" ? "stop" : "cont")
             answer(fd, failure == nil ? 0 : 1, failure ?? "")
         case "start":

@@ -90,8 +90,12 @@ public struct RunSession: Sendable {
                 outcome = try await boot(files, folder: folder, records: records, diskSize: diskSize, restoring: true)
             } catch let failure as TemplateFailure {
                 // Nothing of the guest ran: the same overlay, a cold boot, a new template.
-                console.warning("the template \(failure.key.short) did not load (\(failure.message)); booting cold and making it again")
-                templates?.discard(failure.key)
+                if failure.templateRefused {
+                    console.warning("the template \(failure.key.short) did not load (\(failure.message)); booting cold and making it again")
+                    templates?.discard(failure.key)
+                } else {
+                    console.warning("QEMU did not start from the template \(failure.key.short) (\(failure.message)); booting cold")
+                }
                 outcome = try await boot(files, folder: folder, records: records, diskSize: diskSize, restoring: false)
             }
             try records?.ended(code: outcome.exitCode, message: outcome.message)
@@ -207,14 +211,18 @@ public struct RunSession: Sendable {
         case cold
         /// From its first instruction, saved as a template when the init says hello.
         case making(RunTemplates.Maker)
-        /// From a template: QEMU loads it, and the init waits for the settings.
-        case restoring(RunTemplates.Template, RunTemplates.Key)
+        /// From a template (its state open on the descriptor): QEMU loads it, and the init
+        /// waits for the settings.
+        case restoring(RunTemplates.Template, RunTemplates.Key, Int32)
     }
 
-    /// A template that QEMU could not load; nothing of the guest ran.
+    /// A restore that did not get the VM running; nothing of the guest ran.
     struct TemplateFailure: Error {
         var key: RunTemplates.Key
         var message: String
+        /// QEMU refused the template itself (the run boots cold and makes it again); otherwise
+        /// QEMU failed for another reason, which the cold boot meets again and reports.
+        var templateRefused: Bool
     }
 
     /// How this run's machine starts: from its template if there is a sound one (and
@@ -226,7 +234,7 @@ public struct RunSession: Sendable {
             return .cold
         }
         guard let key = RunTemplates.key(plan: plan, command: command, diskSize: diskSize, environment: baseEnvironment) else { return .cold }
-        if restoring, let template = templates.lookup(key, console: console) { return .restoring(template, key) }
+        if restoring, let (template, state) = templates.find(key, console: console) { return .restoring(template, key, state) }
         do {
             guard let maker = try templates.startMaking(key) else {
                 console.debug("run: another run is making the template \(key.short); this one boots cold")
@@ -240,8 +248,9 @@ public struct RunSession: Sendable {
     }
 
     /// Pauses the VM, saves it into the template being made, resumes it. A failure to save
-    /// costs the template, never the run.
-    static func save(_ maker: RunTemplates.Maker, monitor: QEMUMonitor, plan: RunPlan, diskSize: UInt64?, console: Console) {
+    /// costs the template, never the run; nil unless QEMU could not resume the VM (then the
+    /// run cannot go on: QEMU's words).
+    static func save(_ maker: RunTemplates.Maker, monitor: QEMUMonitor, plan: RunPlan, diskSize: UInt64?, console: Console, patience: Duration = .seconds(60)) -> String? {
         let began = ContinuousClock.now
         var failure = monitor.execute("stop")
         // QEMU's default bandwidth for a migration is 128 MiB/s: a file takes it faster.
@@ -256,6 +265,11 @@ public struct RunSession: Sendable {
                 let status = answer["status"] as? String ?? "none"
                 if status == "completed" { break }
                 if ["failed", "cancelled"].contains(status) { failure = answer["error-desc"] as? String ?? "the migration \(status)" }
+                if failure == nil, ContinuousClock.now - began > patience {
+                    // A template folder that stopped taking writes (a hung file system).
+                    _ = monitor.execute("migrate_cancel")
+                    failure = "the state was not written within \(Elapsed.format(patience))"
+                }
                 usleep(2000)
                 continue
             }
@@ -270,16 +284,17 @@ public struct RunSession: Sendable {
         } else {
             do {
                 let size = ByteCount.format(FileStore.fileSize(maker.statePath) ?? 0)
-                try maker.commit(plan: plan, diskSize: diskSize, protocolVersion: RunProtocol.version, saveSeconds: seconds)
-                console.debug(String(format: "run: saved the template %@ (%@) in %.3f s", maker.key.short, size, seconds))
-                for stale in maker.templates.pruneStale() {
-                    console.debug("run: removed the template \(stale.prefix(12)), whose QEMU, kernel or initrd changed since")
+                if try maker.commit(plan: plan, diskSize: diskSize, protocolVersion: RunProtocol.version, saveSeconds: seconds) {
+                    console.debug(String(format: "run: saved the template %@ (%@) in %.3f s", maker.key.short, size, seconds))
+                    for stale in maker.templates.pruneStale() {
+                        console.debug("run: removed the template \(stale.prefix(12)), whose QEMU, kernel or initrd changed since")
+                    }
                 }
             } catch {
                 console.warning("could not keep the template: \(VMFactoryError(error).description)")
             }
         }
-        if let resumed { console.warning("QEMU did not resume the VM after saving it: \(resumed)") }
+        return resumed.map { "QEMU did not resume the VM after saving it as a template: \($0)" }
     }
 
     /// Waits until QEMU has loaded the template, then starts the VM. nil when it runs; else
@@ -295,16 +310,14 @@ public struct RunSession: Sendable {
                 case "inmigrate":
                     if ContinuousClock.now > deadline { return "QEMU did not load it within \(Elapsed.format(patience))" }
                     usleep(1000)
-                case "running":
-                    return nil
-                case "paused", "postmigrate", "prelaunch":
+                case let status where ["running", "paused", "postmigrate", "prelaunch"].contains(status):
                     // The template's kernel knows the template's disk size: the device says
                     // that it changed (the init waits for the run's size before it mounts).
                     if let diskSize, diskSize != template.diskSize, let failure = monitor.execute("block_resize", arguments: ["device": "root", "size": diskSize]) {
                         return "QEMU did not give the disk its size: \(failure)"
                     }
                     // It was saved paused, and so comes back.
-                    return monitor.execute("cont")
+                    return status == "running" ? nil : monitor.execute("cont")
                 case let other:
                     return "QEMU's VM is \(other) after loading it"
                 }
@@ -354,9 +367,8 @@ public struct RunSession: Sendable {
         var keeping = descriptors.inherited.all
         var stateFD: Int32 = -1
         defer { if stateFD >= 0 { close(stateFD) } }
-        if case .restoring(let template, _) = start {
-            stateFD = open(template.statePath, O_RDONLY | O_CLOEXEC)
-            guard stateFD >= 0 else { throw VMFactoryError.io("cannot open the template", path: template.statePath) }
+        if case .restoring(_, _, let state) = start {
+            stateFD = state
             // QEMU announces a migrated NIC with RARP frames of its own: no switch here needs them.
             command.arguments += ["-global", "migration.announce-rounds=0", "-incoming", "fd:\(stateFD)"]
             keeping.append(stateFD)
@@ -373,15 +385,26 @@ public struct RunSession: Sendable {
             newSession: true, identity: plan.vmmIdentity, keeping: keeping
         )
         descriptors.closeChildEnds()
+        // QEMU has its own copy: a template removed meanwhile frees its room.
+        if stateFD >= 0 {
+            close(stateFD)
+            stateFD = -1
+        }
         let monitor = QEMUMonitor(fd: descriptors.monitor)
         var restoredVersion: UInt32?
-        if case .restoring(let template, let key) = start {
+        if case .restoring(let template, let key, _) = start {
             if let failure = await Self.onThread({ Self.resume(monitor, template: template.record, diskSize: diskSize) }) {
                 qemu.terminate(grace: .milliseconds(200))
                 _ = await qemu.wait()
                 let said = String(decoding: await PipeReader.readAll(qemu.stderr!, limit: 1 << 16), as: UTF8.self)
                 let last = said.split(separator: "\n").last.map(String.init)
-                throw TemplateFailure(key: key, message: last.map { "QEMU: " + $0 } ?? failure)
+                // The cold boot's passt takes the same -p ports: this one first lets go of them.
+                passt?.terminate(grace: .milliseconds(200))
+                _ = await passt?.wait()
+                // QEMU's words when the stream is what it refused ("load of migration failed",
+                // an unknown RAM block or section); anything else is not the template's fault.
+                let refused = ["migration", "ramblock", "section", "incoming"].contains { said.lowercased().contains($0) }
+                throw TemplateFailure(key: key, message: last.map { "QEMU: " + $0 } ?? failure, templateRefused: refused)
             }
             restoredVersion = template.record.protocolVersion
             console.debug(String(format: "run: started from the template %@ in %.3f s", key.short, (ContinuousClock.now - spawned).seconds))
@@ -403,7 +426,7 @@ public struct RunSession: Sendable {
         let controlHolder = Mutex<RunControl?>(nil)
         let channels = RunChannels(
             plan: plan, qemu: qemu, channel: descriptors.channel, stdout: stdout, stderr: stderr, stopGrace: stopGrace,
-            waitsForStart: waitForStart, saveTemplate: { [plan, console] () -> (@Sendable () -> Void)? in
+            waitsForStart: waitForStart, saveTemplate: { [plan, console] () -> (@Sendable () -> String?)? in
                 guard case .making(let maker) = start else { return nil }
                 return { Self.save(maker, monitor: monitor, plan: plan, diskSize: diskSize, console: console) }
             }(), onBooted: onBooted

@@ -127,6 +127,9 @@ struct RunStateMachine: Sendable {
     /// The template is being saved: nothing goes to the init until it is.
     private var saving = false
     private var templateHandled = false
+
+    /// Whether the template is being saved now.
+    var savingTemplate: Bool { saving }
     /// SIGINT and SIGTERM so far: the second ends the VM at once.
     private var stops = 0
     private var draining = false

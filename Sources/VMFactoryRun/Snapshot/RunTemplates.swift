@@ -105,6 +105,8 @@ public struct RunTemplates: Sendable {
         // A run's disk may differ in size from the template's: QEMU tells the guest of the
         // new size (block_resize). Not a read-only disk's, which QEMU does not resize.
         if let diskSize, plan.readOnly { lines.append("disk \(diskSize)") }
+        // Under KVM the saved guest may use what the host's CPU and kernel offered it.
+        if plan.accelerator == .kvm { lines.append("host \(HostInfo.kernelRelease) \(HostInfo.cpuModel)") }
         lines.append("arguments " + shape(of: command.arguments).joined(separator: " "))
         return Key(text: lines.joined(separator: "\n") + "\n")
     }
@@ -148,9 +150,11 @@ public struct RunTemplates: Sendable {
         return result + rest
     }
 
-    /// The template of `key` if there is a complete one whose state is the file it wrote;
-    /// a changed one is removed with a warning (the run boots cold and makes it again).
-    public func lookup(_ key: Key, console: Console) -> Template? {
+    /// The template of `key` if there is a complete one whose state is the file it wrote,
+    /// with its state open for reading (the caller closes it): a template removed or changed
+    /// after this is not this run's concern. A changed one is removed with a warning (the run
+    /// boots cold and makes it again); one that cannot be opened is left alone.
+    public func find(_ key: Key, console: Console) -> (template: Template, state: Int32)? {
         let folder = self.folder(key)
         guard let data = try? FileStore.readData(folder + "/template.json") else { return nil }
         guard let record = try? JSONDecoder.templates.decode(Record.self, from: data), record.key == key.digest else {
@@ -159,13 +163,19 @@ public struct RunTemplates: Sendable {
             return nil
         }
         let template = Template(folder: folder, record: record)
-        guard let state = FileIdentity.of(template.statePath), state == record.state else {
+        let fd = open(template.statePath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            console.debug("run: cannot open the template \(key.short) (\(String(cString: strerror(errno)))); booting cold")
+            return nil
+        }
+        guard let state = FileIdentity.of(descriptor: fd), state == record.state else {
+            close(fd)
             let size = FileStore.fileSize(template.statePath).map { ByteCount.format($0) } ?? "missing"
             console.warning("the template \(key.short) changed since it was made (its state is \(size), was \(ByteCount.format(record.state.size))); booting cold and making it again")
             discard(key)
             return nil
         }
-        return template
+        return (template, fd)
     }
 
     /// Removes the template of `key`, unless a run is making it.
@@ -189,7 +199,10 @@ public struct RunTemplates: Sendable {
     private func lockFile(_ digest: String) throws -> FileLock? {
         try FileStore.createDirectory(directory)
         let path = directory + "/" + digest + ".lock"
-        if !FileStore.exists(path) { _ = try? FileStore.writeAtomically(Data(), to: path) }
+        // Made in place, never renamed over: every run locks the same inode.
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw VMFactoryError.io("cannot create the lock file", path: path) }
+        close(fd)
         return FileLock.tryAcquire(path)
     }
 
@@ -214,8 +227,10 @@ public struct RunTemplates: Sendable {
         }
 
         /// The state written: synced, recorded, renamed into place. The lock goes with it.
-        public func commit(plan: RunPlan, diskSize: UInt64?, protocolVersion: UInt32, saveSeconds: Double) throws {
-            guard take() else { return }
+        /// False when the making was abandoned first (the run ended during the save).
+        @discardableResult
+        public func commit(plan: RunPlan, diskSize: UInt64?, protocolVersion: UInt32, saveSeconds: Double) throws -> Bool {
+            guard take() else { return false }
             defer { finish() }
             guard fsync(state) == 0 else { throw VMFactoryError.io("cannot sync the template's state", path: partial + "/state") }
             guard let identity = FileIdentity.of(partial + "/state"), identity.size > 0 else {
@@ -230,6 +245,7 @@ public struct RunTemplates: Sendable {
             if FileStore.exists(folder) { try FileStore.removeTree(folder) }
             // The folder's rename leaves the state file's inode, times and all, as it is.
             try FileStore.rename(partial, to: folder)
+            return true
         }
 
         /// Gives up: the partial folder goes, the lock is released. Nothing once committed.
@@ -282,12 +298,22 @@ public struct RunTemplates: Sendable {
         var removed: [String] = []
         for (template, _) in list() {
             let stale = template.record.description.split(separator: "\n").contains { line in
-                let words = line.split(separator: " ", maxSplits: 1)
-                guard words.count == 2, ["qemu", "kernel", "initrd"].contains(String(words[0])) else { return false }
-                let path = String(words[1].prefix { $0 != " " })
-                return Self.keyLine(path) != String(words[1])
+                guard let space = line.firstIndex(of: " "), ["qemu", "kernel", "initrd"].contains(String(line[..<space])),
+                      let identity = line.range(of: " dev=", options: .backwards) else { return false }
+                let path = String(line[line.index(after: space)..<identity.lowerBound])
+                // A file that is gone is stale; one this user cannot see is left to its owner.
+                guard FileStore.exists(path) else { return true }
+                guard let now = Self.keyLine(path) else { return false }
+                return now != String(line[line.index(after: space)...])
             }
             if stale, remove(key: template.record.key) { removed.append(template.record.key) }
+        }
+        // What makers that were killed left: `.KEY.PID.partial`, whose lock nobody holds.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(".") && name.hasSuffix(".partial") {
+            let digest = String(name.dropFirst().prefix { $0 != "." })
+            guard let lock = try? lockFile(digest) else { continue }
+            try? FileStore.removeTree(directory + "/" + name)
+            lock.release()
         }
         return removed
     }
