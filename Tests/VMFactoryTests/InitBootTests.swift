@@ -27,7 +27,7 @@ struct InitBootTests {
         let (_, manifest) = try await output(target)
         let line = (cmdline ?? manifest.kernel?.cmdline ?? "") + (extra.isEmpty ? "" : " " + extra)
         let machine = QEMUMachine(target: target, kernel: try await kernel(target), initrd: initrd, cmdline: line, accelerator: .tcg)
-        let run = try await TestSupport.bootRunner.run(machine.command, timeout: .seconds(300))
+        let run = try await TestSupport.bootRunner.run(machine.command, timeout: TestSupport.bootPatience)
         #expect(run.ending == .exited, "QEMU did not exit by itself; console:\n\(run.console)\nstderr: \(run.stderr)")
         return run
     }
