@@ -28,7 +28,7 @@ public enum RunProtocol {
     public static let firstExecStream: UInt32 = 2
 
     public enum FrameType: UInt16, Sendable, CaseIterable {
-        case hello = 1, settings, exec, started, stdin, stdout, stderr, windowSize, signal, credit, exit, error, end, bye
+        case hello = 1, settings, exec, started, stdin, stdout, stderr, windowSize, signal, credit, exit, error, end, bye, taken
         /// Between vmfactory's own processes on the host (a command and a run's supervisor),
         /// never on the guest's channel: a request (text), and its reply (u32 status, text).
         case request = 100, reply

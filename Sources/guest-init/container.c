@@ -158,6 +158,8 @@ static int receive_settings(struct run_context *context, struct vmf_error *e)
 		char err[256];
 		if (vmf_run_parse(&context->run, text, err, sizeof(err)) != 0)
 			return vmf_fail(e, 125, "%s", err);
+		/* Before anything is done with them: the host knows a restored VM is alive. */
+		vmf_send(session->channel, VMF_TAKEN, 0, NULL, 0);
 		return 0;
 	}
 }

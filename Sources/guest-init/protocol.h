@@ -45,6 +45,7 @@ enum vmf_frame_type {
 	VMF_ERROR = 12,   /* init: u32 exit status, then a message: the stream's process did not start */
 	VMF_END = 13,     /* init: every stream has ended; the machine ends after the host's bye */
 	VMF_BYE = 14,     /* host: everything arrived; the init may end the machine */
+	VMF_TAKEN = 15,   /* init: the run's settings arrived whole and were read (stream 0) */
 };
 
 struct vmf_frame {

@@ -194,6 +194,8 @@ final class RunChannels: Sendable {
         switch frame.type {
         case .hello:
             return !post(.hello(frame.number)).contains(.endVM)
+        case .taken where frame.stream == 0:
+            post(.settingsTaken)
         case .started where frame.stream == RunProtocol.commandStream:
             post(.started)
         case .stdout where frame.stream == RunProtocol.commandStream, .stderr where frame.stream == RunProtocol.commandStream:
@@ -270,6 +272,8 @@ final class RunChannels: Sendable {
 
     /// Whether the VM is being saved as a template now (pause and resume wait for it).
     var savingTemplate: Bool { state.withLock { $0.machine.savingTemplate } }
+    /// Whether the init said it read the settings.
+    var settingsTaken: Bool { state.withLock { $0.machine.settingsArrived } }
 
     /// When the init said the command started.
     var startedAfter: ContinuousClock.Instant? { state.withLock { $0.started } }

@@ -49,6 +49,12 @@ final class RunControl: Sendable {
         for fd in waiters { answer(fd, 0, "") }
     }
 
+    /// The VM is given up before the run began (it boots again): nobody connects to this
+    /// listener any more; the next one takes the socket's path.
+    func abandon() {
+        listener.close()
+    }
+
     /// The run has ended with `code`: every waiter hears it, and nobody connects any more.
     func finish(code: Int32, message: String?) {
         listener.close()

@@ -252,6 +252,12 @@ public struct RunSession: Sendable {
     /// run cannot go on: QEMU's words).
     static func save(_ maker: RunTemplates.Maker, monitor: QEMUMonitor, plan: RunPlan, diskSize: UInt64?, console: Console, patience: Duration = .seconds(60)) -> String? {
         let began = ContinuousClock.now
+        // QEMU 7.2's s390x interrupt controller under TCG does not migrate the interrupts it
+        // holds pending, and a VM restored without one may wait for it for ever (the adapter's
+        // summary indicator, in guest memory, says it is on its way). The hello's own completion
+        // is such an interrupt: the guest gets time to take it, idle in its wait for the
+        // settings, before it is paused.
+        if plan.target == .s390x { usleep(Self.s390xSettle) }
         var failure = monitor.execute("stop")
         // QEMU's default bandwidth for a migration is 128 MiB/s: a file takes it faster.
         if failure == nil { failure = monitor.execute("migrate-set-parameters", arguments: ["max-bandwidth": Int64(1) << 40]) }
@@ -296,6 +302,12 @@ public struct RunSession: Sendable {
         }
         return resumed.map { "QEMU did not resume the VM after saving it as a template: \($0)" }
     }
+
+    /// How long a restored VM has to say that it read its settings.
+    static let restorePatience: Duration = .seconds(60)
+
+    /// Microseconds an s390x VM runs after its hello before it is saved (see `save`).
+    static let s390xSettle: UInt32 = 100_000
 
     /// Waits until QEMU has loaded the template, then starts the VM. nil when it runs; else
     /// why not.
@@ -479,6 +491,20 @@ public struct RunSession: Sendable {
             if channels.startedAfter == nil, !qemu.hasExited { stderr.writeLine("vmfactory: warning: " + QEMUMessages.kvmSilenceNote) }
         } : nil
         defer { silence?.cancel() }
+        // A restored VM that never reads its settings is stuck from its template (QEMU 7.2 loses
+        // an s390x interrupt that was pending when it was saved): ended, and the run boots cold.
+        // Nothing of the run happened in it: the init says it has the settings before it acts.
+        let wedged = Atomic<Bool>(false)
+        let watchdog = restoredVersion == nil ? nil : Task.detached {
+            let deadline = ContinuousClock.now + Self.restorePatience
+            while ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+                if channels.settingsTaken || qemu.hasExited { return }
+            }
+            wedged.store(true, ordering: .relaxed)
+            qemu.terminate(grace: .milliseconds(200))
+        }
+        defer { watchdog?.cancel() }
         let timer = timeout.map { limit in
             Task.detached {
                 try await Task.sleep(for: limit)
@@ -496,6 +522,12 @@ public struct RunSession: Sendable {
         await channels.finish()
         _ = await consoleDone
         let messages = String(decoding: await qemuSaid, as: UTF8.self)
+        if wedged.load(ordering: .relaxed), !channels.settingsTaken, case .restoring(_, let key, _) = start {
+            control.abandon()
+            passt?.terminate(grace: .milliseconds(200))
+            _ = await passt?.wait()
+            throw TemplateFailure(key: key, message: "the restored VM did not read its settings within \(Elapsed.format(Self.restorePatience))", templateRefused: true)
+        }
         let outcome = channels.outcome(qemuSaid: messages, consoleLog: folder.path + "/console.log", keep: keep)
         try? records?.ended(code: outcome.exitCode, message: outcome.message)
         control.finish(code: outcome.exitCode, message: outcome.message)

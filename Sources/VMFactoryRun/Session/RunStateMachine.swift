@@ -48,6 +48,8 @@ struct RunStateMachine: Sendable {
         case start
         /// The template asked for by `saveTemplate` was saved, or could not be: the run goes on.
         case templateSaved
+        /// The init read the settings (before it did anything with them).
+        case settingsTaken
         /// The init started the command.
         case started
         /// The init's report of the command's exit.
@@ -130,6 +132,8 @@ struct RunStateMachine: Sendable {
 
     /// Whether the template is being saved now.
     var savingTemplate: Bool { saving }
+    /// Whether the init said it read the settings.
+    private(set) var settingsArrived = false
     /// SIGINT and SIGTERM so far: the second ends the VM at once.
     private var stops = 0
     private var draining = false
@@ -163,6 +167,9 @@ struct RunStateMachine: Sendable {
                 return [.saveTemplate]
             }
             return afterHello()
+        case .settingsTaken:
+            settingsArrived = true
+            return []
         case .templateSaved:
             guard saving else { return [] }
             saving = false
