@@ -28,7 +28,7 @@ public enum RunProtocol {
     public static let firstExecStream: UInt32 = 2
 
     public enum FrameType: UInt16, Sendable, CaseIterable {
-        case hello = 1, settings, exec, started, stdin, stdout, stderr, windowSize, signal, credit, exit, error, end, bye, taken
+        case hello = 1, settings, exec, started, stdin, stdout, stderr, windowSize, signal, credit, exit, error, end, bye, taken, clock
         /// Between vmfactory's own processes on the host (a command and a run's supervisor),
         /// never on the guest's channel: a request (text), and its reply (u32 status, text).
         case request = 100, reply
@@ -51,6 +51,14 @@ public enum RunProtocol {
         /// A frame whose payload is one u32, then optional text.
         public init(_ type: FrameType, stream: UInt32 = 0, number: UInt32, text: String = "") {
             self.init(type, stream: stream, payload: RunProtocol.bytes(number) + Array(text.utf8))
+        }
+
+        /// The host's `CLOCK_REALTIME` now: u64 seconds, u32 nanoseconds (the answer to taken).
+        public static func clockNow() -> Frame {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            let seconds = UInt64(max(0, now.tv_sec))
+            return Frame(.clock, payload: RunProtocol.bytes(UInt32(seconds >> 32)) + RunProtocol.bytes(UInt32(seconds & 0xffff_ffff)) + RunProtocol.bytes(UInt32(now.tv_nsec)))
         }
 
         /// Header and payload, as they go on the channel.

@@ -469,20 +469,6 @@ static int parse_seed(struct vmf_run *run, const char *value)
 	return 0;
 }
 
-/* "clock": SECONDS.NANOSECONDS of the host's CLOCK_REALTIME, nine digits after the point. */
-static int parse_clock(struct vmf_run *run, const char *value)
-{
-	const char *at = value;
-	unsigned long long seconds, nanoseconds;
-	if (take_decimal(&at, (1ULL << 62), &seconds) != 0 || *at++ != '.' || strlen(at) != 9 ||
-	    take_decimal(&at, 999999999ULL, &nanoseconds) != 0 || *at != '\0')
-		return -1;
-	run->clock.tv_sec = (time_t)seconds;
-	run->clock.tv_nsec = (long)nanoseconds;
-	run->clock_set = 1;
-	return 0;
-}
-
 static int parse_setting(struct vmf_run *run, const char *key, char *value)
 {
 	int process = parse_process_key(&run->command, key, value);
@@ -534,8 +520,6 @@ static int parse_setting(struct vmf_run *run, const char *key, char *value)
 		return parse_size(value, &run->disk_size);
 	else if (strcmp(key, "seed") == 0)
 		return parse_seed(run, value);
-	else if (strcmp(key, "clock") == 0)
-		return parse_clock(run, value);
 	else
 		return -2;
 	return 0;

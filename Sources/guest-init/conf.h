@@ -177,7 +177,8 @@ struct vmf_run {
 	/* The size in bytes of the run's disk, /dev/vda, which the kernel may not know yet in a
 	   VM restored from a template; 0: not said. */
 	unsigned long long disk_size;
-	/* The host's CLOCK_REALTIME when it sent the settings; clock_set 0: none sent. */
+	/* The host's CLOCK_REALTIME, from its clock frame (which answers the init's taken);
+	   clock_set 0: none came. */
 	struct timespec clock;
 	int clock_set;
 };

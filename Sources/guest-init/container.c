@@ -107,6 +107,40 @@ static void step(const struct vmf_run *run, const char *what)
 	vmf_say(VMF_TAG "%ld.%06ld %s\n", (long)now.tv_sec, now.tv_nsec / 1000, what);
 }
 
+/* The host's clock frame, which answers taken: u64 seconds and u32 nanoseconds. */
+static int receive_clock(struct run_context *context, struct vmf_error *e)
+{
+	struct vmf_supervisor *session = &context->session;
+	struct vmf_decoder *decoder = &context->decoder;
+	for (;;) {
+		struct vmf_frame frame;
+		int got = vmf_decoder_next(decoder, &frame);
+		if (got < 0)
+			return vmf_fail(e, 125, "the host's frames are malformed: %s", decoder->error);
+		if (got == 0) {
+			size_t room;
+			unsigned char *space = vmf_decoder_space(decoder, &room);
+			ssize_t n = space ? read(session->channel, space, room) : -1;
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				return vmf_fail(e, 125, "the run's channel ended before the host's clock came");
+			vmf_decoder_wrote(decoder, (size_t)n);
+			continue;
+		}
+		if (frame.type != VMF_CLOCK)
+			continue;
+		uint32_t nanoseconds = frame.length == 12 ? vmf_get32(frame.payload + 8) : 0;
+		uint64_t seconds = frame.length == 12 ? (uint64_t)vmf_get32(frame.payload) << 32 | vmf_get32(frame.payload + 4) : 0;
+		if (frame.length != 12 || nanoseconds > 999999999u || seconds > (1ULL << 62))
+			return vmf_fail(e, 125, "the host's clock frame is malformed");
+		context->run.clock.tv_sec = (time_t)seconds;
+		context->run.clock.tv_nsec = (long)nanoseconds;
+		context->run.clock_set = 1;
+		return 0;
+	}
+}
+
 /*
  * Says hello and waits for the run's settings; refuses settings of another
  * version. The settings' text is kept for the life of the run.
@@ -158,9 +192,11 @@ static int receive_settings(struct run_context *context, struct vmf_error *e)
 		char err[256];
 		if (vmf_run_parse(&context->run, text, err, sizeof(err)) != 0)
 			return vmf_fail(e, 125, "%s", err);
-		/* Before anything is done with them: the host knows a restored VM is alive. */
+		/* Before anything is done with them: the host knows a restored VM is alive, and
+		   answers with its clock, as late as it can be (a restored VM may have run long after
+		   the settings were sent). */
 		vmf_send(session->channel, VMF_TAKEN, 0, NULL, 0);
-		return 0;
+		return receive_clock(context, e);
 	}
 }
 

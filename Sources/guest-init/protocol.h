@@ -46,6 +46,7 @@ enum vmf_frame_type {
 	VMF_END = 13,     /* init: every stream has ended; the machine ends after the host's bye */
 	VMF_BYE = 14,     /* host: everything arrived; the init may end the machine */
 	VMF_TAKEN = 15,   /* init: the run's settings arrived whole and were read (stream 0) */
+	VMF_CLOCK = 16,   /* host: u64 seconds, u32 nanoseconds of its CLOCK_REALTIME, answering taken */
 };
 
 struct vmf_frame {

@@ -140,17 +140,13 @@ public struct RunPlan: Sendable {
 
     /// The settings as the host sends them, once the init said hello, with what must be fresh
     /// in every VM, a restored one above all (docs/security.md): 32 bytes of the host's
-    /// entropy for the guest's random generator, and the host's clock as it is now.
+    /// entropy for the guest's random generator. (The clock comes after, in the frame that
+    /// answers the init's taken.)
     public var settingsFrame: RunProtocol.Frame {
         var seed = [UInt8](repeating: 0, count: Self.seedBytes)
         var generator = SystemRandomNumberGenerator()
         for index in seed.indices { seed[index] = generator.next() }
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        let fresh = RunProtocol.keyValueText([
-            ("seed", seed.map { String(format: "%02x", $0) }.joined()),
-            ("clock", "\(now.tv_sec)." + String(format: "%09ld", now.tv_nsec)),
-        ])
+        let fresh = RunProtocol.keyValueText([("seed", seed.map { String(format: "%02x", $0) }.joined())])
         return RunProtocol.Frame(.settings, number: RunProtocol.version, text: settings + fresh)
     }
 

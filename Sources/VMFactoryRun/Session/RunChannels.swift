@@ -195,6 +195,8 @@ final class RunChannels: Sendable {
         case .hello:
             return !post(.hello(frame.number)).contains(.endVM)
         case .taken where frame.stream == 0:
+            // The clock as late as it can be: the init is reading now.
+            answers.async { [self] in send(RunProtocol.Frame.clockNow()) }
             post(.settingsTaken)
         case .started where frame.stream == RunProtocol.commandStream:
             post(.started)
