@@ -107,38 +107,51 @@ static void step(const struct vmf_run *run, const char *what)
 	vmf_say(VMF_TAG "%ld.%06ld %s\n", (long)now.tv_sec, now.tv_nsec / 1000, what);
 }
 
-/* The host's clock frame, which answers taken: u64 seconds and u32 nanoseconds. */
-static int receive_clock(struct run_context *context, struct vmf_error *e)
+/*
+ * Reads the channel until the host's next frame of `type` (others before it are skipped);
+ * `what` names it when the channel ends first. The frame points into the decoder's buffer.
+ */
+static int next_host_frame(struct run_context *context, uint16_t type, const char *what, struct vmf_frame *frame,
+			   struct vmf_error *e)
 {
 	struct vmf_supervisor *session = &context->session;
 	struct vmf_decoder *decoder = &context->decoder;
 	for (;;) {
-		struct vmf_frame frame;
-		int got = vmf_decoder_next(decoder, &frame);
+		int got = vmf_decoder_next(decoder, frame);
 		if (got < 0)
 			return vmf_fail(e, 125, "the host's frames are malformed: %s", decoder->error);
-		if (got == 0) {
-			size_t room;
-			unsigned char *space = vmf_decoder_space(decoder, &room);
-			ssize_t n = space ? read(session->channel, space, room) : -1;
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-				return vmf_fail(e, 125, "the run's channel ended before the host's clock came");
-			vmf_decoder_wrote(decoder, (size_t)n);
+		if (got > 0) {
+			if (frame->type == type)
+				return 0;
 			continue;
 		}
-		if (frame.type != VMF_CLOCK)
+		size_t room;
+		unsigned char *space = vmf_decoder_space(decoder, &room);
+		ssize_t n = space ? read(session->channel, space, room) : -1;
+		if (n < 0 && errno == EINTR)
 			continue;
-		uint32_t nanoseconds = frame.length == 12 ? vmf_get32(frame.payload + 8) : 0;
-		uint64_t seconds = frame.length == 12 ? (uint64_t)vmf_get32(frame.payload) << 32 | vmf_get32(frame.payload + 4) : 0;
-		if (frame.length != 12 || nanoseconds > 999999999u || seconds > (1ULL << 62))
-			return vmf_fail(e, 125, "the host's clock frame is malformed");
-		context->run.clock.tv_sec = (time_t)seconds;
-		context->run.clock.tv_nsec = (long)nanoseconds;
-		context->run.clock_set = 1;
-		return 0;
+		if (n <= 0)
+			return vmf_fail(e, 125, "the run's channel ended before %s came", what);
+		vmf_decoder_wrote(decoder, (size_t)n);
 	}
+}
+
+/* The host's clock frame, which answers taken: u64 seconds and u32 nanoseconds. */
+static int receive_clock(struct run_context *context, struct vmf_error *e)
+{
+	struct vmf_frame frame;
+	if (next_host_frame(context, VMF_CLOCK, "the host's clock", &frame, e) != 0)
+		return -1;
+	if (frame.length != 12)
+		return vmf_fail(e, 125, "the host's clock frame is malformed");
+	uint64_t seconds = (uint64_t)vmf_get32(frame.payload) << 32 | vmf_get32(frame.payload + 4);
+	uint32_t nanoseconds = vmf_get32(frame.payload + 8);
+	if (nanoseconds > 999999999u || seconds > (1ULL << 62))
+		return vmf_fail(e, 125, "the host's clock frame is malformed");
+	context->run.clock.tv_sec = (time_t)seconds;
+	context->run.clock.tv_nsec = (long)nanoseconds;
+	context->run.clock_set = 1;
+	return 0;
 }
 
 /*
@@ -158,46 +171,30 @@ static int receive_settings(struct run_context *context, struct vmf_error *e)
 	session->decoder = decoder;
 	if (vmf_send_number(session->channel, VMF_HELLO, 0, VMF_PROTOCOL_VERSION, "vmfactory-init") != 0)
 		return vmf_fail(e, 125, "cannot write to the run's channel: %s", strerror(errno));
-	for (;;) {
-		struct vmf_frame frame;
-		int got = vmf_decoder_next(decoder, &frame);
-		if (got < 0)
-			return vmf_fail(e, 125, "the host's frames are malformed: %s", decoder->error);
-		if (got == 0) {
-			size_t room;
-			unsigned char *space = vmf_decoder_space(decoder, &room);
-			ssize_t n = space ? read(session->channel, space, room) : -1;
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-				return vmf_fail(e, 125, "the run's channel ended before the settings came");
-			vmf_decoder_wrote(decoder, (size_t)n);
-			continue;
-		}
-		if (frame.type != VMF_SETTINGS)
-			continue;
-		if (frame.length < 4)
-			return vmf_fail(e, 125, "the settings frame is too short");
-		uint32_t version = vmf_get32(frame.payload);
-		if (version != VMF_PROTOCOL_VERSION)
-			return vmf_fail(e, 125, "vmfactory sent settings of run protocol %u; this init speaks version %d: use a kernel and initrd built by the same vmfactory",
-					version, VMF_PROTOCOL_VERSION);
-		char *text = malloc(frame.length - 4 + 1);
-		if (!text)
-			return vmf_fail(e, 125, "out of memory for the settings");
-		memcpy(text, frame.payload + 4, frame.length - 4);
-		text[frame.length - 4] = '\0';
-		if (strlen(text) != frame.length - 4)
-			return vmf_fail(e, 125, "the settings hold a NUL byte");
-		char err[256];
-		if (vmf_run_parse(&context->run, text, err, sizeof(err)) != 0)
-			return vmf_fail(e, 125, "%s", err);
-		/* Before anything is done with them: the host knows a restored VM is alive, and
-		   answers with its clock, as late as it can be (a restored VM may have run long after
-		   the settings were sent). */
-		vmf_send(session->channel, VMF_TAKEN, 0, NULL, 0);
-		return receive_clock(context, e);
-	}
+	struct vmf_frame frame;
+	if (next_host_frame(context, VMF_SETTINGS, "the settings", &frame, e) != 0)
+		return -1;
+	if (frame.length < 4)
+		return vmf_fail(e, 125, "the settings frame is too short");
+	uint32_t version = vmf_get32(frame.payload);
+	if (version != VMF_PROTOCOL_VERSION)
+		return vmf_fail(e, 125, "vmfactory sent settings of run protocol %u; this init speaks version %d: use a kernel and initrd built by the same vmfactory",
+				version, VMF_PROTOCOL_VERSION);
+	char *text = malloc(frame.length - 4 + 1);
+	if (!text)
+		return vmf_fail(e, 125, "out of memory for the settings");
+	memcpy(text, frame.payload + 4, frame.length - 4);
+	text[frame.length - 4] = '\0';
+	if (strlen(text) != frame.length - 4)
+		return vmf_fail(e, 125, "the settings hold a NUL byte");
+	char err[256];
+	if (vmf_run_parse(&context->run, text, err, sizeof(err)) != 0)
+		return vmf_fail(e, 125, "%s", err);
+	/* Before anything is done with them: the host knows a restored VM is alive, and
+	   answers with its clock, as late as it can be (a restored VM may have run long after
+	   the settings were sent). */
+	vmf_send(session->channel, VMF_TAKEN, 0, NULL, 0);
+	return receive_clock(context, e);
 }
 
 /*
