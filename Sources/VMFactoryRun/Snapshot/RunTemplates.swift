@@ -157,7 +157,7 @@ public struct RunTemplates: Sendable {
     public func find(_ key: Key, console: Console) -> (template: Template, state: Int32)? {
         let folder = self.folder(key)
         guard let data = try? FileStore.readData(folder + "/template.json") else { return nil }
-        guard let record = try? JSONDecoder.templates.decode(Record.self, from: data), record.key == key.digest else {
+        guard let record = try? JSON.decode(Record.self, from: data, what: "a template's record"), record.key == key.digest else {
             console.warning("the template \(key.short) has an unreadable record; booting cold and making it again")
             discard(key)
             return nil
@@ -240,7 +240,7 @@ public struct RunTemplates: Sendable {
                 key: key.digest, target: plan.target.rawValue, memoryMiB: plan.memoryMiB, cpus: plan.cpus, accelerator: plan.accelerator.rawValue,
                 protocolVersion: protocolVersion, created: Date(), diskSize: diskSize, state: identity, saveSeconds: saveSeconds, description: key.text
             )
-            try FileStore.writeDurably(try JSONEncoder.templates.encode(record), to: partial + "/template.json")
+            try FileStore.writeDurably(try JSON.encode(record), to: partial + "/template.json")
             let folder = templates.folder(key)
             if FileStore.exists(folder) { try FileStore.removeTree(folder) }
             // The folder's rename leaves the state file's inode, times and all, as it is.
@@ -325,26 +325,9 @@ public struct RunTemplates: Sendable {
         for name in names where !name.hasPrefix(".") && !name.hasSuffix(".lock") {
             let folder = directory + "/" + name
             guard let data = try? FileStore.readData(folder + "/template.json"),
-                  let record = try? JSONDecoder.templates.decode(Record.self, from: data) else { continue }
+                  let record = try? JSON.decode(Record.self, from: data, what: "a template's record") else { continue }
             found.append((Template(folder: folder, record: record), FileStore.diskUsage(folder)))
         }
         return found.sorted { $0.0.record.created > $1.0.record.created }
-    }
-}
-
-extension JSONEncoder {
-    static var templates: JSONEncoder {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return encoder
-    }
-}
-
-extension JSONDecoder {
-    static var templates: JSONDecoder {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return decoder
     }
 }
